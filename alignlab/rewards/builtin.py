@@ -1,0 +1,387 @@
+"""Built-in reward functions for GRPO-style training.
+
+Every reward has the signature ``fn(completions, **columns) -> list[float | None]``:
+``completions`` is a list of generated texts and each column (``answer=...``) is a
+list aligned with it. Unknown columns are accepted and ignored. ``None`` in the
+result means "not applicable to this row" (for example a row without a gold answer).
+
+Each built-in returns a float inside ``fn.reward_range`` for *any* string
+completion: malformed text earns the low end of the range, it never raises.
+Only the standard library is used; nothing in a completion is ever executed.
+
+A completion may also be a chat-style list of messages
+(``[{"role": "assistant", "content": "..."}]``); the content of the last message
+is scored.
+"""
+from __future__ import annotations
+
+import math
+import re
+from decimal import Decimal, InvalidOperation
+from typing import Any, Callable
+
+__all__ = [
+    "BUILTINS",
+    "answer_correct",
+    "answer_format",
+    "boxed_correct",
+    "extract_gsm8k_answer",
+    "length_penalty",
+    "parse_number",
+    "think_format",
+]
+
+#: name -> reward function, filled by the ``_builtin`` decorator below.
+BUILTINS: dict[str, Callable[..., list[float | None]]] = {}
+
+
+def _builtin(name: str, low: float, high: float):
+    """Record a built-in reward under ``name`` and attach its output range."""
+
+    def decorate(fn):
+        fn.reward_name = name
+        fn.reward_range = (float(low), float(high))
+        BUILTINS[name] = fn
+        return fn
+
+    return decorate
+
+
+# --------------------------------------------------------------------------- helpers
+
+# After commas/spaces/sign/$ are removed, what is left must be plain ASCII digits
+# with at most one decimal point ("12", "12.5", "12.", ".5"). No exponents.
+_UNSIGNED_DECIMAL = re.compile(r"(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)")
+_SEPARATORS = re.compile(r"[,\s]+")
+
+
+def parse_number(text: Any) -> Decimal | None:
+    """Parse a human-written number into an exact ``Decimal``; ``None`` if it is not one.
+
+    Commas and whitespace anywhere are dropped, and a leading ``+``/``-`` and ``$``
+    (in either order) are accepted. Exponents, ``nan``, ``inf``, several decimal
+    points and non-ASCII digits are rejected. ``int``, finite ``float`` and finite
+    ``Decimal`` values are converted too (``bool`` is not a number here).
+
+    >>> parse_number("1,234.5")
+    Decimal('1234.5')
+    >>> parse_number(" -7 "), parse_number(".5"), parse_number("+$3"), parse_number("-$1,000")
+    (Decimal('-7'), Decimal('0.5'), Decimal('3'), Decimal('-1000'))
+    >>> parse_number("42.0") == parse_number("42")
+    True
+    >>> [parse_number(s) for s in ["1.2.3", "", "nan", "inf", "1e5", "--5", "12a", "$"]]
+    [None, None, None, None, None, None, None, None]
+    >>> parse_number(0.1), parse_number(7), parse_number(True)
+    (Decimal('0.1'), Decimal('7'), None)
+    """
+    if isinstance(text, bool):
+        return None
+    if isinstance(text, int):
+        return Decimal(text)
+    if isinstance(text, float):
+        # repr gives the shortest string that round-trips, so 0.1 -> Decimal('0.1').
+        return Decimal(repr(text)) if math.isfinite(text) else None
+    if isinstance(text, Decimal):
+        return text if text.is_finite() else None
+    if not isinstance(text, str):
+        return None
+    s = _SEPARATORS.sub("", text)
+    negative = False
+    if s.startswith("$"):
+        s = s[1:]
+    if s[:1] in ("+", "-"):
+        negative = s[0] == "-"
+        s = s[1:]
+    if s.startswith("$"):
+        s = s[1:]
+    if not _UNSIGNED_DECIMAL.fullmatch(s):
+        return None
+    try:
+        value = Decimal(s)
+    except InvalidOperation:  # pragma: no cover - the regex already guarantees a valid literal
+        return None
+    return -value if negative else value
+
+
+def extract_gsm8k_answer(answer_text: str) -> str:
+    """Return the gold number of a GSM8K solution: the text after ``####``, commas removed.
+
+    >>> extract_gsm8k_answer("She has 3 + 4 = <<3+4=7>>7 apples.\\n#### 1,234")
+    '1234'
+    >>> extract_gsm8k_answer("#### -5  ")
+    '-5'
+    >>> extract_gsm8k_answer("no marker here")
+    Traceback (most recent call last):
+    ...
+    ValueError: no '####' marker in GSM8K answer: 'no marker here'
+    """
+    if not isinstance(answer_text, str):
+        raise ValueError(f"GSM8K answer must be a string, got {type(answer_text).__name__}")
+    head, marker, tail = answer_text.rpartition("####")
+    if not marker:
+        raise ValueError(f"no '####' marker in GSM8K answer: {_preview(answer_text)}")
+    lines = tail.strip().splitlines()
+    value = lines[0].replace(",", "").strip() if lines else ""
+    if not value:
+        raise ValueError(f"nothing after '####' in GSM8K answer: {_preview(answer_text)}")
+    return value
+
+
+def _preview(text: str, limit: int = 60) -> str:
+    return repr(text if len(text) <= limit else text[:limit] + "...")
+
+
+def _text(completion: Any) -> str:
+    """The text to score: a string as is, or the content of the last chat message."""
+    if isinstance(completion, str):
+        return completion
+    if isinstance(completion, dict):
+        content = completion.get("content")
+        return content if isinstance(content, str) else ""
+    if isinstance(completion, (list, tuple)):
+        if not completion:
+            return ""
+        return _text(completion[-1])
+    raise TypeError(
+        f"completion must be a string or a list of chat messages, got {type(completion).__name__}"
+    )
+
+
+def _gold(gold: Any) -> tuple[Decimal | None, str]:
+    """Normalise a gold answer to (number or None, stripped string form).
+
+    A string containing ``####`` is treated as a full GSM8K solution.
+    """
+    if isinstance(gold, str) and "####" in gold:
+        try:
+            gold = extract_gsm8k_answer(gold)
+        except ValueError:
+            pass
+    return parse_number(gold), str(gold).strip()
+
+
+def _matches(predicted: str, gold: Any) -> bool:
+    """Numeric equality when the gold is a number, otherwise stripped string equality."""
+    gold_number, gold_text = _gold(gold)
+    if gold_number is not None:
+        predicted_number = parse_number(predicted)
+        return predicted_number is not None and predicted_number == gold_number
+    return predicted.strip() == gold_text
+
+
+def _last_tag_content(text: str, open_tag: str, close_tag: str) -> str | None:
+    """Content of the last complete ``open_tag ... close_tag`` pair, or None."""
+    end = text.rfind(close_tag)
+    if end < 0:
+        return None
+    start = text.rfind(open_tag, 0, end)
+    if start < 0:
+        return None
+    return text[start + len(open_tag):end]
+
+
+def _last_boxed_content(text: str) -> str | None:
+    r"""Content of the last ``\boxed{...}``, honouring nested braces; None if absent or unclosed."""
+    start = text.rfind("\\boxed{")
+    if start < 0:
+        return None
+    i = start + len("\\boxed{")
+    depth = 1
+    for j in range(i, len(text)):
+        ch = text[j]
+        if ch == "{":
+            depth += 1
+        elif ch == "}":
+            depth -= 1
+            if depth == 0:
+                return text[i:j]
+    return None
+
+
+def _aligned(name: str, values: Any, n: int) -> list:
+    """A column as a list of length ``n``; a scalar is broadcast to every row."""
+    if isinstance(values, (list, tuple)):
+        if len(values) != n:
+            raise ValueError(f"column {name!r} has {len(values)} values but there are {n} completions")
+        return list(values)
+    return [values] * n
+
+
+# --------------------------------------------------------------------------- rewards
+
+_ANSWER_LINE = re.compile(r"<answer>-?[0-9]+(?:\.[0-9]+)?</answer>")
+
+
+@_builtin("answer_format", 0.0, 1.0)
+def answer_format(completions: list, **_: Any) -> list[float | None]:
+    """1.0 if the last non-empty line is exactly ``<answer>NUMBER</answer>``, else 0.0.
+
+    NUMBER is an integer or a decimal with an optional minus sign (``-3``, ``4.50``);
+    no spaces inside the tags, no ``+``, no commas, no leading ``.``.
+    Whitespace around the line and trailing blank lines are ignored. Range: [0, 1].
+
+    >>> answer_format([
+    ...     "Reasoning...\\n<answer>-3</answer>\\n\\n  ",  # trailing blank lines are fine
+    ...     "<answer>4.50</answer>",
+    ...     "<answer> 42 </answer>",                       # spaces inside the tags
+    ...     "<answer>1,000</answer>",                      # comma
+    ...     "<answer>42</answer> done",                    # text after the tag
+    ...     "<answer>42</answer>\\nmore text",              # not the last line
+    ...     "<answer>.5</answer>",
+    ...     "",
+    ... ])
+    [1.0, 1.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0]
+    """
+    scores: list[float | None] = []
+    for completion in completions:
+        lines = [line.strip() for line in _text(completion).splitlines() if line.strip()]
+        ok = bool(lines) and _ANSWER_LINE.fullmatch(lines[-1]) is not None
+        scores.append(1.0 if ok else 0.0)
+    return scores
+
+
+@_builtin("answer_correct", 0.0, 2.0)
+def answer_correct(completions: list, answer: list, **_: Any) -> list[float | None]:
+    """2.0 if the last ``<answer>...</answer>`` equals the gold ``answer``, else 0.0.
+
+    Numbers are compared exactly with ``Decimal`` (``42.0`` == ``42``, ``1,000`` ==
+    ``1000``, spaces inside the tags are ignored). A gold that is not a number is
+    compared as a stripped string. A gold string containing ``####`` is read as a
+    full GSM8K solution. A ``None`` gold gives ``None`` (row not applicable).
+    Range: [0, 2].
+
+    >>> answer_correct(
+    ...     ["<answer>7</answer> wait, no: <answer> 42.0 </answer>",  # last tag wins
+    ...      "<answer>1,000</answer>",
+    ...      "<answer>-5</answer>",
+    ...      "<answer>42</answer> ... <answer>7",                     # unclosed last tag ignored
+    ...      "42",                                                    # no tags
+    ...      "<answer>Paris </answer>",
+    ...      "<answer>3</answer>"],
+    ...     answer=["42", 1000, "-5", "42", "42", "Paris", None])
+    [2.0, 2.0, 2.0, 2.0, 0.0, 2.0, None]
+    >>> answer_correct(["<answer>0.1</answer>", "<answer>1.2.3</answer>"], answer=[0.1, "1.2.3"])
+    [2.0, 2.0]
+    """
+    scores: list[float | None] = []
+    for completion, gold in zip(completions, _aligned("answer", answer, len(completions)), strict=True):
+        if gold is None:
+            scores.append(None)
+            continue
+        content = _last_tag_content(_text(completion), "<answer>", "</answer>")
+        scores.append(2.0 if content is not None and _matches(content, gold) else 0.0)
+    return scores
+
+
+@_builtin("boxed_correct", 0.0, 1.0)
+def boxed_correct(completions: list, answer: list, **_: Any) -> list[float | None]:
+    r"""1.0 if the content of the last ``\boxed{...}`` matches the gold ``answer``, else 0.0.
+
+    Nested braces are handled (``\boxed{\frac{1}{2}}`` has content ``\frac{1}{2}``).
+    Numbers compare exactly (``\boxed{1,000}`` matches ``1000``), anything else as a
+    stripped string. If the last ``\boxed{`` is never closed the score is 0.0.
+    A ``None`` gold gives ``None``. Range: [0, 1].
+
+    >>> boxed_correct(
+    ...     [r"so \boxed{\frac{1}{2}}",
+    ...      r"\boxed{3} or rather \boxed{ 4.0 }",  # last box wins
+    ...      r"\boxed{1,000}",
+    ...      r"\boxed{5} then \boxed{6",           # last box unclosed
+    ...      "the answer is 4",
+    ...      r"\boxed{x}"],
+    ...     answer=[r"\frac{1}{2}", "4", 1000, "5", "4", None])
+    [1.0, 1.0, 1.0, 0.0, 0.0, None]
+    """
+    scores: list[float | None] = []
+    for completion, gold in zip(completions, _aligned("answer", answer, len(completions)), strict=True):
+        if gold is None:
+            scores.append(None)
+            continue
+        content = _last_boxed_content(_text(completion))
+        scores.append(1.0 if content is not None and _matches(content, gold) else 0.0)
+    return scores
+
+
+@_builtin("think_format", 0.0, 1.0)
+def think_format(completions: list, **_: Any) -> list[float | None]:
+    """1.0 for ``<think>...</think>`` followed by a non-empty answer, else 0.0.
+
+    Surrounding whitespace is ignored; the completion must start with the single
+    ``<think>`` block (the thinking itself may be empty) and contain no other
+    ``<think>``/``</think>`` tag. Range: [0, 1].
+
+    >>> think_format([
+    ...     "  <think>add them</think>\\n\\nThe answer is 5.\\n",
+    ...     "<think></think>5",                       # empty thinking is allowed
+    ...     "<think>hmm</think>   \\n ",               # answer part is empty
+    ...     "Sure! <think>hmm</think> 5",             # text before the block
+    ...     "<think>a</think><think>b</think> 5",     # two blocks
+    ...     "<think>unclosed 5",
+    ...     "",
+    ... ])
+    [1.0, 1.0, 0.0, 0.0, 0.0, 0.0, 0.0]
+    """
+    scores: list[float | None] = []
+    for completion in completions:
+        text = _text(completion).strip()
+        ok = False
+        if text.startswith("<think>") and text.count("<think>") == 1 and text.count("</think>") == 1:
+            end = text.find("</think>")
+            ok = bool(text[end + len("</think>"):].strip())
+        scores.append(1.0 if ok else 0.0)
+    return scores
+
+
+@_builtin("length_penalty", -1.0, 0.0)
+def length_penalty(
+    completions: list,
+    max_length: Any = 512,
+    cache_length: Any = 128,
+    completion_lengths: list | None = None,
+    **_: Any,
+) -> list[float | None]:
+    """Soft over-length penalty (DAPO, Yu et al. 2025). Range: [-1, 0].
+
+    With ``L`` the completion length: 0 while ``L <= max_length - cache_length``,
+    falling linearly to -1 at ``L == max_length``, and -1 beyond. Length is counted
+    in characters unless a ``completion_lengths`` column (e.g. token counts) is
+    given; a ``None`` entry in it falls back to characters. ``max_length`` and
+    ``cache_length`` may be numbers or per-row columns. Raises ``ValueError`` if
+    ``max_length <= 0`` or ``cache_length`` is outside ``[0, max_length]``.
+
+    >>> length_penalty(["a" * 10, "a" * 14, "a" * 16, "a" * 30, ""], max_length=16, cache_length=4)
+    [0.0, -0.5, -1.0, -1.0, 0.0]
+    >>> length_penalty(["short", "short"], max_length=100, cache_length=50, completion_lengths=[75, None])
+    [-0.5, 0.0]
+    >>> length_penalty(["a" * 17], max_length=16, cache_length=0)
+    [-1.0]
+    """
+    n = len(completions)
+    maxes = _aligned("max_length", max_length, n)
+    caches = _aligned("cache_length", cache_length, n)
+    lengths = _aligned("completion_lengths", completion_lengths, n)
+    scores: list[float | None] = []
+    for completion, max_len, cache, length in zip(completions, maxes, caches, lengths, strict=True):
+        _check_length_params(max_len, cache)
+        if length is None:
+            length = len(_text(completion))
+        elif isinstance(length, bool) or not isinstance(length, (int, float)) or length != length:
+            raise ValueError(f"completion_lengths entries must be numbers, got {length!r}")
+        soft_limit = max_len - cache
+        if length <= soft_limit:
+            scores.append(0.0)
+        elif length >= max_len:
+            scores.append(-1.0)
+        else:
+            scores.append(max(-1.0, min(0.0, float(soft_limit - length) / float(cache))))
+    return scores
+
+
+def _check_length_params(max_len: Any, cache: Any) -> None:
+    for label, value in (("max_length", max_len), ("cache_length", cache)):
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise ValueError(f"{label} must be a finite number, got {value!r}")
+    if max_len <= 0:
+        raise ValueError(f"max_length must be positive, got {max_len!r}")
+    if not 0 <= cache <= max_len:
+        raise ValueError(f"cache_length must be between 0 and max_length ({max_len!r}), got {cache!r}")
