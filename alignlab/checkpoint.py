@@ -1,0 +1,126 @@
+"""Atomic checkpoints and resume: model (full weights or adapter), optimizer, scheduler, RNG, data position.
+
+A checkpoint is written into `checkpoint-NNNNNN.tmp/` and renamed into place only when complete, so
+a process killed mid-save leaves the previous checkpoint usable. `state.json` is written last
+inside it; a directory without one is never resumed from.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+from pathlib import Path
+from typing import Any, Optional
+
+import numpy as np
+import torch
+
+CHECKPOINT_PREFIX = "checkpoint-"
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write `text` to `path` so a reader sees the old file or the new one, never half of one."""
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w", encoding="utf-8") as handle:
+        handle.write(text)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(tmp, path)
+
+
+def rng_state() -> dict:
+    return {
+        "python": random.getstate(),
+        "numpy": np.random.get_state(),
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+    }
+
+
+def set_rng_state(state: dict) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if state.get("cuda") is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def checkpoint_dirs(run_dir: Path) -> list[Path]:
+    """Complete checkpoints, oldest first."""
+    found = [p for p in Path(run_dir).glob(f"{CHECKPOINT_PREFIX}*") if p.is_dir() and (p / "state.json").is_file()]
+    return sorted(found, key=lambda p: int(p.name[len(CHECKPOINT_PREFIX):]) if p.name[len(CHECKPOINT_PREFIX):].isdigit() else -1)
+
+
+def latest_checkpoint(run_dir: Path) -> Optional[Path]:
+    dirs = [p for p in checkpoint_dirs(run_dir) if p.name[len(CHECKPOINT_PREFIX):].isdigit()]
+    return dirs[-1] if dirs else None
+
+
+def save_checkpoint(
+    run_dir: Path,
+    step: int,
+    *,
+    save_model_fn,
+    optimizer,
+    scheduler,
+    state: dict[str, Any],
+    extra: Optional[dict] = None,
+    keep: Optional[int] = None,
+) -> Path:
+    """Write checkpoint-<step>/ atomically and record it in checkpoints.jsonl."""
+    final = Path(run_dir) / f"{CHECKPOINT_PREFIX}{step:06d}"
+    tmp = final.with_name(final.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    save_model_fn(tmp / "model")
+    torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+    torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
+    torch.save({"rng": rng_state(), "extra": extra}, tmp / "rng_and_extra.pt")
+    atomic_write_text(tmp / "state.json", json.dumps({**state, "step": step}, indent=2))
+    if final.exists():  # re-saving the same step (e.g. the last step after a resume)
+        shutil.rmtree(final)
+    os.replace(tmp, final)
+    _record(run_dir, final, step)
+    if keep:
+        for old in checkpoint_dirs(run_dir)[:-keep]:
+            shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def _record(run_dir: Path, path: Path, step: int) -> None:
+    index = Path(run_dir) / "checkpoints.jsonl"
+    lines = [json.loads(l) for l in index.read_text().splitlines() if l.strip()] if index.exists() else []
+    lines = [l for l in lines if l.get("step") != step]
+    lines.append({"name": path.name, "step": step, "path": str(path), "model_path": str(path / "model")})
+    atomic_write_text(index, "".join(json.dumps(l) + "\n" for l in lines))
+
+
+def load_checkpoint(path: Path, *, load_model_fn, optimizer, scheduler) -> tuple[dict, Optional[dict]]:
+    """Restore a checkpoint into live objects; returns (state.json contents, extra trainer state)."""
+    load_model_fn(path / "model")
+    optimizer.load_state_dict(torch.load(path / "optimizer.pt", weights_only=False))
+    scheduler.load_state_dict(torch.load(path / "scheduler.pt", weights_only=False))
+    saved = torch.load(path / "rng_and_extra.pt", weights_only=False)
+    set_rng_state(saved["rng"])
+    return json.loads((path / "state.json").read_text()), saved.get("extra")
+
+
+def load_model_weights(model, model_dir: Path) -> None:
+    """Load saved full weights or adapter weights into an in-memory model of the same shape."""
+    from safetensors.torch import load_file
+
+    adapter = model_dir / "adapter_model.safetensors"
+    if adapter.is_file():
+        from peft import set_peft_model_state_dict
+
+        set_peft_model_state_dict(model, load_file(adapter))
+        return
+    state = {}
+    for shard in sorted(model_dir.glob("*.safetensors")):
+        state.update(load_file(shard))
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    tied = {"lm_head.weight"} if getattr(model.config, "tie_word_embeddings", False) else set()
+    if unexpected or set(missing) - tied:
+        raise RuntimeError(f"checkpoint {model_dir} does not match the model: missing {missing}, unexpected {unexpected}")

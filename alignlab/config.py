@@ -1,0 +1,308 @@
+"""Typed, closed run configs: the only home of defaults.
+
+A config is a dataclass of sections (`model`, `data`, `train`, `lora`, plus `dpo` or `grpo`).
+It is built from a YAML file and `a.b=c` overrides; an unknown key fails before any work with the
+closest valid key, and a value of the wrong type names the key and the type expected.
+This module imports nothing from alignlab but the error type.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional, Union
+
+import yaml
+
+from alignlab.errors import ConfigError
+
+
+@dataclass
+class ModelConfig:
+    name_or_path: str = "tiny"  # hub id or local dir; "tiny" = the offline model alignlab builds
+    dtype: str = "float32"  # float32 | bfloat16 | float16 | auto
+    trust_remote_code: bool = False
+    load_in_4bit: bool = False  # QLoRA (bitsandbytes NF4, CUDA only)
+    attn_implementation: Optional[str] = None
+
+
+@dataclass
+class LoraConfig:
+    enabled: bool = False
+    r: int = 16
+    alpha: int = 32
+    dropout: float = 0.05
+    target_modules: Optional[list[str]] = None  # None = per-architecture default (models.py)
+
+
+@dataclass
+class DataConfig:
+    train: Any = None  # path / hub id (str), or a list of sources (dicts with path, weight, ...)
+    eval: Optional[str] = None
+    eval_fraction: float = 0.0  # split this share off train when no eval set is given
+    split: str = "train"  # split of a hub dataset
+    eval_split: Optional[str] = None
+    columns: dict[str, str] = field(default_factory=dict)  # our name -> the dataset's column name
+    system_prompt: Optional[str] = None  # prepended as a system message to every prompt
+    chat_template: bool = True  # apply the tokenizer's chat template when it has one
+    on_long: str = "drop"  # rows longer than train.max_length: drop (with a warning) | truncate | error
+    skip_bad_rows: bool = False  # count and skip malformed rows instead of failing
+    max_rows: Optional[int] = None
+
+
+@dataclass
+class TrainConfig:
+    output_dir: Optional[str] = None  # None = runs/<command>_<model>_lr<lr>_<date-time>
+    max_steps: int = 100  # optimizer steps
+    batch_size: int = 8  # per process and micro-batch: sequences (SFT), pairs (DPO), prompts (GRPO)
+    grad_accum: int = 1
+    lr: float = 2e-4
+    weight_decay: float = 0.0
+    warmup_steps: int = 0
+    lr_scheduler: str = "constant"  # constant | linear | cosine (transformers' schedulers)
+    max_grad_norm: float = 1.0
+    adam_beta1: float = 0.9
+    adam_beta2: float = 0.999
+    max_length: int = 512
+    seed: int = 0
+    mixed_precision: str = "no"  # no | bf16 | fp16 (accelerate)
+    gradient_checkpointing: bool = False
+    log_every: int = 1
+    eval_every: int = 0  # 0 = only at the end
+    eval_batch_size: int = 32
+    save_every: int = 0  # 0 = only the final checkpoint
+    save_total_limit: Optional[int] = None
+    resume: Any = False  # true = continue the run in output_dir; or a run directory path
+    report_to: list[str] = field(default_factory=list)  # tensorboard, wandb
+    progress: bool = True
+    max_bad_steps: int = 5  # consecutive non-finite losses before aborting
+
+
+@dataclass
+class DPOConfig:
+    beta: float = 0.1
+    loss_type: str = "sigmoid"  # a key of alignlab.losses.dpo.DPO_LOSSES
+    label_smoothing: float = 0.0
+    sft_weight: float = 0.0  # RPO: weight of the NLL term on chosen
+    length_normalize: bool = False  # use per-token mean log-probs (IPO / SimPO style)
+    reference: str = "auto"  # auto | adapter | copy | none (reference-free, SimPO style)
+    precompute_ref: bool = True
+    ref_cache_dir: Optional[str] = None  # None = <runs root>/.ref_cache
+    logprob_chunk_size: int = 1024  # completion positions per log-softmax chunk
+
+
+@dataclass
+class GRPOConfig:
+    num_generations: int = 8  # G completions per prompt
+    max_completion_length: int = 64
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 0
+    rewards: list[str] = field(default_factory=lambda: ["answer_format", "answer_correct"])
+    reward_weights: Optional[list[float]] = None
+    reward_errors: str = "raise"  # raise | none (score a failing row None)
+    scale_rewards: str = "group"  # group | batch | none (Dr. GRPO)
+    loss_type: str = "dapo"  # grpo | bnpo | dapo | dr_grpo
+    beta: float = 0.0  # KL coefficient; 0 = no reference model
+    epsilon_low: float = 0.2
+    epsilon_high: float = 0.2
+    num_iterations: int = 1  # mu: policy updates per rollout batch
+    skip_zero_std_groups: bool = False  # dynamic sampling (DAPO)
+    max_resample_rounds: int = 3
+    eval_max_prompts: int = 200
+    num_samples_logged: int = 4
+
+
+@dataclass
+class SFTRunConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    lora: LoraConfig = field(default_factory=LoraConfig)
+
+
+@dataclass
+class DPORunConfig(SFTRunConfig):
+    dpo: DPOConfig = field(default_factory=DPOConfig)
+
+
+@dataclass
+class GRPORunConfig(SFTRunConfig):
+    grpo: GRPOConfig = field(default_factory=GRPOConfig)
+
+
+RUN_CONFIGS = {"sft": SFTRunConfig, "dpo": DPORunConfig, "grpo": GRPORunConfig}
+
+
+# ---------------------------------------------------------------- parsing
+
+
+def parse_value(text: str) -> Any:
+    """An override's value as YAML reads it, so `true`, `3`, `1e-4`, `[a,b]` and `null` work."""
+    try:
+        value = yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+    # YAML 1.1 reads 1e-4 as a string; users mean a float.
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            return value
+    return value
+
+
+def _closest(name: str, options: list[str]) -> str:
+    match = difflib.get_close_matches(name, options, n=1, cutoff=0.5)
+    return f" Did you mean '{match[0]}'?" if match else f" Valid keys: {', '.join(sorted(options))}."
+
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+
+
+def _coerce(value: Any, tp: Any, key: str) -> Any:
+    """Check `value` against the annotation `tp`, converting the safe cases (int -> float, str -> list)."""
+    origin = typing.get_origin(tp)
+    if tp is Any:
+        return value
+    if origin in (Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(value, arg, key)
+            except ConfigError:
+                continue
+        raise ConfigError(f"config key '{key}' expects {_type_name(tp)}, got {value!r}")
+    if origin is list:
+        (item_tp,) = typing.get_args(tp) or (Any,)
+        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+            value = [value]  # report_to=wandb means [wandb]
+        if not isinstance(value, list):
+            raise ConfigError(f"config key '{key}' expects a list, got {value!r}")
+        return [_coerce(v, item_tp, f"{key}[{i}]") for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"config key '{key}' expects a mapping, got {value!r}")
+        return {str(k): v for k, v in value.items()}
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"config key '{key}' expects true or false, got {value!r}")
+    if tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        raise ConfigError(f"config key '{key}' expects an integer, got {value!r}")
+    if tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        raise ConfigError(f"config key '{key}' expects a number, got {value!r}")
+    if tp is str:
+        if isinstance(value, str):
+            return value
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return str(value)
+        raise ConfigError(f"config key '{key}' expects a string, got {value!r}")
+    return value
+
+
+def _set_section(section: Any, values: dict, prefix: str) -> None:
+    hints = typing.get_type_hints(type(section))
+    names = [f.name for f in dataclasses.fields(section)]
+    for key, value in values.items():
+        full = f"{prefix}{key}"
+        if key not in names:
+            raise ConfigError(f"unknown config key '{full}'.{_closest(key, names)}")
+        current = getattr(section, key)
+        if dataclasses.is_dataclass(current):
+            if not isinstance(value, dict):
+                raise ConfigError(f"config key '{full}' is a section; give it a mapping, e.g. {full}.<key>=...")
+            _set_section(current, value, f"{full}.")
+        else:
+            setattr(section, key, _coerce(value, hints[key], full))
+
+
+def _nest(dotted: dict[str, Any]) -> dict:
+    nested: dict = {}
+    for key, value in dotted.items():
+        node = nested
+        parts = key.split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"config key '{key}' sets a field inside a value that is not a section")
+        node[parts[-1]] = value
+    return nested
+
+
+def parse_overrides(overrides: list[str]) -> dict[str, Any]:
+    dotted = {}
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override '{item}' is not of the form key=value (e.g. train.lr=1e-4)")
+        key, text = item.split("=", 1)
+        dotted[key.strip()] = parse_value(text)
+    return dotted
+
+
+def load_config(command: str, path: Optional[str] = None, overrides: Optional[list[str]] = None):
+    """The run config for `command` from a YAML file plus `a.b=c` overrides (overrides win)."""
+    config = RUN_CONFIGS[command]()
+    if path:
+        file = Path(path)
+        if not file.is_file():
+            raise ConfigError(f"config file not found: {path}")
+        try:
+            values = yaml.safe_load(file.read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{path} is not valid YAML: {exc}") from None
+        if not isinstance(values, dict):
+            raise ConfigError(f"{path}: expected a mapping of sections at the top level")
+        _set_section(config, values, "")
+    if overrides:
+        _set_section(config, _nest(parse_overrides(overrides)), "")
+    validate(config)
+    return config
+
+
+def validate(config) -> None:
+    train = config.train
+    for key in ("max_steps", "batch_size", "grad_accum", "max_length"):
+        if getattr(train, key) < 1:
+            raise ConfigError(f"config key 'train.{key}' must be at least 1, got {getattr(train, key)}")
+    if train.lr_scheduler not in ("constant", "linear", "cosine"):
+        raise ConfigError(f"train.lr_scheduler must be constant, linear or cosine, got '{train.lr_scheduler}'")
+    if train.mixed_precision not in ("no", "bf16", "fp16"):
+        raise ConfigError(f"train.mixed_precision must be no, bf16 or fp16, got '{train.mixed_precision}'")
+    if config.data.on_long not in ("drop", "truncate", "error"):
+        raise ConfigError(f"data.on_long must be drop, truncate or error, got '{config.data.on_long}'")
+    if not 0.0 <= config.data.eval_fraction < 1.0:
+        raise ConfigError(f"data.eval_fraction must be in [0, 1), got {config.data.eval_fraction}")
+    if config.model.dtype not in ("float32", "bfloat16", "float16", "auto"):
+        raise ConfigError(f"model.dtype must be float32, bfloat16, float16 or auto, got '{config.model.dtype}'")
+    if hasattr(config, "grpo"):
+        grpo = config.grpo
+        if grpo.num_generations < 1:
+            raise ConfigError("grpo.num_generations must be at least 1")
+        if grpo.reward_weights is not None and len(grpo.reward_weights) != len(grpo.rewards):
+            raise ConfigError(
+                f"grpo.reward_weights has {len(grpo.reward_weights)} values for {len(grpo.rewards)} rewards"
+            )
+
+
+def to_dict(config) -> dict:
+    return dataclasses.asdict(config)
+
+
+def to_yaml(config) -> str:
+    return yaml.safe_dump(to_dict(config), sort_keys=False, allow_unicode=True)

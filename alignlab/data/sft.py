@@ -1,0 +1,109 @@
+"""SFT data: rows of `prompt`/`completion` strings or `messages` lists -> token ids and loss masks."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+from alignlab.data.io import Row, read_rows, rename_columns, split_eval
+from alignlab.data.templates import Templater, encode_conversation, fit_length
+from alignlab.errors import DataError
+
+log = logging.getLogger("alignlab")
+
+ROLES = {"system", "user", "assistant", "tool"}
+
+
+@dataclass
+class SFTExample:
+    input_ids: list[int]
+    loss_mask: list[int]  # 1 where the token is trained (completion / assistant turns)
+
+
+def check_text(row: Row, name: str) -> str:
+    value = row.values.get(name)
+    if not isinstance(value, str):
+        raise DataError(f"{row.where(name)}: expected a string, got {type(value).__name__}")
+    if not value.strip():
+        raise DataError(f"{row.where(name)}: is empty")
+    return value
+
+
+def check_messages(row: Row, name: str, *, need_assistant: bool = True) -> list[dict]:
+    value = row.values.get(name)
+    if not isinstance(value, list) or not value:
+        raise DataError(f"{row.where(name)}: expected a non-empty list of messages, got {type(value).__name__}")
+    for turn, message in enumerate(value):
+        if not isinstance(message, dict) or not isinstance(message.get("content"), str):
+            raise DataError(f"{row.where(name)}: message {turn} needs a string 'content'")
+        if message.get("role") not in ROLES:
+            raise DataError(f"{row.where(name)}: message {turn} has role {message.get('role')!r}; use one of {sorted(ROLES)}")
+    if need_assistant and not any(m["role"] == "assistant" and m["content"].strip() for m in value):
+        raise DataError(f"{row.where(name)}: no non-empty assistant message to train on")
+    return [{"role": m["role"], "content": m["content"]} for m in value]
+
+
+def encode_sft_row(row: Row, templater: Templater) -> tuple[list[int], list[int]]:
+    if "messages" in row.values:
+        return encode_conversation(templater, check_messages(row, "messages"))
+    if "prompt" not in row.values or "completion" not in row.values:
+        found = ", ".join(sorted(row.values))
+        raise DataError(
+            f"{row.where()}: SFT rows need 'prompt' and 'completion', or 'messages'; columns found: {found}. "
+            "Map yours with data.columns.prompt=<column> data.columns.completion=<column>."
+        )
+    raw_prompt = row.values["prompt"]
+    prompt = check_messages(row, "prompt", need_assistant=False) if isinstance(raw_prompt, list) else check_text(row, "prompt")
+    completion = check_text(row, "completion")
+    prompt_ids, response_ids = templater.encode(prompt, completion)
+    return prompt_ids + response_ids, [0] * len(prompt_ids) + [1] * len(response_ids)
+
+
+def encode_sft_rows(rows: list[Row], templater: Templater, *, max_length: int, on_long: str, skip_bad_rows: bool):
+    stats = templater.stats
+    examples = []
+    for row in rows:
+        try:
+            ids, mask = encode_sft_row(row, templater)
+        except DataError:
+            if not skip_bad_rows:
+                raise
+            stats.skipped_bad += 1
+            continue
+        if len(ids) > max_length:
+            if on_long == "error":
+                raise DataError(f"{row.where()}: {len(ids)} tokens, longer than train.max_length={max_length}")
+            if on_long == "drop":
+                stats.dropped_long += 1
+                continue
+            prompt_len = mask.index(1) if 1 in mask else len(mask)
+            p, r, _ = fit_length(ids[:prompt_len], ids[prompt_len:], max_length)
+            ids, mask = p + r, [0] * len(p) + mask[prompt_len:][: len(r)]
+            stats.truncated += 1
+        if sum(mask) == 0:
+            stats.dropped_long += 1
+            continue
+        examples.append(SFTExample(ids, mask))
+    stats.examples = len(examples)
+    if stats.dropped_long:
+        log.warning("dropped %d rows longer than train.max_length=%d", stats.dropped_long, max_length)
+    if not examples:
+        raise DataError(f"no usable SFT examples ({stats.summary()})")
+    return examples
+
+
+def load_sft_data(config, templater: Templater) -> tuple[list[SFTExample], list[SFTExample]]:
+    data, train = config.data, config.train
+    if not data.train:
+        raise DataError("no training data: set data.train to a .jsonl/.json/.parquet/.csv file or a dataset id")
+    rows = rename_columns(read_rows(data.train, split=data.split, max_rows=data.max_rows), data.columns)
+    if data.eval:
+        eval_rows = rename_columns(read_rows(data.eval, split=data.eval_split or data.split), data.columns)
+    else:
+        rows, eval_rows = split_eval(rows, data.eval_fraction, train.seed)
+    options = dict(max_length=train.max_length, on_long=data.on_long, skip_bad_rows=data.skip_bad_rows)
+    train_examples = encode_sft_rows(rows, templater, **options)
+    summary = templater.stats.summary()
+    eval_examples = encode_sft_rows(eval_rows, templater, **options) if eval_rows else []
+    log.info("SFT data: %s", summary)
+    return train_examples, eval_examples

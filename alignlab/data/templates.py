@@ -1,0 +1,149 @@
+"""Chat templating and tokenisation: the one place text becomes token ids and loss masks.
+
+A prompt is a string or a list of messages; a response is a string. With a chat template the
+prompt is rendered with `add_generation_prompt=True` and the response is what the template adds
+for the assistant turn (up to and including the end-of-turn token). Without one, the text is
+used as it is and the EOS token closes the response.
+
+Prefix consistency: tokenising the prompt alone must give the first tokens of tokenising
+prompt + response. When it does not (a merge across the boundary, or a template that rewrites
+earlier turns), we keep the separate tokenisations, which is what the model sees when it
+generates, and count the mismatch so the caller can report it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Optional, Union
+
+Prompt = Union[str, list[dict]]
+
+
+@dataclass
+class EncodeStats:
+    prefix_mismatches: int = 0
+    examples: int = 0
+    truncated: int = 0
+    dropped_long: int = 0
+    skipped_bad: int = 0
+    notes: list[str] = field(default_factory=list)
+
+    def summary(self) -> str:
+        parts = [f"{self.examples} examples"]
+        if self.truncated:
+            parts.append(f"{self.truncated} truncated to train.max_length")
+        if self.dropped_long:
+            parts.append(f"{self.dropped_long} dropped as longer than train.max_length")
+        if self.skipped_bad:
+            parts.append(f"{self.skipped_bad} bad rows skipped")
+        if self.prefix_mismatches:
+            parts.append(f"{self.prefix_mismatches} with a prompt/response tokenisation mismatch at the boundary")
+        return ", ".join(parts)
+
+
+class Templater:
+    """Renders prompts and responses for one tokenizer; holds the choice of chat template or plain text."""
+
+    def __init__(self, tokenizer, *, use_chat_template: bool = True, system_prompt: Optional[str] = None):
+        self.tokenizer = tokenizer
+        self.chat = bool(use_chat_template and getattr(tokenizer, "chat_template", None))
+        self.system_prompt = system_prompt
+        self.stats = EncodeStats()
+
+    # -- text
+    def messages(self, prompt: Prompt) -> list[dict]:
+        messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else list(prompt)
+        if self.system_prompt and not (messages and messages[0].get("role") == "system"):
+            messages = [{"role": "system", "content": self.system_prompt}] + messages
+        return messages
+
+    def prompt_text(self, prompt: Prompt) -> str:
+        if self.chat:
+            return self.tokenizer.apply_chat_template(self.messages(prompt), tokenize=False, add_generation_prompt=True)
+        if isinstance(prompt, str):
+            return prompt if not self.system_prompt else f"{self.system_prompt}\n\n{prompt}"
+        return "".join(f"{m['role']}: {m['content']}\n" for m in self.messages(prompt)) + "assistant: "
+
+    def response_text(self, prompt: Prompt, response: str) -> str:
+        """What follows the prompt text for this response, end-of-turn included."""
+        if not self.chat:
+            return response + (self.tokenizer.eos_token or "")
+        prefix = self.prompt_text(prompt)
+        full = self.tokenizer.apply_chat_template(
+            self.messages(prompt) + [{"role": "assistant", "content": response}], tokenize=False
+        )
+        if not full.startswith(prefix):
+            # Some templates (e.g. ones that strip reasoning from earlier turns) re-render the prompt.
+            self.stats.prefix_mismatches += 1
+            return response + (self.tokenizer.eos_token or "")
+        return full[len(prefix):]
+
+    # -- ids
+    def ids(self, text: str) -> list[int]:
+        return self.tokenizer(text, add_special_tokens=False)["input_ids"]
+
+    def encode(self, prompt: Prompt, response: str) -> tuple[list[int], list[int]]:
+        """(prompt_ids, response_ids); the response ends at its first end-of-turn/EOS token."""
+        prompt_text = self.prompt_text(prompt)
+        response_text = self.response_text(prompt, response)
+        prompt_ids = self.ids(prompt_text)
+        response_ids = self.ids(response_text)
+        joint = self.ids(prompt_text + response_text)
+        if joint[: len(prompt_ids)] != prompt_ids or len(joint) != len(prompt_ids) + len(response_ids):
+            self.stats.prefix_mismatches += 1
+        eos = self.tokenizer.eos_token_id
+        if eos is not None and eos in response_ids:
+            # Drop what a template writes after end-of-turn (e.g. a newline): never trained, never generated.
+            response_ids = response_ids[: response_ids.index(eos) + 1]
+        return prompt_ids, response_ids
+
+
+def fit_length(prompt_ids: list[int], response_ids: list[int], max_length: int, keep_prompt: int = 8):
+    """Truncation policy: cut the prompt from the left first (keeping at least `keep_prompt` tokens),
+    then the response from the right. Returns (prompt_ids, response_ids, truncated)."""
+    overflow = len(prompt_ids) + len(response_ids) - max_length
+    if overflow <= 0:
+        return prompt_ids, response_ids, False
+    cut_prompt = min(overflow, max(0, len(prompt_ids) - keep_prompt))
+    prompt_ids = prompt_ids[cut_prompt:]
+    overflow -= cut_prompt
+    if overflow > 0:
+        response_ids = response_ids[: len(response_ids) - overflow]
+    return prompt_ids, response_ids, True
+
+
+def encode_conversation(templater: Templater, messages: list[dict]) -> tuple[list[int], list[int]]:
+    """Multi-turn SFT: (input_ids, loss_mask) with the loss on every assistant turn and nothing else.
+
+    Each turn is rendered as the difference between the template of the conversation up to it and
+    up to the turn before, so the ids are exactly the template's text, split at turn boundaries.
+    """
+    tok = templater.tokenizer
+    if not templater.chat:
+        ids, mask = [], []
+        for m in messages:
+            is_answer = m["role"] == "assistant"
+            head = templater.ids(f"{m['role']}: ")
+            body = templater.ids(m["content"] + ((tok.eos_token or "") if is_answer else "\n"))
+            ids += head + body
+            mask += [0] * len(head) + [int(is_answer)] * len(body)
+        return ids, mask
+    ids, mask, rendered = [], [], ""
+    for i, message in enumerate(messages):
+        if message["role"] != "assistant":
+            continue
+        before = tok.apply_chat_template(messages[:i], tokenize=False, add_generation_prompt=True)
+        upto = tok.apply_chat_template(messages[: i + 1], tokenize=False)
+        if not before.startswith(rendered) or not upto.startswith(before):
+            templater.stats.prefix_mismatches += 1
+        context = templater.ids(before[len(rendered):])
+        answer = templater.ids(upto[len(before):])
+        eos = tok.eos_token_id
+        answer_mask = [1] * len(answer)
+        if eos is not None and eos in answer:
+            end = answer.index(eos) + 1
+            answer_mask = [1] * end + [0] * (len(answer) - end)
+        ids += context + answer
+        mask += [0] * len(context) + answer_mask
+        rendered = upto
+    return ids, mask

@@ -1,0 +1,107 @@
+"""Per-token log-probs of chosen tokens without materialising the [B, T, V] float32 logits.
+
+The model runs with `logits_to_keep` empty, so it returns its final hidden states [B, T, H] and no
+logits. We gather the hidden states of the positions that predict a loss token ([N, H], N = the
+completion tokens in the batch) and push them through the output layer in chunks of rows. Each
+chunk is recomputed in backward (activation checkpointing), so at most one [chunk, V] float32
+block of logits is alive at a time, whatever the vocabulary size.
+
+Imports only torch.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
+
+
+def _chunk_logps(hidden: torch.Tensor, weight: torch.Tensor, bias, targets: torch.Tensor, softcap) -> torch.Tensor:
+    logits = F.linear(hidden, weight, bias).float()  # [n, V]
+    if softcap:
+        logits = torch.tanh(logits / softcap) * softcap
+    return torch.gather(logits.log_softmax(-1), 1, targets[:, None]).squeeze(1)  # [n]
+
+
+def _chunk_logps_and_entropy(hidden, weight, bias, targets, softcap):
+    logits = F.linear(hidden, weight, bias).float()  # [n, V]
+    if softcap:
+        logits = torch.tanh(logits / softcap) * softcap
+    logp_all = logits.log_softmax(-1)
+    entropy = -(logp_all.exp() * logp_all).sum(-1)  # [n]
+    return torch.gather(logp_all, 1, targets[:, None]).squeeze(1), entropy
+
+
+def output_layer(model):
+    """(weight, bias, softcap) of the LM head, looking through PEFT and accelerate wrappers."""
+    inner = model.module if hasattr(model, "module") else model
+    head = inner.get_output_embeddings()
+    config = inner.config
+    softcap = getattr(config, "final_logit_softcapping", None)
+    return head.weight, getattr(head, "bias", None), softcap
+
+
+def token_logps(
+    model,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    loss_mask: torch.Tensor,
+    *,
+    chunk_size: int = 1024,
+    position_ids: torch.Tensor | None = None,
+    with_entropy: bool = False,
+):
+    """Log-prob of each token where `loss_mask` is 1, as a [B, T] tensor (0 elsewhere).
+
+    input_ids, attention_mask, loss_mask: [B, T]. Token t is scored by position t-1, so the first
+    column of the result is always 0. With `with_entropy`, also returns the [B, T] entropy of the
+    predictive distribution at the scored positions (for diagnostics; no gradient).
+    """
+    if position_ids is None:
+        # Left padding needs explicit positions: a plain forward does not infer them.
+        position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+    empty = torch.zeros(0, dtype=torch.long, device=input_ids.device)
+    out = model(
+        input_ids=input_ids,
+        attention_mask=attention_mask,
+        position_ids=position_ids,
+        output_hidden_states=True,
+        logits_to_keep=empty,
+        use_cache=False,
+    )
+    hidden = out.hidden_states[-1][:, :-1]  # [B, T-1, H]: the final (normed) hidden states
+    scored = loss_mask[:, 1:].bool()  # [B, T-1]: positions that predict a loss token
+    rows = hidden[scored]  # [N, H]
+    targets = input_ids[:, 1:][scored]  # [N]
+    weight, bias, softcap = output_layer(model)
+    pieces, entropies = [], []
+    for start in range(0, rows.shape[0], chunk_size):
+        h, y = rows[start : start + chunk_size], targets[start : start + chunk_size]
+        if with_entropy:
+            lp, ent = checkpoint(_chunk_logps_and_entropy, h, weight, bias, y, softcap, use_reentrant=False)
+            entropies.append(ent.detach())
+        elif torch.is_grad_enabled():
+            lp = checkpoint(_chunk_logps, h, weight, bias, y, softcap, use_reentrant=False)
+        else:
+            lp = _chunk_logps(h, weight, bias, y, softcap)
+        pieces.append(lp)
+    flat = torch.cat(pieces) if pieces else rows.new_zeros(0, dtype=torch.float32)
+    result = torch.zeros(input_ids.shape, dtype=torch.float32, device=input_ids.device)  # [B, T]
+    result[:, 1:] = result[:, 1:].masked_scatter(scored, flat)
+    if not with_entropy:
+        return result
+    entropy = torch.zeros_like(result)
+    if entropies:
+        entropy[:, 1:] = entropy[:, 1:].masked_scatter(scored, torch.cat(entropies))
+    return result, entropy
+
+
+def full_logits_token_logps(model, input_ids, attention_mask, loss_mask, position_ids=None) -> torch.Tensor:
+    """The straightforward reference: full [B, T, V] float32 logits. For tests and benchmarks only."""
+    if position_ids is None:
+        position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+    logits = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids).logits.float()
+    logps = torch.gather(logits[:, :-1].log_softmax(-1), 2, input_ids[:, 1:, None]).squeeze(2)  # [B, T-1]
+    result = torch.zeros(input_ids.shape, dtype=torch.float32, device=input_ids.device)
+    result[:, 1:] = logps * loss_mask[:, 1:]
+    return result

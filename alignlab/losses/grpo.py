@@ -1,0 +1,235 @@
+"""GRPO: group-relative advantages and the clipped surrogate loss with optional k3 KL.
+
+Paper: Shao et al. 2024, "DeepSeekMath", Eq. 3 (the GRPO objective, a PPO-style clipped surrogate
+averaged over the G completions of a prompt and their tokens) with the KL penalty of Eq. 4,
+
+    k3 = ref/pi - log(ref/pi) - 1 = exp(ref_logp - logp) - (ref_logp - logp) - 1,
+
+Schulman's unbiased, always non-negative estimator of KL(pi || ref). Outcome-supervised advantages
+(Sec. 4.1.2) are the completion's reward standardised within its group.
+
+Choices made:
+  * Advantages (`ADVANTAGE_SCALINGS`): "group" divides by the group's std (DeepSeekMath); "batch" by
+    the std over the whole batch, keeping the group mean as baseline (as TRL's scale_rewards="batch");
+    "none" only subtracts the group mean (Dr. GRPO, Liu et al. 2025, who argue std scaling biases
+    towards too easy and too hard prompts). The std is unbiased (Bessel), as torch.std and TRL, and
+    1e-4 is added to it so a near-constant group cannot explode.
+  * A group of one completion, or a group whose rewards are all equal, carries no relative signal, so
+    its advantages are exactly 0: never NaN (torch's std of one sample) nor rounding noise from the mean.
+  * Clipping is decoupled, 1 - epsilon_low .. 1 + epsilon_high ("Clip-Higher", DAPO, Yu et al. 2025,
+    Sec. 3.1); epsilon_low == epsilon_high is the symmetric PPO/GRPO clip.
+  * The KL term is added per token after clipping, inside the same aggregation as the surrogate (Eq. 3),
+    not as a separate reward penalty.
+  * `old_logps=None` means the rollout policy is the current one (one policy update per rollout
+    batch, mu = 1): the ratio is exp(logp - logp.detach()), which is 1 but keeps the policy gradient.
+  * Aggregations (`LOSS_AGGREGATIONS`) over the masked per-token loss l[b, t]:
+      grpo     sum_b (mean over b's active tokens of l) / normalizer, normalizer = B by default: each
+               sequence weighs the same whatever its length (Eq. 3's 1/|o_i|).
+      dapo     sum of l over all active tokens / normalizer, normalizer = active tokens by default:
+               every token weighs the same (DAPO Sec. 3.3, token-level policy-gradient loss).
+      bnpo     same formula as dapo. TRL tells them apart only by which token count it divides by (the
+               micro-batch's, or the whole accumulation window's); here that count is the caller's
+               `normalizer`.
+      dr_grpo  sum of l over all active tokens / normalizer, normalizer = B * max_completion_length by
+               default (max_completion_length defaults to T): a constant, so no length bias (Dr. GRPO).
+  * `normalizer` makes gradient accumulation exact: a trainer splitting an optimizer step into
+    micro-batches passes the count for the whole step (total active tokens for dapo/bnpo, total
+    sequences for grpo, total sequences * max_completion_length for dr_grpo) to every micro-batch, and
+    the micro-batch losses then sum to the full-batch loss. Without it each micro-batch normalises by
+    its own count and accumulation re-weights tokens or sequences.
+  * Metrics (kl, clip ratios) are detached means over the active tokens of this call.
+
+Left out: sequence-level importance ratios (GSPO), CISPO/SAPO/VESPO, the dual-clip delta bound,
+entropy bonus and masking, vLLM importance-sampling correction, token-level [B, T] advantages, and
+NaN (unscorable) rewards: the caller must map those to a number before `group_advantages`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Optional, Union
+
+import torch
+
+__all__ = [
+    "ADVANTAGE_SCALINGS",
+    "LOSS_AGGREGATIONS",
+    "GRPOLossOutput",
+    "group_advantages",
+    "grpo_loss",
+]
+
+# Added to the std so that a group with tiny but non-zero spread gets large, not infinite, advantages.
+STD_EPS = 1e-4
+
+Count = Union[int, float, torch.Tensor]
+
+
+# ----------------------------------------------------------------------------------------- advantages
+
+
+def _unbiased_std(values: torch.Tensor, dim: Optional[int] = None) -> torch.Tensor:
+    """torch.std (Bessel-corrected), but 0 instead of NaN and a warning when there is one sample."""
+    count = values.numel() if dim is None else values.shape[dim]
+    if count < 2:
+        shape = () if dim is None else values.sum(dim=dim, keepdim=True).shape
+        return values.new_zeros(shape)  # [] or [B, 1]
+    if dim is None:
+        return values.std()  # []
+    return values.std(dim=dim, keepdim=True)  # [B, 1]
+
+
+def _scale_by_group_std(centered: torch.Tensor, grouped: torch.Tensor) -> torch.Tensor:
+    return centered / (_unbiased_std(grouped, dim=1) + STD_EPS)  # [B, G]
+
+
+def _scale_by_batch_std(centered: torch.Tensor, grouped: torch.Tensor) -> torch.Tensor:
+    return centered / (_unbiased_std(grouped) + STD_EPS)  # [B, G]
+
+
+def _no_scaling(centered: torch.Tensor, grouped: torch.Tensor) -> torch.Tensor:
+    return centered  # [B, G]
+
+
+ADVANTAGE_SCALINGS: dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = {
+    "group": _scale_by_group_std,
+    "batch": _scale_by_batch_std,
+    "none": _no_scaling,
+}
+
+
+def group_advantages(rewards: torch.Tensor, group_size: int, scale: str) -> torch.Tensor:
+    """Group-relative advantages, shape [B*G], for rewards [B*G] laid out prompt by prompt.
+
+    Entries g*G .. g*G + G - 1 are the G completions of prompt g. `scale` is a key of
+    ADVANTAGE_SCALINGS.
+    """
+    if scale not in ADVANTAGE_SCALINGS:
+        raise ValueError(f"unknown advantage scale {scale!r}; valid options: {sorted(ADVANTAGE_SCALINGS)}")
+    if rewards.dim() != 1:
+        raise ValueError(f"rewards must be 1-D [B*G], got shape {tuple(rewards.shape)}")
+    if group_size < 1 or rewards.numel() % group_size != 0:
+        raise ValueError(
+            f"rewards has {rewards.numel()} entries, which is not a whole number of groups of "
+            f"group_size={group_size}"
+        )
+    if not rewards.is_floating_point():
+        rewards = rewards.float()  # [B*G]
+    grouped = rewards.view(-1, group_size)  # [B, G]
+    centered = grouped - grouped.mean(dim=1, keepdim=True)  # [B, G]
+    advantages = ADVANTAGE_SCALINGS[scale](centered, grouped)  # [B, G]
+    # The mean of equal floats need not equal them bit for bit; force the exact 0 such groups deserve.
+    constant = grouped.amax(dim=1, keepdim=True) == grouped.amin(dim=1, keepdim=True)  # [B, 1]
+    advantages = advantages.masked_fill(constant, 0.0)  # [B, G]
+    return advantages.reshape(-1)  # [B*G]
+
+
+# ----------------------------------------------------------------------------------------------- loss
+
+
+def _masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    # clamp: an all-padding batch yields 0 instead of NaN.
+    return (values * mask).sum() / mask.sum().clamp(min=1.0)  # []
+
+
+def _aggregate_sequence_mean(
+    per_token: torch.Tensor, mask: torch.Tensor, normalizer: Optional[Count], max_completion_length: Optional[int]
+) -> torch.Tensor:
+    # clamp: a completion with no active token contributes 0, not 0/0.
+    sequence_means = (per_token * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1.0)  # [B]
+    denominator = per_token.shape[0] if normalizer is None else normalizer
+    return sequence_means.sum() / denominator  # []
+
+
+def _aggregate_token_sum_over_tokens(
+    per_token: torch.Tensor, mask: torch.Tensor, normalizer: Optional[Count], max_completion_length: Optional[int]
+) -> torch.Tensor:
+    denominator = mask.sum().clamp(min=1.0) if normalizer is None else normalizer
+    return (per_token * mask).sum() / denominator  # []
+
+
+def _aggregate_token_sum_over_constant(
+    per_token: torch.Tensor, mask: torch.Tensor, normalizer: Optional[Count], max_completion_length: Optional[int]
+) -> torch.Tensor:
+    if normalizer is None:
+        length = per_token.shape[1] if max_completion_length is None else max_completion_length
+        normalizer = per_token.shape[0] * length
+    return (per_token * mask).sum() / normalizer  # []
+
+
+LOSS_AGGREGATIONS: dict[
+    str, Callable[[torch.Tensor, torch.Tensor, Optional[Count], Optional[int]], torch.Tensor]
+] = {
+    "grpo": _aggregate_sequence_mean,
+    "bnpo": _aggregate_token_sum_over_tokens,
+    "dapo": _aggregate_token_sum_over_tokens,
+    "dr_grpo": _aggregate_token_sum_over_constant,
+}
+
+
+@dataclass
+class GRPOLossOutput:
+    loss: torch.Tensor  # [], carries the gradient
+    kl: torch.Tensor  # [], detached; 0 when beta == 0
+    clip_ratio: torch.Tensor  # [], detached: share of active tokens whose clipped term was chosen
+    clip_ratio_low: torch.Tensor  # [], detached: ratio < 1 - epsilon_low with A < 0
+    clip_ratio_high: torch.Tensor  # [], detached: ratio > 1 + epsilon_high with A > 0
+
+
+def grpo_loss(
+    logps: torch.Tensor,
+    old_logps: Optional[torch.Tensor],
+    ref_logps: Optional[torch.Tensor],
+    advantages: torch.Tensor,
+    mask: torch.Tensor,
+    *,
+    epsilon_low: float = 0.2,
+    epsilon_high: float = 0.2,
+    beta: float = 0.0,
+    loss_type: str = "dapo",
+    max_completion_length: Optional[int] = None,
+    normalizer: Optional[Count] = None,
+) -> GRPOLossOutput:
+    """Clipped GRPO surrogate (+ beta * k3 KL) over completion tokens.
+
+    logps, old_logps, ref_logps, mask: [B, T] per-token log-probs of the completion tokens and the
+    1/0 mask of real (non-padding) tokens. old_logps=None: on-policy (ratio 1). ref_logps may be None
+    when beta == 0. advantages: [B], one per completion. loss_type: a key of LOSS_AGGREGATIONS.
+    normalizer: the aggregation's denominator for the whole optimizer step (see module docstring).
+    """
+    if loss_type not in LOSS_AGGREGATIONS:
+        raise ValueError(f"unknown GRPO loss_type {loss_type!r}; valid options: {sorted(LOSS_AGGREGATIONS)}")
+    if beta != 0.0 and ref_logps is None:
+        raise ValueError(f"beta={beta} needs ref_logps for the KL term; pass them or set beta to 0")
+
+    mask = mask.to(logps.dtype)  # [B, T]
+    if old_logps is None:
+        old_logps = logps.detach()  # [B, T]
+    ratio = torch.exp(logps - old_logps)  # [B, T]
+    token_advantages = advantages.unsqueeze(1)  # [B, 1]
+    unclipped = ratio * token_advantages  # [B, T]
+    clipped = torch.clamp(ratio, 1.0 - epsilon_low, 1.0 + epsilon_high) * token_advantages  # [B, T]
+    # The pessimistic (smaller) objective: clipping only ever removes the incentive to move further.
+    per_token = -torch.minimum(unclipped, clipped)  # [B, T]
+
+    if beta != 0.0:
+        log_ref_over_policy = ref_logps - logps  # [B, T]
+        per_token_kl = torch.exp(log_ref_over_policy) - log_ref_over_policy - 1.0  # [B, T]
+        per_token = per_token + beta * per_token_kl  # [B, T]
+        kl = _masked_mean(per_token_kl.detach(), mask)  # []
+    else:
+        kl = logps.new_zeros(())  # []
+
+    loss = LOSS_AGGREGATIONS[loss_type](per_token, mask, normalizer, max_completion_length)  # []
+
+    with torch.no_grad():
+        # Only these tokens have their gradient zeroed by the clip; a ratio beyond the bound on the
+        # other side of 1 keeps the unclipped term and is not counted.
+        low = ((ratio < 1.0 - epsilon_low) & (token_advantages < 0)).to(logps.dtype)  # [B, T]
+        high = ((ratio > 1.0 + epsilon_high) & (token_advantages > 0)).to(logps.dtype)  # [B, T]
+        clip_ratio_low = _masked_mean(low, mask)  # []
+        clip_ratio_high = _masked_mean(high, mask)  # []
+        # low and high never overlap (they need advantages of opposite sign), so the shares add up.
+        clip_ratio = clip_ratio_low + clip_ratio_high  # []
+
+    return GRPOLossOutput(loss, kl, clip_ratio, clip_ratio_low, clip_ratio_high)

@@ -1,0 +1,173 @@
+"""Load the policy and tokenizer (hub id, local dir, run dir or "tiny"), apply LoRA/QLoRA, save and merge."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Optional
+
+import torch
+
+from alignlab.errors import AlignlabError
+
+log = logging.getLogger("alignlab")
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16, "auto": "auto"}
+
+# LoRA targets by architecture: every linear layer of attention and MLP, as QLoRA recommends.
+LORA_TARGETS = {
+    "llama": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+    "gpt2": ["c_attn", "c_proj", "c_fc"],
+    "gpt_neox": ["query_key_value", "dense", "dense_h_to_4h", "dense_4h_to_h"],
+    "phi": ["q_proj", "k_proj", "v_proj", "dense", "fc1", "fc2"],
+    "falcon": ["query_key_value", "dense", "dense_h_to_4h", "dense_4h_to_h"],
+}
+for _name in ("qwen2", "qwen3", "qwen2_moe", "qwen3_moe", "mistral", "mixtral", "gemma", "gemma2", "gemma3_text", "olmo2", "smollm3", "phi3"):
+    LORA_TARGETS[_name] = LORA_TARGETS["llama"]
+
+
+def resolve_model_path(name_or_path: str) -> str:
+    """A run directory stands for its final checkpoint (merged weights), else its latest checkpoint."""
+    path = Path(name_or_path)
+    if (path / "config.yaml").is_file() and (path / "checkpoints.jsonl").exists():
+        if (path / "final").is_dir():
+            return str(path / "final")
+        from alignlab.checkpoint import latest_checkpoint
+
+        latest = latest_checkpoint(path)
+        if latest is None:
+            raise AlignlabError(f"run directory {path} has no checkpoint yet")
+        return str(latest / "model")
+    return name_or_path
+
+
+def ensure_tiny_model(name_or_path: str, cache_root: str = "runs") -> str:
+    """`tiny` means the offline demo model: written once under runs/.tiny-model."""
+    if name_or_path != "tiny":
+        return name_or_path
+    from alignlab.demo.tiny import write_tiny_model
+
+    path = Path(cache_root) / ".tiny-model"
+    if not (path / "config.json").is_file():
+        write_tiny_model(path)
+    return str(path)
+
+
+def load_tokenizer(name_or_path: str, *, trust_remote_code: bool = False):
+    from transformers import AutoTokenizer
+
+    path = resolve_model_path(ensure_tiny_model(name_or_path))
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+    except OSError as exc:
+        raise AlignlabError(f"cannot load a tokenizer from '{name_or_path}': {exc}") from None
+    if tokenizer.pad_token is None:
+        # Padding is always masked out, so any existing token works as pad.
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def _is_adapter_dir(path: str) -> bool:
+    return (Path(path) / "adapter_config.json").is_file()
+
+
+def load_model(model_cfg, lora_cfg=None, *, for_training: bool = True, gradient_checkpointing: bool = False):
+    """The policy model, with LoRA applied when `lora_cfg.enabled`."""
+    from transformers import AutoModelForCausalLM
+
+    path = resolve_model_path(ensure_tiny_model(model_cfg.name_or_path))
+    kwargs = dict(dtype=DTYPES[model_cfg.dtype], trust_remote_code=model_cfg.trust_remote_code)
+    if model_cfg.attn_implementation:
+        kwargs["attn_implementation"] = model_cfg.attn_implementation
+    if model_cfg.load_in_4bit:
+        kwargs["quantization_config"] = _four_bit_config(lora_cfg)
+    try:
+        if _is_adapter_dir(path):
+            from peft import AutoPeftModelForCausalLM
+
+            # A saved adapter: merge it so training starts from the adapted weights.
+            model = AutoPeftModelForCausalLM.from_pretrained(path, **kwargs).merge_and_unload()
+        else:
+            model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
+    except OSError as exc:
+        raise AlignlabError(f"cannot load model '{model_cfg.name_or_path}': {exc}") from None
+    if model.generation_config.pad_token_id is None:
+        model.generation_config.pad_token_id = model.generation_config.eos_token_id
+    if gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.config.use_cache = False
+    if lora_cfg is not None and lora_cfg.enabled and for_training:
+        model = apply_lora(model, lora_cfg, quantized=model_cfg.load_in_4bit)
+    return model
+
+
+def _four_bit_config(lora_cfg):
+    if not torch.cuda.is_available():
+        raise AlignlabError("model.load_in_4bit=true (QLoRA) needs a CUDA GPU, and none is available here")
+    if lora_cfg is None or not lora_cfg.enabled:
+        raise AlignlabError("model.load_in_4bit=true trains LoRA adapters on a frozen 4-bit base: set lora.enabled=true")
+    try:
+        import bitsandbytes  # noqa: F401
+    except ImportError:
+        raise AlignlabError("model.load_in_4bit=true needs bitsandbytes: pip install bitsandbytes") from None
+    from transformers import BitsAndBytesConfig
+
+    return BitsAndBytesConfig(
+        load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=torch.bfloat16, bnb_4bit_use_double_quant=True
+    )
+
+
+def lora_targets(model, configured: Optional[list[str]]) -> list[str] | str:
+    if configured:
+        return configured
+    return LORA_TARGETS.get(getattr(model.config, "model_type", ""), "all-linear")
+
+
+def apply_lora(model, lora_cfg, *, quantized: bool = False):
+    from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
+
+    if quantized:
+        model = prepare_model_for_kbit_training(model)
+    config = LoraConfig(
+        r=lora_cfg.r,
+        lora_alpha=lora_cfg.alpha,
+        lora_dropout=lora_cfg.dropout,
+        target_modules=lora_targets(model, lora_cfg.target_modules),
+        task_type="CAUSAL_LM",
+    )
+    return get_peft_model(model, config)
+
+
+def is_peft(model) -> bool:
+    return hasattr(model, "peft_config") and hasattr(model, "disable_adapter")
+
+
+def save_model(model, tokenizer, out_dir: Path) -> None:
+    """Full weights, or the adapter alone for a PEFT model; plus the tokenizer."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out_dir, safe_serialization=True)
+    tokenizer.save_pretrained(out_dir)
+
+
+def save_merged(model, tokenizer, out_dir: Path) -> None:
+    """Weights loadable by plain transformers: LoRA merged into a copy of the base."""
+    import copy
+
+    if is_peft(model):
+        model = copy.deepcopy(model).merge_and_unload()
+    save_model(model, tokenizer, out_dir)
+
+
+def count_parameters(model) -> tuple[int, int]:
+    total = sum(p.numel() for p in model.parameters())
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    return trainable, total
+
+
+def model_slug(name_or_path: str) -> str:
+    return Path(name_or_path.rstrip("/")).name.replace(".", "-") or "model"
+
+
+def read_json(path: Path) -> dict:
+    return json.loads(path.read_text())

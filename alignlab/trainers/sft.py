@@ -1,0 +1,69 @@
+"""Supervised fine-tuning: next-token cross-entropy on completion / assistant tokens only.
+
+The loss of an optimizer step is the mean over every trained token in it (all micro-batches and
+processes), so gradient accumulation and data parallelism change nothing but speed.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+
+from alignlab.data.collate import collate_masked
+from alignlab.data.sft import load_sft_data
+from alignlab.data.templates import Templater
+from alignlab.logprobs import token_logps
+from alignlab.models import count_parameters, load_model, load_tokenizer
+from alignlab.training import IndexSampler, TrainingRun
+
+log = logging.getLogger("alignlab")
+
+
+def train_sft(config) -> TrainingRun:
+    run = TrainingRun("sft", config)
+    tokenizer = load_tokenizer(config.model.name_or_path, trust_remote_code=config.model.trust_remote_code)
+    templater = Templater(tokenizer, use_chat_template=config.data.chat_template, system_prompt=config.data.system_prompt)
+    train_set, eval_set = load_sft_data(config, templater)
+    model = load_model(config.model, config.lora, gradient_checkpointing=config.train.gradient_checkpointing)
+    trainable, total = count_parameters(model)
+    log.info("run dir %s | model %s: %s trainable of %s parameters", run.run_dir, config.model.name_or_path, f"{trainable:,}", f"{total:,}")
+    run.prepare(model, tokenizer)
+
+    train = config.train
+    sampler = IndexSampler(len(train_set), train.seed)
+    run.maybe_resume(sampler)
+    global_batch = train.batch_size * train.grad_accum * run.num_processes
+    chunk = config.dpo.logprob_chunk_size if hasattr(config, "dpo") else 1024
+
+    def batch_loss(examples):
+        batch = {k: v.to(run.device) for k, v in collate_masked(
+            [e.input_ids for e in examples], [e.loss_mask for e in examples], tokenizer.pad_token_id).items()}
+        logps = token_logps(run.model, batch["input_ids"], batch["attention_mask"], batch["loss_mask"], chunk_size=chunk)
+        return -logps.sum(), float(batch["loss_mask"][:, 1:].sum())
+
+    def step_fn(step):
+        examples = run.rank_slice([train_set[i] for i in sampler.take(global_batch)])
+        total_tokens = run.global_sum(sum(sum(e.loss_mask[1:]) for e in examples))
+        loss_sum, tokens = 0.0, 0.0
+        for micro in run.micro_batches(examples, train.batch_size):
+            nll, count = batch_loss(micro)
+            run.backward(nll / total_tokens)
+            loss_sum += float(nll.detach())
+            tokens += count
+        loss = run.global_sum(loss_sum) / total_tokens
+        return {"loss": loss, "tokens": sum(len(e.input_ids) for e in examples)}
+
+    def eval_fn(step):
+        if not eval_set:
+            return {}
+        run.model.eval()
+        nll, count = 0.0, 0.0
+        with torch.no_grad():
+            for start in range(0, len(eval_set), train.eval_batch_size):
+                batch_nll, batch_count = batch_loss(eval_set[start : start + train.eval_batch_size])
+                nll, count = nll + float(batch_nll), count + batch_count
+        return {"loss": nll / max(count, 1.0)}
+
+    run.loop(step_fn, eval_fn=eval_fn if eval_set else None, sampler=sampler)
+    return run

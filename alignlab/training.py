@@ -1,0 +1,331 @@
+"""The training loop every trainer shares: run directory, accelerate, optimizer, sampling, checkpoints.
+
+A trainer supplies `step_fn(step) -> metrics` that runs forward/backward over its micro-batches
+(using `run.micro_batches` so gradient sync happens once per step) and `eval_fn(step) -> metrics`.
+This module owns everything around it: optimizer and schedule, clipping, non-finite steps,
+logging, progress, checkpoints and resume.
+
+Gradient accumulation is done here rather than with `accelerator.accumulate`, because the loss of
+each micro-batch is divided by the token (or pair) count of the whole optimizer step across all
+processes: 1x8 and 8x1 then give the same gradient, not just the same expected gradient.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import logging
+import math
+import random
+import time
+from pathlib import Path
+from typing import Callable, Optional
+
+import numpy as np
+import torch
+
+from alignlab import checkpoint as ckpt
+from alignlab.config import to_dict, to_yaml
+from alignlab.errors import AlignlabError
+from alignlab.models import is_peft, model_slug, save_merged, save_model
+from alignlab.tracking import Tracker, setup_logging
+
+log = logging.getLogger("alignlab")
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def default_run_dir(command: str, config) -> Path:
+    stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+    return Path("runs") / f"{command}_{model_slug(config.model.name_or_path)}_lr{config.train.lr:.0e}_{stamp}"
+
+
+def resolve_run_dir(command: str, config) -> tuple[Path, bool]:
+    """(run_dir, resuming). Never reuses an existing run unless resume was asked for."""
+    resume = config.train.resume
+    if isinstance(resume, str) and resume not in ("", "false", "true"):
+        return Path(resume), True
+    run_dir = Path(config.train.output_dir) if config.train.output_dir else default_run_dir(command, config)
+    has_run = (run_dir / "config.yaml").exists()
+    if resume in (True, "true"):
+        if not config.train.output_dir:
+            raise AlignlabError("train.resume=true needs train.output_dir (or pass the run directory: train.resume=<dir>)")
+        return run_dir, has_run
+    if has_run:
+        raise AlignlabError(
+            f"{run_dir} already holds a run. Continue it with train.resume=true, or choose another train.output_dir."
+        )
+    return run_dir, False
+
+
+class IndexSampler:
+    """Reproducible epochs of shuffled example indices; its state is the data position."""
+
+    def __init__(self, size: int, seed: int):
+        self.size, self.seed, self.epoch, self.offset = size, seed, 0, 0
+        self._order = self._permutation()
+
+    def _permutation(self) -> list[int]:
+        generator = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+        return torch.randperm(self.size, generator=generator).tolist()
+
+    def take(self, count: int) -> list[int]:
+        out = []
+        while len(out) < count:
+            if self.offset >= self.size:
+                self.epoch, self.offset = self.epoch + 1, 0
+                self._order = self._permutation()
+            grab = min(count - len(out), self.size - self.offset)
+            out += self._order[self.offset : self.offset + grab]
+            self.offset += grab
+        return out
+
+    def state(self) -> dict:
+        return {"epoch": self.epoch, "offset": self.offset}
+
+    def load(self, state: dict) -> None:
+        self.epoch, self.offset = state["epoch"], state["offset"]
+        self._order = self._permutation()
+
+
+class TrainingRun:
+    """One run directory and the accelerate objects that train in it."""
+
+    def __init__(self, command: str, config):
+        from accelerate import Accelerator
+
+        self.command, self.config = command, config
+        self.accelerator = Accelerator(mixed_precision=config.train.mixed_precision)
+        self.is_main = self.accelerator.is_main_process
+        self.run_dir, self.resuming = resolve_run_dir(command, config)
+        if self.is_main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            ckpt.atomic_write_text(self.run_dir / "config.yaml", f"# alignlab {command}\n" + to_yaml(config))
+        self.accelerator.wait_for_everyone()
+        setup_logging(self.run_dir / "train.log" if self.is_main else None, console=self.is_main)
+        self.tracker = Tracker(self.run_dir, config.train.report_to, to_dict(config), enabled=self.is_main)
+        seed_everything(config.train.seed)
+        self.model = self.optimizer = self.scheduler = self.tokenizer = None
+        self.step = 0
+        self.bad_steps = 0
+        self.skipped_steps = 0
+
+    @property
+    def device(self):
+        return self.accelerator.device
+
+    @property
+    def num_processes(self) -> int:
+        return self.accelerator.num_processes
+
+    def prepare(self, model, tokenizer) -> None:
+        """Optimizer over trainable parameters, the LR schedule, and accelerate's wrapping."""
+        from transformers import get_scheduler
+
+        train = self.config.train
+        params = [p for p in model.parameters() if p.requires_grad]
+        if not params:
+            raise AlignlabError("the model has no trainable parameters")
+        optimizer = torch.optim.AdamW(
+            params, lr=train.lr, betas=(train.adam_beta1, train.adam_beta2), weight_decay=train.weight_decay
+        )
+        name = "constant_with_warmup" if train.lr_scheduler == "constant" else train.lr_scheduler
+        scheduler = get_scheduler(name, optimizer, num_warmup_steps=train.warmup_steps, num_training_steps=train.max_steps)
+        self.model, self.optimizer, self.scheduler = self.accelerator.prepare(model, optimizer, scheduler)
+        self.tokenizer = tokenizer
+
+    @property
+    def unwrapped(self):
+        return self.accelerator.unwrap_model(self.model)
+
+    # ------------------------------------------------------------ batches
+
+    def rank_slice(self, items: list) -> list:
+        """This process's share of a global batch (contiguous, so groups stay whole when sizes divide)."""
+        per_rank = len(items) // self.num_processes
+        start = self.accelerator.process_index * per_rank
+        return items[start : start + per_rank]
+
+    def micro_batches(self, items: list, size: int):
+        """Yield micro-batches; gradients are synchronised across processes only on the last one."""
+        chunks = [items[i : i + size] for i in range(0, len(items), size)]
+        for index, chunk in enumerate(chunks):
+            last = index == len(chunks) - 1
+            with contextlib.nullcontext() if last else self.accelerator.no_sync(self.model):
+                yield chunk
+
+    def global_sum(self, value: float) -> float:
+        """Sum of a number over all processes (e.g. the loss tokens in this optimizer step)."""
+        tensor = torch.tensor([float(value)], device=self.device)
+        return float(self.accelerator.reduce(tensor, reduction="sum").item())
+
+    def backward(self, loss: torch.Tensor) -> None:
+        # DDP averages gradients over processes; our losses are already normalised by the global
+        # count, so scale back up to make the average a sum.
+        self.accelerator.backward(loss * self.num_processes)
+
+    def mean_over_processes(self, metrics: dict) -> dict:
+        if self.num_processes == 1 or not metrics:
+            return metrics
+        keys = sorted(metrics)
+        values = torch.tensor([float(metrics[k]) for k in keys], device=self.device)
+        values = self.accelerator.reduce(values, reduction="mean")
+        return dict(zip(keys, values.tolist()))
+
+    # ------------------------------------------------------------ checkpoints
+
+    def save_model_to(self, out_dir: Path) -> None:
+        save_model(self.unwrapped, self.tokenizer, out_dir)
+
+    def save(self, extra_state: Optional[dict] = None, sampler: Optional[IndexSampler] = None) -> None:
+        self.accelerator.wait_for_everyone()
+        if self.is_main:
+            path = ckpt.save_checkpoint(
+                self.run_dir,
+                self.step,
+                save_model_fn=self.save_model_to,
+                optimizer=self.optimizer,
+                scheduler=self.scheduler,
+                state={"sampler": sampler.state() if sampler else None, "skipped_steps": self.skipped_steps},
+                extra=extra_state,
+                keep=self.config.train.save_total_limit,
+            )
+            log.info("saved %s", path)
+        self.accelerator.wait_for_everyone()
+
+    def maybe_resume(self, sampler: Optional[IndexSampler] = None) -> Optional[dict]:
+        """Restore the latest checkpoint when resuming; returns the trainer's extra state."""
+        if not self.resuming:
+            return None
+        latest = ckpt.latest_checkpoint(self.run_dir)
+        if latest is None:
+            log.info("no checkpoint in %s yet: starting from scratch", self.run_dir)
+            self.tracker.truncate_after(0)
+            return None
+        state, extra = ckpt.load_checkpoint(
+            latest,
+            load_model_fn=lambda d: ckpt.load_model_weights(self.unwrapped, d),
+            optimizer=self.optimizer,
+            scheduler=self.scheduler,
+        )
+        self.step = state["step"]
+        self.skipped_steps = state.get("skipped_steps", 0)
+        if sampler is not None and state.get("sampler"):
+            sampler.load(state["sampler"])
+        self.tracker.truncate_after(self.step)
+        log.info("resumed from %s at step %d", latest, self.step)
+        return extra
+
+    def save_final(self) -> None:
+        """final/: weights loadable by plain transformers (LoRA merged into the base)."""
+        self.accelerator.wait_for_everyone()
+        if self.is_main:
+            out = self.run_dir / "final"
+            tmp = out.with_name("final.tmp")
+            import shutil
+
+            shutil.rmtree(tmp, ignore_errors=True)
+            (save_merged if is_peft(self.unwrapped) else save_model)(self.unwrapped, self.tokenizer, tmp)
+            shutil.rmtree(out, ignore_errors=True)
+            tmp.rename(out)
+            log.info("final model (loadable with AutoModelForCausalLM.from_pretrained): %s", out)
+
+    # ------------------------------------------------------------ the loop
+
+    def optimizer_step(self) -> tuple[float, bool]:
+        """Clip, check for non-finite gradients, step. Returns (grad_norm, stepped)."""
+        grad_norm = self.accelerator.clip_grad_norm_(self.model.parameters(), self.config.train.max_grad_norm)
+        grad_norm = float(grad_norm)
+        if not math.isfinite(grad_norm):
+            self.optimizer.zero_grad(set_to_none=True)
+            return grad_norm, False
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return grad_norm, True
+
+    def loop(
+        self,
+        step_fn: Callable[[int], dict],
+        *,
+        eval_fn: Optional[Callable[[int], dict]] = None,
+        extra_state_fn: Optional[Callable[[], dict]] = None,
+        sampler: Optional[IndexSampler] = None,
+        tokens_key: str = "tokens",
+    ) -> list[dict]:
+        """Run optimizer steps until train.max_steps; returns the logged records of this process."""
+        from tqdm import tqdm
+
+        train = self.config.train
+        history = []
+        bar = tqdm(
+            total=train.max_steps, initial=self.step, desc=self.command, disable=not (self.is_main and train.progress),
+            dynamic_ncols=True,
+        )
+        start = time.perf_counter()
+        self.model.train()
+        try:
+            while self.step < train.max_steps:
+                tick = time.perf_counter()
+                metrics = step_fn(self.step)
+                loss = metrics.get("loss", 0.0)
+                grad_norm, stepped = self.optimizer_step() if math.isfinite(loss) else (float("nan"), False)
+                if not stepped:
+                    self._bad_step(loss, grad_norm)
+                    continue
+                self.bad_steps = 0
+                self.step += 1
+                seconds = time.perf_counter() - tick
+                record = self.mean_over_processes({k: v for k, v in metrics.items() if k != tokens_key})
+                record.update(
+                    grad_norm=grad_norm, lr=self.scheduler.get_last_lr()[0], step_seconds=seconds,
+                    elapsed=time.perf_counter() - start, skipped_steps=self.skipped_steps,
+                )
+                if tokens_key in metrics:
+                    record["tokens_per_second"] = self.global_sum(metrics[tokens_key]) / max(seconds, 1e-9)
+                if eval_fn and train.eval_every and self.step % train.eval_every == 0 and self.step < train.max_steps:
+                    record.update({f"eval/{k}": v for k, v in eval_fn(self.step).items()})
+                    self.model.train()
+                if self.step % train.log_every == 0 or self.step == train.max_steps:
+                    self.tracker.log(self.step, record)
+                history.append({"step": self.step, **record})
+                bar.update(1)
+                bar.set_postfix(_postfix(record), refresh=False)
+                if train.save_every and self.step % train.save_every == 0 and self.step < train.max_steps:
+                    self.save(extra_state_fn() if extra_state_fn else None, sampler)
+        except KeyboardInterrupt:
+            bar.close()
+            self.save(extra_state_fn() if extra_state_fn else None, sampler)
+            raise AlignlabError(
+                f"interrupted at step {self.step}; checkpoint saved. Resume with: "
+                f"alignlab {self.command} -c {self.run_dir / 'config.yaml'} train.resume={self.run_dir}"
+            ) from None
+        bar.close()
+        if eval_fn:
+            final_eval = {f"eval/{k}": v for k, v in eval_fn(self.step).items()}
+            self.tracker.log(self.step, final_eval)
+            history.append({"step": self.step, **final_eval})
+        self.save(extra_state_fn() if extra_state_fn else None, sampler)
+        self.save_final()
+        self.tracker.close()
+        return history
+
+    def _bad_step(self, loss: float, grad_norm: float) -> None:
+        self.bad_steps += 1
+        self.skipped_steps += 1
+        self.optimizer.zero_grad(set_to_none=True)
+        log.warning("step %d: non-finite loss %s / grad norm %s; skipped", self.step + 1, loss, grad_norm)
+        if self.bad_steps >= self.config.train.max_bad_steps:
+            raise AlignlabError(
+                f"{self.bad_steps} steps in a row had a non-finite loss or gradient; stopping. The last good checkpoint "
+                f"is in {self.run_dir}. Try a lower train.lr, train.max_grad_norm, or float32 (model.dtype=float32)."
+            )
+
+
+def _postfix(record: dict) -> dict:
+    keys = ("loss", "reward", "rewards/accuracies", "eval/accuracy", "lr", "tokens_per_second")
+    return {k.split("/")[-1][:10]: f"{record[k]:.3g}" for k in keys if k in record and record[k] is not None}
