@@ -1,0 +1,325 @@
+"""Tests for alignlab.losses.grpo: advantages, the clipped surrogate, aggregations, TRL parity."""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections import defaultdict
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from alignlab.losses.grpo import ADVANTAGE_SCALINGS, LOSS_AGGREGATIONS, group_advantages, grpo_loss
+
+EPS = 1e-4
+
+# ------------------------------------------------------------------------------------- advantages
+
+
+def test_group_scaling_by_hand():
+    """Group [1, 2, 3]: mean 2, unbiased std sqrt((1 + 0 + 1) / 2) = 1 -> (-1, 0, 1) / (1 + 1e-4).
+    Group [5, 5, 5]: all equal -> exactly 0."""
+    rewards = torch.tensor([1.0, 2.0, 3.0, 5.0, 5.0, 5.0])
+    adv = group_advantages(rewards, 3, "group")
+    expected = [-1 / (1 + EPS), 0.0, 1 / (1 + EPS), 0.0, 0.0, 0.0]
+    assert adv.tolist() == pytest.approx(expected, abs=1e-7)
+
+
+def test_batch_scaling_by_hand():
+    """Same rewards. Baseline is still the group mean; the divisor is the std of all six rewards:
+    mean 21/6 = 3.5, squared deviations 6.25 + 2.25 + 0.25 + 3 * 2.25 = 15.5, unbiased variance
+    15.5 / 5 = 3.1 -> (-1, 0, 1) / (sqrt(3.1) + 1e-4) and zeros for the constant group."""
+    rewards = torch.tensor([1.0, 2.0, 3.0, 5.0, 5.0, 5.0])
+    adv = group_advantages(rewards, 3, "batch")
+    d = math.sqrt(3.1) + EPS
+    assert adv.tolist() == pytest.approx([-1 / d, 0.0, 1 / d, 0.0, 0.0, 0.0], abs=1e-7)
+
+
+def test_none_scaling_by_hand():
+    """Dr. GRPO: r - group mean only. [1, 2, 3] -> (-1, 0, 1); [0, 4] -> (-2, 2) with G = 2 after
+    regrouping [1, 2 | 3, 5 | 0, 4]: (-0.5, 0.5), (-1, 1), (-2, 2)."""
+    adv = group_advantages(torch.tensor([1.0, 2.0, 3.0, 5.0, 0.0, 4.0]), 2, "none")
+    assert adv.tolist() == pytest.approx([-0.5, 0.5, -1.0, 1.0, -2.0, 2.0], abs=1e-7)
+    adv = group_advantages(torch.tensor([1.0, 2.0, 3.0]), 3, "none")
+    assert adv.tolist() == pytest.approx([-1.0, 0.0, 1.0], abs=1e-7)
+
+
+@pytest.mark.parametrize("scale", sorted(ADVANTAGE_SCALINGS))
+def test_group_of_one_is_zero_without_nan_or_warning(scale):
+    """G = 1: r - mean = 0 and torch's std of one sample would be NaN (with a warning); we give 0.
+    A single reward in the whole batch (batch std of one sample) too."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        adv = group_advantages(torch.tensor([0.3, -1.2, 7.0]), 1, scale)
+        single = group_advantages(torch.tensor([2.5]), 1, scale)
+    assert torch.equal(adv, torch.zeros(3))
+    assert torch.equal(single, torch.zeros(1))
+
+
+@pytest.mark.parametrize("scale", sorted(ADVANTAGE_SCALINGS))
+@pytest.mark.parametrize("value", [0.1, 0.7, 1 / 3, -2.0, 1e6 + 0.1])
+def test_all_equal_rewards_are_exactly_zero(scale, value):
+    """A constant group gets exactly 0 (not 1e-9 from rounding in the mean, not NaN), in float32 and 64."""
+    for dtype in (torch.float32, torch.float64):
+        rewards = torch.full((7,), value, dtype=dtype)
+        adv = group_advantages(rewards, 7, scale)
+        assert torch.equal(adv, torch.zeros(7, dtype=dtype))
+
+
+def test_integer_rewards_and_errors():
+    assert group_advantages(torch.tensor([0, 1]), 2, "none").tolist() == [-0.5, 0.5]
+    with pytest.raises(ValueError, match="batch.*group.*none|'batch', 'group', 'none'"):
+        group_advantages(torch.tensor([1.0, 2.0]), 2, "whiten")
+    with pytest.raises(ValueError, match="group_size=3"):
+        group_advantages(torch.tensor([1.0, 2.0, 3.0, 4.0]), 3, "group")
+
+
+def _trl_advantages(rewards, num_generations, scale_rewards):
+    """TRL 1.16's advantage block (GRPOTrainer._generate_and_score_completions, sum_then_normalize),
+    reproduced line by line around TRL's own `nanstd`, since it is inlined in a method that also
+    generates and scores completions."""
+    from trl.trainer.utils import nanstd
+
+    mean_grouped = torch.nanmean(rewards.view(-1, num_generations), dim=1).repeat_interleave(num_generations)
+    if scale_rewards in ("group", "none"):
+        std = nanstd(rewards.view(-1, num_generations), dim=1).repeat_interleave(num_generations)
+    else:
+        std = nanstd(rewards).expand_as(rewards)
+    advantages = rewards - mean_grouped
+    if scale_rewards != "none":
+        advantages = advantages / (std + 1e-4)
+    return torch.nan_to_num(advantages, nan=0.0)
+
+
+@pytest.mark.parametrize("scale", sorted(ADVANTAGE_SCALINGS))
+def test_advantages_parity_with_trl(scale):
+    pytest.importorskip("trl")
+    torch.manual_seed(0)
+    rewards = torch.randn(6 * 4, dtype=torch.float64)
+    rewards[8:12] = 0.5  # one constant group
+    torch.testing.assert_close(group_advantages(rewards, 4, scale), _trl_advantages(rewards, 4, scale))
+
+
+# -------------------------------------------------------------------------------- loss: by hand
+
+
+def _one_token(delta, advantage, **kwargs):
+    old = torch.zeros(1, 1, dtype=torch.float64)  # [B, T]
+    logps = torch.full((1, 1), delta, dtype=torch.float64)  # [B, T]
+    adv = torch.tensor([advantage], dtype=torch.float64)  # [B]
+    return grpo_loss(logps, old, None, adv, torch.ones(1, 1), **kwargs)
+
+
+def test_clipping_by_hand():
+    """One token, eps 0.2.
+    ratio e^0.5 = 1.6487, A = +1: min(1.6487, 1.2) = 1.2 -> loss -1.2, clipped high.
+    ratio e^0.5, A = -1: min(-1.6487, -1.2) = -1.6487 -> loss 1.6487, not clipped (wrong side).
+    ratio e^-0.5 = 0.6065, A = -1: min(-0.6065, -0.8) = -0.8 -> loss 0.8, clipped low.
+    ratio e^-0.5, A = +1: min(0.6065, 0.8) = 0.6065 -> loss -0.6065, not clipped.
+    Clip-Higher eps_high = 0.7: ratio e^0.5 < 1.7, A = +1 -> loss -1.6487, not clipped."""
+    out = _one_token(0.5, 1.0)
+    assert (out.loss.item(), out.clip_ratio.item(), out.clip_ratio_high.item()) == pytest.approx((-1.2, 1.0, 1.0))
+    out = _one_token(0.5, -1.0)
+    assert (out.loss.item(), out.clip_ratio.item()) == pytest.approx((math.exp(0.5), 0.0))
+    out = _one_token(-0.5, -1.0)
+    assert (out.loss.item(), out.clip_ratio.item(), out.clip_ratio_low.item()) == pytest.approx((0.8, 1.0, 1.0))
+    out = _one_token(-0.5, 1.0)
+    assert (out.loss.item(), out.clip_ratio.item()) == pytest.approx((-math.exp(-0.5), 0.0))
+    out = _one_token(0.5, 1.0, epsilon_high=0.7)
+    assert (out.loss.item(), out.clip_ratio.item()) == pytest.approx((-math.exp(0.5), 0.0))
+
+
+def test_kl_by_hand():
+    """On-policy, A = 0, ref - logp = log 2: k3 = 2 - log 2 - 1 = 0.306853; beta 0.1 -> loss 0.0306853."""
+    logps = torch.zeros(1, 1, dtype=torch.float64)
+    ref = torch.full((1, 1), math.log(2.0), dtype=torch.float64)
+    out = grpo_loss(logps, None, ref, torch.zeros(1, dtype=torch.float64), torch.ones(1, 1), beta=0.1)
+    assert out.kl.item() == pytest.approx(1 - math.log(2.0), abs=1e-12)
+    assert out.loss.item() == pytest.approx(0.1 * (1 - math.log(2.0)), abs=1e-12)
+
+
+def test_aggregations_by_hand():
+    """On-policy (ratio 1), A = [1, -1], mask [[1, 1], [1, 0]]: per-token loss -A -> [[-1, -1], [1, .]].
+    dapo/bnpo: (-1 - 1 + 1) / 3 active tokens = -1/3.
+    grpo: sequence means -1 and 1 -> (-1 + 1) / 2 = 0.
+    dr_grpo: -1 / (B * T) = -1/4; with max_completion_length 4: -1/8.
+    Gradient of dapo w.r.t. logps: -A / 3 on active tokens, 0 on padding."""
+    logps = torch.zeros(2, 2, dtype=torch.float64, requires_grad=True)
+    adv = torch.tensor([1.0, -1.0], dtype=torch.float64)
+    mask = torch.tensor([[1, 1], [1, 0]])
+    loss = lambda kind, **kw: grpo_loss(logps, None, None, adv, mask, loss_type=kind, **kw).loss  # noqa: E731
+    assert loss("dapo").item() == pytest.approx(-1 / 3)
+    assert loss("bnpo").item() == pytest.approx(-1 / 3)
+    assert loss("grpo").item() == pytest.approx(0.0)
+    assert loss("dr_grpo").item() == pytest.approx(-1 / 4)
+    assert loss("dr_grpo", max_completion_length=4).item() == pytest.approx(-1 / 8)
+    (grad,) = torch.autograd.grad(loss("dapo"), logps)
+    assert grad.flatten().tolist() == pytest.approx([-1 / 3, -1 / 3, 1 / 3, 0.0])
+    out = grpo_loss(logps, None, None, adv, mask)
+    assert out.kl.item() == 0.0 and out.clip_ratio.item() == 0.0
+
+
+def test_loss_errors():
+    x = torch.zeros(1, 1)
+    with pytest.raises(ValueError, match="dapo"):
+        grpo_loss(x, None, None, torch.zeros(1), x, loss_type="sum")
+    with pytest.raises(ValueError, match="ref_logps"):
+        grpo_loss(x, None, None, torch.zeros(1), x, beta=0.1)
+
+
+# ------------------------------------------------------------- loss: float64 parity with the paper
+
+
+B, T = 4, 5
+EPS_LOW, EPS_HIGH, BETA, MAX_LEN = 0.2, 0.28, 0.04, 8
+
+
+def _batch(seed=0):
+    """Ratios exp(delta) with delta in {-0.6, -0.1, 0, 0.1, 0.5}: 0.55 and 1.65 lie outside
+    [1 - 0.2, 1 + 0.28], and the advantages have both signs, so both clip sides are active."""
+    torch.manual_seed(seed)
+    old = -torch.rand(B, T, dtype=torch.float64) * 3  # [B, T]
+    deltas = torch.tensor([-0.6, -0.1, 0.0, 0.1, 0.5], dtype=torch.float64)
+    delta = deltas[torch.randint(0, 5, (B, T))]  # [B, T]
+    delta[:, 0], delta[:, 1] = 0.5, -0.6  # both extremes in every row
+    logps = (old + delta).clone().requires_grad_(True)  # [B, T]
+    ref = old + 0.3 * torch.randn(B, T, dtype=torch.float64)  # [B, T]
+    adv = torch.tensor([1.3, -0.7, 0.4, -1.1], dtype=torch.float64)  # [B]
+    mask = torch.tensor([[1, 1, 1, 1, 1], [1, 1, 1, 0, 0], [1, 1, 0, 0, 0], [1, 1, 1, 1, 0]])  # [B, T]
+    return logps, old, ref, adv, mask
+
+
+def _paper_loss(logps, old, ref, adv, mask, loss_type):
+    """DeepSeekMath Eq. 3 + Eq. 4 term by term, with explicit loops over sequences and tokens."""
+    token_terms, per_seq, n_active = [], [], 0
+    for b in range(logps.shape[0]):
+        seq = []
+        for t in range(logps.shape[1]):
+            if mask[b, t] == 0:
+                continue
+            ratio = torch.exp(logps[b, t] - old[b, t])
+            surrogate = torch.minimum(ratio * adv[b], torch.clamp(ratio, 1 - EPS_LOW, 1 + EPS_HIGH) * adv[b])
+            d = ref[b, t] - logps[b, t]
+            k3 = torch.exp(d) - d - 1
+            seq.append(-surrogate + BETA * k3)
+        n_active += len(seq)
+        token_terms.extend(seq)
+        per_seq.append(torch.stack(seq).sum() / len(seq))
+    if loss_type == "grpo":
+        return torch.stack(per_seq).sum() / logps.shape[0]
+    if loss_type in ("dapo", "bnpo"):
+        return torch.stack(token_terms).sum() / n_active
+    return torch.stack(token_terms).sum() / (logps.shape[0] * MAX_LEN)
+
+
+@pytest.mark.parametrize("loss_type", sorted(LOSS_AGGREGATIONS))
+def test_parity_with_paper_float64(loss_type):
+    logps, old, ref, adv, mask = _batch()
+    out = grpo_loss(
+        logps, old, ref, adv, mask, epsilon_low=EPS_LOW, epsilon_high=EPS_HIGH, beta=BETA,
+        loss_type=loss_type, max_completion_length=MAX_LEN,
+    )
+    expected = _paper_loss(logps, old, ref, adv, mask, loss_type)
+    torch.testing.assert_close(out.loss, expected, rtol=1e-12, atol=1e-12)
+    (got,) = torch.autograd.grad(out.loss, logps)
+    (want,) = torch.autograd.grad(expected, logps)
+    torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12)
+
+    # Metrics, counted independently over active tokens.
+    ratio = torch.exp(logps.detach() - old)
+    active = mask.bool()
+    low = (ratio < 1 - EPS_LOW) & (adv[:, None] < 0) & active
+    high = (ratio > 1 + EPS_HIGH) & (adv[:, None] > 0) & active
+    assert low.any() and high.any()
+    n = active.sum().item()
+    assert out.clip_ratio_low.item() == pytest.approx(low.sum().item() / n)
+    assert out.clip_ratio_high.item() == pytest.approx(high.sum().item() / n)
+    assert out.clip_ratio.item() == pytest.approx((low | high).sum().item() / n)
+    d = ref - logps.detach()
+    assert out.kl.item() == pytest.approx(((torch.exp(d) - d - 1)[active]).mean().item(), abs=1e-12)
+    assert not (out.kl.requires_grad or out.clip_ratio.requires_grad)
+
+
+@pytest.mark.parametrize("loss_type", ["dapo", "bnpo", "grpo", "dr_grpo"])
+def test_accumulation_with_full_batch_normalizer(loss_type):
+    """Two micro-batches given the whole step's count sum to the full-batch loss (and gradient)."""
+    logps, old, ref, adv, mask = _batch(seed=3)
+    full_count = {"dapo": mask.sum(), "bnpo": mask.sum(), "grpo": B, "dr_grpo": B * MAX_LEN}[loss_type]
+    kwargs = dict(epsilon_low=EPS_LOW, epsilon_high=EPS_HIGH, beta=BETA, loss_type=loss_type, max_completion_length=MAX_LEN)
+    full = grpo_loss(logps, old, ref, adv, mask, **kwargs).loss
+    halves = [slice(0, 1), slice(1, B)]  # unequal micro-batches: 5 and 9 active tokens
+    parts = [grpo_loss(logps[s], old[s], ref[s], adv[s], mask[s], normalizer=full_count, **kwargs).loss for s in halves]
+    torch.testing.assert_close(parts[0] + parts[1], full, rtol=1e-12, atol=1e-12)
+    (g_full,) = torch.autograd.grad(full, logps)
+    (g_parts,) = torch.autograd.grad(parts[0] + parts[1], logps)
+    torch.testing.assert_close(g_parts, g_full, rtol=1e-12, atol=1e-12)
+
+
+# ------------------------------------------------------------------------------------ TRL parity
+#
+# What we found in TRL 1.16 (trl/trainer/grpo_trainer.py): the advantage computation is inlined in
+# _generate_and_score_completions (generation + reward scoring), so it is reproduced above around
+# TRL's own `nanstd`. The per-token loss and its aggregation are inlined in GRPOTrainer._compute_loss,
+# which gets its log-probs from self._get_per_token_logps_and_entropies. We call that unbound method
+# with a stand-in `self` whose log-prob method returns our tensor, so TRL's own clipping, k3 KL,
+# aggregation and clip/KL metrics run on our data. Single process, one accumulation step,
+# steps_per_generation 1: TRL's dapo normaliser is then num_items_in_batch, the active-token count.
+
+
+def _trl_grpo(loss_type, logps, old, ref, adv, mask):
+    from trl.trainer.grpo_trainer import GRPOTrainer
+
+    Bn, Tn = logps.shape
+    stand_in = SimpleNamespace(
+        _get_per_token_logps_and_entropies=lambda *a, **k: (logps, torch.zeros_like(logps), None),
+        top_entropy_quantile=1.0,
+        off_policy_mask_threshold=None,
+        importance_sampling_level="token",
+        beta=BETA,
+        loss_type=loss_type,
+        epsilon_low=EPS_LOW,
+        epsilon_high=EPS_HIGH,
+        args=SimpleNamespace(use_bias_correction_kl=False, delta=None, steps_per_generation=1),
+        use_vllm=False,
+        model=SimpleNamespace(training=True),
+        current_gradient_accumulation_steps=1,
+        max_completion_length=MAX_LEN,
+        accelerator=SimpleNamespace(num_processes=1, reduce=lambda x, reduction: x, gather=lambda x: x),
+        _entropy_bonus_enabled=False,
+        aux_loss_enabled=False,
+        _metrics={"train": defaultdict(list), "eval": defaultdict(list)},
+    )
+    inputs = {
+        "prompt_ids": torch.zeros(Bn, 1, dtype=torch.long),  # [B, 1]
+        "prompt_mask": torch.ones(Bn, 1, dtype=torch.long),  # [B, 1]
+        "completion_ids": torch.zeros(Bn, Tn, dtype=torch.long),  # [B, T]
+        "completion_mask": mask,  # [B, T]
+        "advantages": adv,  # [B]
+        "old_per_token_logps": old,  # [B, T]
+        "ref_per_token_logps": ref,  # [B, T]
+        "num_items_in_batch": mask.sum().double(),  # []
+    }
+    loss = GRPOTrainer._compute_loss(stand_in, None, inputs)
+    return loss, stand_in._metrics["train"]
+
+
+@pytest.mark.parametrize("loss_type", sorted(LOSS_AGGREGATIONS))
+def test_loss_parity_with_trl(loss_type):
+    pytest.importorskip("trl")
+    logps, old, ref, adv, mask = _batch(seed=5)
+    trl_loss, metrics = _trl_grpo(loss_type, logps, old, ref, adv, mask)
+    out = grpo_loss(
+        logps, old, ref, adv, mask, epsilon_low=EPS_LOW, epsilon_high=EPS_HIGH, beta=BETA,
+        loss_type=loss_type, max_completion_length=MAX_LEN,
+    )
+    torch.testing.assert_close(out.loss, trl_loss, rtol=1e-12, atol=1e-12)
+    (got,) = torch.autograd.grad(out.loss, logps)
+    (want,) = torch.autograd.grad(trl_loss, logps)
+    torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12)
+    assert out.kl.item() == pytest.approx(metrics["kl"][0], abs=1e-12)
+    # TRL casts the clip indicators to float32 before averaging, hence the looser tolerance.
+    assert out.clip_ratio.item() == pytest.approx(metrics["clip_ratio/region_mean"][0], abs=1e-6)
+    assert out.clip_ratio_low.item() == pytest.approx(metrics["clip_ratio/low_mean"][0], abs=1e-6)
+    assert out.clip_ratio_high.item() == pytest.approx(metrics["clip_ratio/high_mean"][0], abs=1e-6)
+    assert out.clip_ratio_low.item() > 0 and out.clip_ratio_high.item() > 0
