@@ -22,6 +22,7 @@ from typing import Any, Callable
 
 __all__ = [
     "BUILTINS",
+    "boxed_format",
     "answer_correct",
     "answer_format",
     "boxed_correct",
@@ -299,6 +300,25 @@ def boxed_correct(completions: list, answer: list, **_: Any) -> list[float | Non
             continue
         content = _last_boxed_content(_text(completion))
         scores.append(1.0 if content is not None and _matches(content, gold) else 0.0)
+    return scores
+
+
+_BOXED_LINE = re.compile(r"\\boxed\{-?[0-9]+(?:\.[0-9]+)?\}")
+
+
+@_builtin("boxed_format", 0.0, 1.0)
+def boxed_format(completions: list, **_: Any) -> list[float | None]:
+    r"""1.0 if the last non-empty line is exactly ``\boxed{NUMBER}``, else 0.0 (seed 000's format).
+
+    NUMBER as in ``answer_format``. Range: [0, 1].
+
+    >>> boxed_format([r"\boxed{4}", "count: 3\n" + r"\boxed{-2.5}", r"\boxed{4} letters", r"\boxed{four}", ""])
+    [1.0, 1.0, 0.0, 0.0, 0.0]
+    """
+    scores: list[float | None] = []
+    for completion in completions:
+        lines = [line.strip() for line in _text(completion).splitlines() if line.strip()]
+        scores.append(1.0 if lines and _BOXED_LINE.fullmatch(lines[-1]) else 0.0)
     return scores
 
 

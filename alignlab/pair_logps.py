@@ -1,0 +1,110 @@
+"""Sequence log-probs of preference pairs, and the reference model's, computed once and cached.
+
+Chosen and rejected go through the model in one concatenated forward ([2B, T]), so a pair costs
+one call and shares its batch statistics. The reference strategies:
+- precomputed (default): before training, in large no-grad batches; cached on disk keyed by the
+  data's token ids, the model's identity and the log-prob settings, so another run on the same data
+  and base model (e.g. another beta) reuses them;
+- adapter: LoRA policy with the adapter disabled (no second copy of the weights);
+- copy: a frozen copy of the initial policy (full fine-tuning);
+- none: reference-free (SimPO-style): reference log-probs are zero.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+import torch
+
+from alignlab.data.collate import collate_masked
+from alignlab.logprobs import token_logps
+
+log = logging.getLogger("alignlab")
+
+
+@dataclass
+class PairLogps:
+    chosen: torch.Tensor  # [B] summed log-prob of the chosen response
+    rejected: torch.Tensor  # [B]
+    chosen_tokens: torch.Tensor  # [B] response lengths, for length normalisation and NLL
+    rejected_tokens: torch.Tensor  # [B]
+
+
+def pair_logps(model, pairs, pad_id: int, device, *, chunk_size: int = 1024) -> PairLogps:
+    """One forward over [chosen..., rejected...]; response tokens only."""
+    ids = [p.prompt_ids + p.chosen_ids for p in pairs] + [p.prompt_ids + p.rejected_ids for p in pairs]
+    masks = [[0] * len(p.prompt_ids) + [1] * len(p.chosen_ids) for p in pairs]
+    masks += [[0] * len(p.prompt_ids) + [1] * len(p.rejected_ids) for p in pairs]
+    batch = {k: v.to(device) for k, v in collate_masked(ids, masks, pad_id).items()}
+    per_token = token_logps(model, batch["input_ids"], batch["attention_mask"], batch["loss_mask"], chunk_size=chunk_size)
+    sums = per_token.sum(-1)  # [2B]
+    lengths = batch["loss_mask"][:, 1:].sum(-1).float()  # [2B]
+    count = len(pairs)
+    return PairLogps(sums[:count], sums[count:], lengths[:count], lengths[count:])
+
+
+@torch.no_grad()
+def compute_all(model, pairs, pad_id: int, device, *, batch_size: int, chunk_size: int, progress: bool = False) -> torch.Tensor:
+    """[N, 2] (chosen, rejected) summed log-probs for every pair, in no-grad batches."""
+    from tqdm import tqdm
+
+    was_training = model.training
+    model.eval()
+    out = []
+    starts = range(0, len(pairs), batch_size)
+    for start in tqdm(starts, desc="reference log-probs", disable=not progress, leave=False):
+        result = pair_logps(model, pairs[start : start + batch_size], pad_id, device, chunk_size=chunk_size)
+        out.append(torch.stack([result.chosen, result.rejected], dim=1).cpu())
+    model.train(was_training)
+    return torch.cat(out)
+
+
+def model_fingerprint(name_or_path: str) -> str:
+    """Identity of a base model: the hub id, or a local dir's weight files (name, size, mtime)."""
+    path = Path(name_or_path)
+    parts = [str(path.resolve()) if path.exists() else name_or_path]
+    if path.is_dir():
+        for file in sorted(path.iterdir()):
+            if file.suffix in (".safetensors", ".bin", ".json"):
+                stat = file.stat()
+                parts.append(f"{file.name}:{stat.st_size}:{stat.st_mtime_ns}")
+    return hashlib.sha256("|".join(parts).encode()).hexdigest()[:16]
+
+
+def cache_key(data_fingerprint: str, model_id: str, settings: dict) -> str:
+    blob = json.dumps({"data": data_fingerprint, "model": model_id, **settings}, sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:24]
+
+
+class ReferenceCache:
+    """Reference log-probs on disk, shared across runs: <cache_dir>/<key>.pt."""
+
+    def __init__(self, cache_dir: Path):
+        self.cache_dir = Path(cache_dir)
+
+    def path(self, key: str) -> Path:
+        return self.cache_dir / f"{key}.pt"
+
+    def load(self, key: str) -> Optional[torch.Tensor]:
+        path = self.path(key)
+        if not path.is_file():
+            return None
+        try:
+            return torch.load(path, weights_only=True)
+        except (RuntimeError, EOFError, OSError):
+            log.warning("reference cache %s is unreadable; recomputing", path)
+            return None
+
+    def store(self, key: str, values: torch.Tensor) -> Path:
+        self.cache_dir.mkdir(parents=True, exist_ok=True)
+        path = self.path(key)
+        tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+        torch.save(values, tmp)
+        os.replace(tmp, path)  # atomic: concurrent runs never read half a file
+        return path

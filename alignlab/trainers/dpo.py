@@ -1,0 +1,211 @@
+"""Direct Preference Optimization (Rafailov et al. 2023, Eq. 7) on the shared training loop.
+
+Choices, named:
+- Loss: picked by name from `alignlab.losses.dpo.DPO_LOSSES` (`dpo.loss_type`: sigmoid, robust,
+  hinge, ipo), with `dpo.label_smoothing` (cDPO / rDPO) and an optional RPO NLL term on chosen
+  (`dpo.sft_weight`). `dpo.length_normalize` feeds per-token mean log-probs instead of sums.
+- Reference (`dpo.reference`): `auto` = precomputed when `dpo.precompute_ref` (default), else the
+  adapter-disabled policy for LoRA and a frozen copy for full fine-tuning; `none` is reference-free.
+  Precomputed log-probs are cached across runs (see `alignlab.pair_logps`).
+- Batching: `train.batch_size` pairs per micro-batch; chosen and rejected in one forward; the
+  step's loss is the mean over every pair in it (all micro-batches and processes).
+- Log-probs: completion tokens only, never the full [B, T, V] float32 logits (`alignlab.logprobs`).
+- Metrics: loss, rewards/{chosen,rejected,accuracies,margins}, logps/{chosen,rejected}, and the
+  same on the eval set as eval/... every `train.eval_every` steps.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import logging
+from pathlib import Path
+
+import torch
+
+from alignlab.data.io import read_rows, rename_columns, split_eval
+from alignlab.data.preference import load_preference_rows
+from alignlab.data.preference_encode import encode_pairs, pairs_fingerprint
+from alignlab.data.templates import Templater
+from alignlab.errors import ConfigError, DataError
+from alignlab.losses.dpo import DPO_LOSSES, nll_loss
+from alignlab.models import count_parameters, is_peft, load_model, load_tokenizer, resolve_model_path
+from alignlab.pair_logps import ReferenceCache, cache_key, compute_all, model_fingerprint, pair_logps
+from alignlab.training import IndexSampler, TrainingRun
+
+log = logging.getLogger("alignlab")
+
+
+def load_pairs(config, templater):
+    """(train pairs, eval pairs) encoded, with counts reported."""
+    data, train = config.data, config.train
+    if not data.train:
+        raise DataError("no training data: set data.train to a preference file (.jsonl/.json/.parquet/.csv) or dataset id")
+
+    def read(source, split):
+        rows = rename_columns(read_rows(source, split=split, max_rows=data.max_rows), data.columns)
+        examples, skipped = load_preference_rows(rows, skip_bad_rows=data.skip_bad_rows)
+        templater.stats.skipped_bad += skipped
+        return examples
+
+    train_examples = read(data.train, data.split)
+    if data.eval:
+        eval_examples = read(data.eval, data.eval_split or data.split)
+    else:
+        train_examples, eval_examples = split_eval(train_examples, data.eval_fraction, train.seed)
+    options = dict(max_length=train.max_length, on_long=data.on_long)
+    train_pairs = encode_pairs(train_examples, templater, **options)
+    log.info("DPO train data: %s", templater.stats.summary())
+    eval_pairs = encode_pairs(eval_examples, templater, **options) if eval_examples else []
+    return train_pairs, eval_pairs
+
+
+def resolve_reference(config, model) -> str:
+    """The reference strategy actually used: precomputed | adapter | copy | none."""
+    choice = config.dpo.reference
+    if choice not in ("auto", "adapter", "copy", "none"):
+        raise ConfigError(f"dpo.reference must be auto, adapter, copy or none, got '{choice}'")
+    if choice == "none":
+        return "none"
+    if choice == "adapter" and not is_peft(model):
+        raise ConfigError("dpo.reference=adapter needs LoRA (lora.enabled=true)")
+    if config.dpo.precompute_ref:
+        return "precomputed"
+    if choice == "auto":
+        return "adapter" if is_peft(model) else "copy"
+    return choice
+
+
+def precompute_reference(run: TrainingRun, config, pairs, name: str) -> torch.Tensor:
+    """[N, 2] reference log-probs: from the shared cache, or computed now (on the main process only)."""
+    dpo = config.dpo
+    cache = ReferenceCache(Path(dpo.ref_cache_dir) if dpo.ref_cache_dir else run.run_dir.parent / ".ref_cache")
+    settings = {"max_length": config.train.max_length, "dtype": config.model.dtype, "template": config.data.chat_template}
+    key = cache_key(pairs_fingerprint(pairs), model_fingerprint(resolve_model_path(config.model.name_or_path)), settings)
+    values = cache.load(key)
+    if values is None:
+        if run.is_main:
+            model = run.unwrapped
+            context = model.disable_adapter() if is_peft(model) else contextlib.nullcontext()
+            with context:
+                values = compute_all(
+                    model, pairs, run.tokenizer.pad_token_id, run.device,
+                    batch_size=max(config.train.eval_batch_size, config.train.batch_size),
+                    chunk_size=dpo.logprob_chunk_size, progress=config.train.progress,
+                )
+            cache.store(key, values)
+            log.info("reference log-probs for %d %s pairs computed and cached in %s", len(pairs), name, cache.path(key))
+        run.accelerator.wait_for_everyone()
+        values = cache.load(key)  # every process reads the one file the main process wrote
+    else:
+        log.info("reference log-probs for %d %s pairs reused from %s", len(pairs), name, cache.path(key))
+    if run.is_main:
+        (run.run_dir / f"ref_cache_{name}.txt").write_text(str(cache.path(key)) + "\n")
+    return values
+
+
+class DPOStep:
+    """Loss and metrics for a list of pairs: the heart of the trainer."""
+
+    def __init__(self, run: TrainingRun, config, reference: str, ref_model=None):
+        self.run, self.config, self.reference, self.ref_model = run, config, reference, ref_model
+        self.loss_fn = DPO_LOSSES[config.dpo.loss_type]
+
+    def reference_logps(self, pairs, cached):
+        if self.reference == "precomputed":
+            return cached[:, 0].to(self.run.device), cached[:, 1].to(self.run.device)
+        if self.reference == "none":
+            zeros = torch.zeros(len(pairs), device=self.run.device)
+            return zeros, zeros
+        with torch.no_grad():
+            if self.reference == "adapter":
+                with self.run.unwrapped.disable_adapter():
+                    ref = pair_logps(self.run.model, pairs, self.run.tokenizer.pad_token_id, self.run.device)
+            else:
+                ref = pair_logps(self.ref_model, pairs, self.run.tokenizer.pad_token_id, self.run.device)
+        return self._normalise(ref.chosen, ref.chosen_tokens), self._normalise(ref.rejected, ref.rejected_tokens)
+
+    def _normalise(self, logps, lengths):
+        return logps / lengths.clamp(min=1) if self.config.dpo.length_normalize else logps
+
+    def __call__(self, pairs, cached_ref=None):
+        """(sum of per-pair losses, metric sums) for these pairs; the caller normalises."""
+        dpo = self.config.dpo
+        policy = pair_logps(self.run.model, pairs, self.run.tokenizer.pad_token_id, self.run.device, chunk_size=dpo.logprob_chunk_size)
+        chosen = self._normalise(policy.chosen, policy.chosen_tokens)  # [B]
+        rejected = self._normalise(policy.rejected, policy.rejected_tokens)  # [B]
+        if cached_ref is not None and dpo.length_normalize:
+            cached_ref = cached_ref / torch.stack([policy.chosen_tokens, policy.rejected_tokens], 1).cpu().clamp(min=1)
+        ref_chosen, ref_rejected = self.reference_logps(pairs, cached_ref)
+        out = self.loss_fn(chosen, rejected, ref_chosen, ref_rejected, beta=dpo.beta, label_smoothing=dpo.label_smoothing)
+        losses = out.losses  # [B]
+        if dpo.sft_weight:
+            losses = losses + dpo.sft_weight * nll_loss(policy.chosen, policy.chosen_tokens)
+        margins = out.chosen_rewards - out.rejected_rewards
+        sums = {
+            "rewards/chosen": out.chosen_rewards.sum(),
+            "rewards/rejected": out.rejected_rewards.sum(),
+            "rewards/accuracies": (margins > 0).float().sum(),
+            "rewards/margins": margins.sum(),
+            "logps/chosen": policy.chosen.detach().sum(),
+            "logps/rejected": policy.rejected.detach().sum(),
+        }
+        tokens = float(policy.chosen_tokens.sum() + policy.rejected_tokens.sum())
+        return losses.sum(), {k: float(v) for k, v in sums.items()}, tokens
+
+
+def train_dpo(config) -> TrainingRun:
+    if config.dpo.loss_type not in DPO_LOSSES:
+        raise ConfigError(f"dpo.loss_type '{config.dpo.loss_type}' is not one of {sorted(DPO_LOSSES)}")
+    run = TrainingRun("dpo", config)
+    tokenizer = load_tokenizer(config.model.name_or_path, trust_remote_code=config.model.trust_remote_code)
+    templater = Templater(tokenizer, use_chat_template=config.data.chat_template, system_prompt=config.data.system_prompt)
+    train_pairs, eval_pairs = load_pairs(config, templater)
+    model = load_model(config.model, config.lora, gradient_checkpointing=config.train.gradient_checkpointing)
+    reference = resolve_reference(config, model)
+    ref_model = None
+    if reference == "copy":
+        ref_model = copy.deepcopy(model).eval().requires_grad_(False)
+    trainable, total = count_parameters(model)
+    log.info("run dir %s | %s trainable of %s parameters | reference: %s", run.run_dir, f"{trainable:,}", f"{total:,}", reference)
+    run.prepare(model, tokenizer)
+    if ref_model is not None:
+        ref_model.to(run.device)
+
+    train = config.train
+    cached_train = cached_eval = None
+    if reference == "precomputed":
+        cached_train = precompute_reference(run, config, train_pairs, "train")
+        cached_eval = precompute_reference(run, config, eval_pairs, "eval") if eval_pairs else None
+    sampler = IndexSampler(len(train_pairs), train.seed)
+    run.maybe_resume(sampler)
+    step = DPOStep(run, config, reference, ref_model)
+    global_batch = train.batch_size * train.grad_accum * run.num_processes
+
+    def step_fn(_):
+        indices = run.rank_slice(sampler.take(global_batch))
+        total_pairs = run.global_sum(len(indices))
+        sums, tokens = {}, 0.0
+        for micro in run.micro_batches(indices, train.batch_size):
+            cached = cached_train[micro] if cached_train is not None else None
+            loss_sum, metric_sums, micro_tokens = step([train_pairs[i] for i in micro], cached)
+            run.backward(loss_sum / total_pairs)
+            tokens += micro_tokens
+            for key, value in {"loss": float(loss_sum.detach()), **metric_sums}.items():
+                sums[key] = sums.get(key, 0.0) + value
+        return {**{k: run.global_sum(v) / total_pairs for k, v in sums.items()}, "tokens": tokens}
+
+    def eval_fn(_):
+        run.model.eval()
+        sums = {}
+        with torch.no_grad():
+            for start in range(0, len(eval_pairs), train.eval_batch_size):
+                idx = list(range(start, min(start + train.eval_batch_size, len(eval_pairs))))
+                cached = cached_eval[idx] if cached_eval is not None else None
+                loss_sum, metric_sums, _ = step([eval_pairs[i] for i in idx], cached)
+                for key, value in {"loss": float(loss_sum), **metric_sums}.items():
+                    sums[key] = sums.get(key, 0.0) + value
+        return {k: v / len(eval_pairs) for k, v in sums.items()}
+
+    run.loop(step_fn, eval_fn=eval_fn if eval_pairs else None, sampler=sampler)
+    return run
