@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -141,10 +142,19 @@ RUN_CONFIGS = {"sft": SFTRunConfig, "dpo": DPORunConfig, "grpo": GRPORunConfig}
 # ---------------------------------------------------------------- parsing
 
 
+class _Loader(yaml.SafeLoader):
+    """YAML 1.1 reads 1e-4 (no dot) as a string; users mean a float, in files and lists alike."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float", re.compile(r"^[-+]?[0-9][0-9_]*(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"), list("-+0123456789")
+)
+
+
 def parse_value(text: str) -> Any:
     """An override's value as YAML reads it, so `true`, `3`, `1e-4`, `[a,b]` and `null` work."""
     try:
-        value = yaml.safe_load(text)
+        value = yaml.load(text, Loader=_Loader)
     except yaml.YAMLError:
         return text
     # YAML 1.1 reads 1e-4 as a string; users mean a float.
@@ -156,12 +166,19 @@ def parse_value(text: str) -> Any:
     return value
 
 
-def _closest(name: str, options: list[str]) -> str:
+def _closest(name: str, options: list[str], prefix: str = "") -> str:
     match = difflib.get_close_matches(name, options, n=1, cutoff=0.5)
-    return f" Did you mean '{match[0]}'?" if match else f" Valid keys: {', '.join(sorted(options))}."
+    if match:
+        return f" Did you mean '{prefix}{match[0]}'?"
+    return f" Valid keys: {', '.join(prefix + o for o in sorted(options))}."
 
 
 def _type_name(tp: Any) -> str:
+    origin = typing.get_origin(tp)
+    if origin in (Union, types.UnionType):  # Optional[int] is "int or null", not "Optional"
+        return " or ".join("null" if a is type(None) else _type_name(a) for a in typing.get_args(tp))
+    if origin is not None:
+        return str(tp).replace("typing.", "")
     return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
 
 
@@ -222,7 +239,7 @@ def _set_section(section: Any, values: dict, prefix: str) -> None:
     for key, value in values.items():
         full = f"{prefix}{key}"
         if key not in names:
-            raise ConfigError(f"unknown config key '{full}'.{_closest(key, names)}")
+            raise ConfigError(f"unknown config key '{full}'.{_closest(key, names, prefix)}")
         current = getattr(section, key)
         if dataclasses.is_dataclass(current):
             if not isinstance(value, dict):
@@ -263,7 +280,7 @@ def load_config(command: str, path: Optional[str] = None, overrides: Optional[li
         if not file.is_file():
             raise ConfigError(f"config file not found: {path}")
         try:
-            values = yaml.safe_load(file.read_text()) or {}
+            values = yaml.load(file.read_text(), Loader=_Loader) or {}
         except yaml.YAMLError as exc:
             raise ConfigError(f"{path} is not valid YAML: {exc}") from None
         if not isinstance(values, dict):

@@ -256,8 +256,10 @@ class TrainingRun:
         extra_state_fn: Optional[Callable[[], dict]] = None,
         sampler: Optional[IndexSampler] = None,
         tokens_key: str = "tokens",
+        stop_fn: Optional[Callable[[dict], bool]] = None,
     ) -> list[dict]:
-        """Run optimizer steps until train.max_steps; returns the logged records of this process."""
+        """Run optimizer steps until train.max_steps (or `stop_fn(eval record)` says enough);
+        returns the logged records of this process."""
         from tqdm import tqdm
 
         train = self.config.train
@@ -287,9 +289,11 @@ class TrainingRun:
                 )
                 if tokens_key in metrics:
                     record["tokens_per_second"] = self.global_sum(metrics[tokens_key]) / max(seconds, 1e-9)
+                stop = False
                 if eval_fn and train.eval_every and self.step % train.eval_every == 0 and self.step < train.max_steps:
                     record.update({f"eval/{k}": v for k, v in eval_fn(self.step).items()})
                     self.model.train()
+                    stop = bool(stop_fn and stop_fn(record))
                 if self.step % train.log_every == 0 or self.step == train.max_steps:
                     self.tracker.log(self.step, record)
                 history.append({"step": self.step, **record})
@@ -297,6 +301,9 @@ class TrainingRun:
                 bar.set_postfix(_postfix(record), refresh=False)
                 if train.save_every and self.step % train.save_every == 0 and self.step < train.max_steps:
                     self.save(extra_state_fn() if extra_state_fn else None, sampler)
+                if stop:
+                    log.info("stopping at step %d: the stop condition was met", self.step)
+                    break
         except KeyboardInterrupt:
             bar.close()
             self.save(extra_state_fn() if extra_state_fn else None, sampler)

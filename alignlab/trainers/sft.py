@@ -20,7 +20,9 @@ from alignlab.training import IndexSampler, TrainingRun
 log = logging.getLogger("alignlab")
 
 
-def train_sft(config) -> TrainingRun:
+def train_sft(config, *, extra_eval=None, stop_fn=None) -> TrainingRun:
+    """Train; `extra_eval(model) -> metrics` adds to each eval (e.g. task accuracy) and
+    `stop_fn(record) -> bool` ends training early (the demo stops on a dev-accuracy threshold)."""
     run = TrainingRun("sft", config)
     tokenizer = load_tokenizer(config.model.name_or_path, trust_remote_code=config.model.trust_remote_code)
     templater = Templater(tokenizer, use_chat_template=config.data.chat_template, system_prompt=config.data.system_prompt)
@@ -55,15 +57,17 @@ def train_sft(config) -> TrainingRun:
         return {"loss": loss, "tokens": sum(len(e.input_ids) for e in examples)}
 
     def eval_fn(step):
-        if not eval_set:
-            return {}
         run.model.eval()
+        metrics = extra_eval(run.unwrapped) if extra_eval else {}
+        if not eval_set:
+            return metrics
         nll, count = 0.0, 0.0
         with torch.no_grad():
             for start in range(0, len(eval_set), train.eval_batch_size):
                 batch_nll, batch_count = batch_loss(eval_set[start : start + train.eval_batch_size])
                 nll, count = nll + float(batch_nll), count + batch_count
-        return {"loss": nll / max(count, 1.0)}
+        return {**metrics, "loss": nll / max(count, 1.0)}
 
-    run.loop(step_fn, eval_fn=eval_fn if eval_set else None, sampler=sampler)
+    has_eval = bool(eval_set) or extra_eval is not None
+    run.loop(step_fn, eval_fn=eval_fn if has_eval else None, sampler=sampler, stop_fn=stop_fn)
     return run
