@@ -74,3 +74,28 @@ def write_jsonl(rows: list[dict], path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
     return path
+
+
+def write_example_data(out_dir: Path, seed: int = 0) -> None:
+    """The small files configs/*_tiny.yaml train on (shipped in data/; regenerate with
+    `python -c "from alignlab.demo.tasks import write_example_data; write_example_data('data')"`)."""
+    out_dir = Path(out_dir)
+    task = TASKS["addition"]
+    splits = make_splits(task, seed)
+    rng = random.Random(seed)
+    write_jsonl(splits["train"][:3000], out_dir / "addition_sft.jsonl")
+    write_jsonl(splits["dev"], out_dir / "addition_dev.jsonl")
+    write_jsonl([{"prompt": r["prompt"], "answer": r["answer"]} for r in splits["train"][:3000]], out_dir / "addition_prompts.jsonl")
+    write_jsonl([{"prompt": r["prompt"], "answer": r["answer"]} for r in splits["test"]], out_dir / "addition_test_prompts.jsonl")
+
+    def wrong(answer: str) -> str:
+        return str(int(answer) + rng.choice([-11, -10, -2, -1, 1, 2, 10, 11]))
+
+    pairs = [{"prompt": r["prompt"], "chosen": r["completion"], "rejected": task.completion(wrong(r["answer"]))}
+             for r in splits["train"][:2000]]
+    write_jsonl(pairs, out_dir / "addition_pairs.jsonl")
+    write_jsonl([{"prompt": r["prompt"], "chosen": r["completion"], "rejected": task.completion(wrong(r["answer"]))}
+                 for r in splits["test"]], out_dir / "addition_pairs_test.jsonl")
+    letters = make_splits(TASKS["count_letters"], seed)
+    write_jsonl(letters["train"] + letters["dev"], out_dir / "count_letters_train.jsonl")
+    write_jsonl(letters["test"], out_dir / "count_letters_test.jsonl")
