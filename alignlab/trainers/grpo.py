@@ -262,9 +262,18 @@ class GRPOTrainer:
                 append_jsonl(self.run.run_dir / "samples.jsonl", {"step": step, **sample})
         return result.metrics
 
+    def _extra_state(self) -> dict:
+        # With grpo.num_iterations > 1 a checkpoint can fall inside a rollout batch: keep its remaining
+        # updates, so a resumed run trains on the same rollout as an uninterrupted one.
+        return {"buffer": self.buffer, "zero_std_streak": self.zero_std_streak}
+
     def fit(self) -> TrainingRun:
-        self.run.maybe_resume(self.sampler)
-        self.run.loop(self.step, eval_fn=self.evaluate if self.eval_prompts else None, sampler=self.sampler)
+        extra = self.run.maybe_resume(self.sampler)
+        if extra:
+            self.buffer = extra.get("buffer", [])
+            self.zero_std_streak = extra.get("zero_std_streak", 0)
+        self.run.loop(self.step, eval_fn=self.evaluate if self.eval_prompts else None,
+                      extra_state_fn=self._extra_state, sampler=self.sampler)
         return self.run
 
 

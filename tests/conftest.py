@@ -1,0 +1,141 @@
+"""Shared fixtures: a tiny model written once per session, addition-task data, and an in-process CLI.
+
+Every end-to-end test trains the same small random-init model (2 layers, hidden 64) on a few rows,
+so a run costs a second or two of CPU.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import torch
+
+# The test machines have two cores shared with other jobs: a second intra-op thread makes these
+# tiny matmuls 10-100x slower under contention, and one thread keeps results bit-reproducible.
+torch.set_num_threads(1)
+
+TINY_LAYERS, TINY_HIDDEN = 2, 64
+
+
+def wrong_answer(answer: str) -> str:
+    """A different number of the same kind, for rejected responses."""
+    return str(int(answer) + 7)
+
+
+@dataclass
+class CliResult:
+    code: int
+    out: str
+    err: str
+
+
+def read_jsonl(path) -> list[dict]:
+    return [json.loads(line) for line in Path(path).read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def write_jsonl(rows, path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+    return path
+
+
+def train_records(run_dir) -> list[dict]:
+    """The per-step training records of metrics.jsonl (eval-only lines left out), in step order."""
+    return [r for r in read_jsonl(Path(run_dir) / "metrics.jsonl") if "loss" in r]
+
+
+def eval_records(run_dir) -> list[dict]:
+    return [r for r in read_jsonl(Path(run_dir) / "metrics.jsonl") if any(k.startswith("eval/") for k in r)]
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory) -> Path:
+    from alignlab.demo.tiny import write_tiny_model
+
+    return write_tiny_model(tmp_path_factory.mktemp("tiny") / "model", layers=TINY_LAYERS, hidden=TINY_HIDDEN)
+
+
+@pytest.fixture(scope="session")
+def tiny_tokenizer(tiny_model_dir):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(tiny_model_dir)
+
+
+@pytest.fixture(scope="session")
+def addition_splits() -> dict[str, list[dict]]:
+    from alignlab.demo.tasks import TASKS, make_splits
+
+    return make_splits(TASKS["addition"], 0)
+
+
+@pytest.fixture(scope="session")
+def data_dir(tmp_path_factory, addition_splits) -> Path:
+    """addition-task files: sft_train (16 rows), sft_eval (8), prefs (32 pairs), prompts (32)."""
+    from alignlab.demo.tasks import write_jsonl as task_write_jsonl
+
+    root = tmp_path_factory.mktemp("data")
+    train, dev = addition_splits["train"], addition_splits["dev"]
+    task_write_jsonl(train[:16], root / "sft_train.jsonl")
+    task_write_jsonl(dev[:8], root / "sft_eval.jsonl")
+    task_write_jsonl(train[:32], root / "prompts.jsonl")
+    pairs = [
+        {"prompt": r["prompt"], "chosen": r["completion"], "rejected": f"<answer>{wrong_answer(r['answer'])}</answer>"}
+        for r in train[:32]
+    ]
+    write_jsonl(pairs, root / "prefs.jsonl")
+    return root
+
+
+@pytest.fixture(scope="session")
+def sft_train(data_dir) -> Path:
+    return data_dir / "sft_train.jsonl"
+
+
+@pytest.fixture(scope="session")
+def sft_eval(data_dir) -> Path:
+    return data_dir / "sft_eval.jsonl"
+
+
+@pytest.fixture(scope="session")
+def prefs(data_dir) -> Path:
+    return data_dir / "prefs.jsonl"
+
+
+@pytest.fixture(scope="session")
+def prompts(data_dir) -> Path:
+    return data_dir / "prompts.jsonl"
+
+
+def run_cli(argv: list[str], capsys=None) -> CliResult:
+    """`alignlab <argv>` in-process; with capsys, what it printed (earlier output is discarded first)."""
+    from alignlab.cli import main
+
+    if capsys is not None:
+        capsys.readouterr()
+    code = main([str(a) for a in argv])
+    if capsys is None:
+        return CliResult(code, "", "")
+    captured = capsys.readouterr()
+    return CliResult(code, captured.out, captured.err)
+
+
+def base_args(command: str, model_dir, train_file, output_dir, *extra) -> list[str]:
+    """A training command line with the settings every test shares."""
+    return [
+        command,
+        f"model.name_or_path={model_dir}",
+        f"data.train={train_file}",
+        f"train.output_dir={output_dir}",
+        "train.progress=false",
+        *extra,
+    ]
+
+
+@pytest.fixture
+def cli(capsys):
+    return lambda argv: run_cli(argv, capsys)
