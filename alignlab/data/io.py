@@ -36,7 +36,7 @@ def _read_jsonl(path: Path) -> list[Row]:
             if not line.strip():
                 continue
             try:
-                value = json.loads(line)
+                value = json.loads(line.rstrip("\r\n"))  # so the error's column is on this line
             except json.JSONDecodeError as exc:
                 raise DataError(f"{path}, line {number}: malformed JSON ({exc.msg} at column {exc.colno})") from None
             if not isinstance(value, dict):

@@ -28,6 +28,7 @@ class EncodedPair:
 
 def encode_pairs(examples, templater: Templater, *, max_length: int, on_long: str) -> list[EncodedPair]:
     stats = templater.stats
+    dropped_before = stats.dropped_long  # the stats also count other sets (train, then eval)
     encoded = []
     for number, example in enumerate(examples, start=1):
         prompt_ids, chosen_ids = templater.encode(example.prompt, example.chosen)
@@ -53,8 +54,9 @@ def encode_pairs(examples, templater: Templater, *, max_length: int, on_long: st
             continue
         encoded.append(EncodedPair(prompt_ids, chosen_ids, rejected_ids, getattr(example, "source", "")))
     stats.examples = len(encoded)
-    if stats.dropped_long:
-        log.warning("dropped %d pairs longer than train.max_length=%d (data.on_long=truncate keeps them)", stats.dropped_long, max_length)
+    if stats.dropped_long > dropped_before:
+        log.warning("dropped %d pairs longer than train.max_length=%d (data.on_long=truncate keeps them)",
+                    stats.dropped_long - dropped_before, max_length)
     if not encoded:
         raise DataError(f"no usable preference pairs ({stats.summary()})")
     return encoded

@@ -61,6 +61,7 @@ def encode_sft_row(row: Row, templater: Templater) -> tuple[list[int], list[int]
 
 def encode_sft_rows(rows: list[Row], templater: Templater, *, max_length: int, on_long: str, skip_bad_rows: bool):
     stats = templater.stats
+    dropped_before = stats.dropped_long  # the stats also count other sets (train, then eval)
     examples = []
     for row in rows:
         try:
@@ -85,8 +86,8 @@ def encode_sft_rows(rows: list[Row], templater: Templater, *, max_length: int, o
             continue
         examples.append(SFTExample(ids, mask))
     stats.examples = len(examples)
-    if stats.dropped_long:
-        log.warning("dropped %d rows longer than train.max_length=%d", stats.dropped_long, max_length)
+    if stats.dropped_long > dropped_before:
+        log.warning("dropped %d rows longer than train.max_length=%d", stats.dropped_long - dropped_before, max_length)
     if not examples:
         raise DataError(f"no usable SFT examples ({stats.summary()})")
     return examples
