@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -113,12 +114,14 @@ def test_reference_cache_values_and_reuse(strategy_runs, dpo_root, tiny_model_di
     first_log = (strategy_runs["precomputed"] / "train.log").read_text()
     assert "computed and cached" in first_log
     cached_files = sorted(cache_dir.glob("*.pt"))
-    assert len(cached_files) == 1  # the eval file is the train file: one key serves both
     train_cache = (strategy_runs["precomputed"] / "ref_cache_train.txt").read_text().strip()
-    assert train_cache == str(cached_files[0])
+    assert Path(train_cache) in cached_files
+    # The eval file is the train file: the same token ids give the same key, so one file serves both.
+    assert (strategy_runs["precomputed"] / "ref_cache_eval.txt").read_text().strip() == train_cache
+    assert "reused from" in first_log
 
     # The cached numbers are the initial model's summed log-probs of chosen and rejected, in file order.
-    values = torch.load(cached_files[0])
+    values = torch.load(train_cache)
     rows = read_jsonl(prefs)
     assert values.shape == (len(rows), 2)
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval()
