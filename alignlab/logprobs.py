@@ -71,8 +71,18 @@ def token_logps(
     )
     hidden = out.hidden_states[-1][:, :-1]  # [B, T-1, H]: the final (normed) hidden states
     scored = loss_mask[:, 1:].bool()  # [B, T-1]: positions that predict a loss token
-    rows = hidden[scored]  # [N, H]
-    targets = input_ids[:, 1:][scored]  # [N]
+    flat_logps, flat_entropy = score_rows(model, hidden[scored], input_ids[:, 1:][scored], chunk_size, with_entropy)
+    result = torch.zeros(input_ids.shape, dtype=torch.float32, device=input_ids.device)  # [B, T]
+    result[:, 1:] = result[:, 1:].masked_scatter(scored, flat_logps)
+    if not with_entropy:
+        return result
+    entropy = torch.zeros_like(result)
+    entropy[:, 1:] = entropy[:, 1:].masked_scatter(scored, flat_entropy)
+    return result, entropy
+
+
+def score_rows(model, rows: torch.Tensor, targets: torch.Tensor, chunk_size: int, with_entropy: bool = False):
+    """Log-probs [N] (and entropies [N], detached) of `targets` given final hidden states `rows` [N, H]."""
     weight, bias, softcap = output_layer(model)
     pieces, entropies = [], []
     for start in range(0, rows.shape[0], chunk_size):
@@ -85,15 +95,51 @@ def token_logps(
         else:
             lp = _chunk_logps(h, weight, bias, y, softcap)
         pieces.append(lp)
-    flat = torch.cat(pieces) if pieces else rows.new_zeros(0, dtype=torch.float32)
-    result = torch.zeros(input_ids.shape, dtype=torch.float32, device=input_ids.device)  # [B, T]
-    result[:, 1:] = result[:, 1:].masked_scatter(scored, flat)
+    empty = rows.new_zeros(0, dtype=torch.float32)
+    return (torch.cat(pieces) if pieces else empty), (torch.cat(entropies) if entropies else empty)
+
+
+def shared_prefix_token_logps(
+    model,
+    prompt_ids: torch.Tensor,
+    prompt_mask: torch.Tensor,
+    completion_ids: torch.Tensor,
+    completion_mask: torch.Tensor,
+    prompt_index: torch.Tensor,
+    *,
+    chunk_size: int = 1024,
+    with_entropy: bool = False,
+):
+    """Per-token log-probs [N, C] of completions that share prompts, running each prompt once.
+
+    prompt_ids, prompt_mask: [P, Lp], left-padded. completion_ids, completion_mask: [N, C],
+    right-padded. prompt_index: [N], the prompt row each completion continues. The prompts' keys
+    and values are computed once (with gradient) and repeated for their completions through the
+    KV cache, so G completions of one prompt cost one prompt forward instead of G (GRPO), and a
+    DPO pair costs one instead of two. Gradients flow through the cache into the prompt pass.
+    """
+    # Only the completion pass goes through a DDP wrapper: one synchronising forward per backward.
+    inner = model.module if isinstance(model, torch.nn.parallel.DistributedDataParallel) else model
+    empty = torch.zeros(0, dtype=torch.long, device=prompt_ids.device)
+    prompt_positions = (prompt_mask.long().cumsum(-1) - 1).clamp(min=0)  # [P, Lp]
+    first = inner(input_ids=prompt_ids, attention_mask=prompt_mask, position_ids=prompt_positions,
+                  use_cache=True, output_hidden_states=True, logits_to_keep=empty)
+    cache = first.past_key_values
+    cache.batch_select_indices(prompt_index)  # [P, ...] -> [N, ...]
+    last_prompt_hidden = first.hidden_states[-1][:, -1][prompt_index]  # [N, H]: predicts completion token 0
+    attention = torch.cat([prompt_mask[prompt_index], completion_mask], dim=1)  # [N, Lp + C]
+    offsets = prompt_mask.long().sum(-1)[prompt_index]  # [N]
+    positions = offsets[:, None] + torch.arange(completion_ids.shape[1], device=completion_ids.device)[None]  # [N, C]
+    second = model(input_ids=completion_ids, attention_mask=attention, position_ids=positions,
+                   past_key_values=cache, use_cache=True, output_hidden_states=True, logits_to_keep=empty)
+    predictors = torch.cat([last_prompt_hidden[:, None], second.hidden_states[-1][:, :-1]], dim=1)  # [N, C, H]
+    scored = completion_mask.bool()  # [N, C]
+    flat_logps, flat_entropy = score_rows(model, predictors[scored], completion_ids[scored], chunk_size, with_entropy)
+    result = torch.zeros(completion_ids.shape, dtype=torch.float32, device=completion_ids.device)  # [N, C]
+    result = result.masked_scatter(scored, flat_logps)
     if not with_entropy:
         return result
-    entropy = torch.zeros_like(result)
-    if entropies:
-        entropy[:, 1:] = entropy[:, 1:].masked_scatter(scored, torch.cat(entropies))
-    return result, entropy
+    return result, torch.zeros_like(result).masked_scatter(scored, flat_entropy)
 
 
 def full_logits_token_logps(model, input_ids, attention_mask, loss_mask, position_ids=None) -> torch.Tensor:

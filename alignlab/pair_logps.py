@@ -22,8 +22,8 @@ from typing import Optional
 
 import torch
 
-from alignlab.data.collate import collate_masked
-from alignlab.logprobs import token_logps
+from alignlab.data.collate import collate_masked, pad_left, pad_right
+from alignlab.logprobs import shared_prefix_token_logps, token_logps
 
 log = logging.getLogger("alignlab")
 
@@ -36,16 +36,28 @@ class PairLogps:
     rejected_tokens: torch.Tensor  # [B]
 
 
-def pair_logps(model, pairs, pad_id: int, device, *, chunk_size: int = 1024) -> PairLogps:
-    """One forward over [chosen..., rejected...]; response tokens only."""
-    ids = [p.prompt_ids + p.chosen_ids for p in pairs] + [p.prompt_ids + p.rejected_ids for p in pairs]
-    masks = [[0] * len(p.prompt_ids) + [1] * len(p.chosen_ids) for p in pairs]
-    masks += [[0] * len(p.prompt_ids) + [1] * len(p.rejected_ids) for p in pairs]
-    batch = {k: v.to(device) for k, v in collate_masked(ids, masks, pad_id).items()}
-    per_token = token_logps(model, batch["input_ids"], batch["attention_mask"], batch["loss_mask"], chunk_size=chunk_size)
-    sums = per_token.sum(-1)  # [2B]
-    lengths = batch["loss_mask"][:, 1:].sum(-1).float()  # [2B]
+def pair_logps(model, pairs, pad_id: int, device, *, chunk_size: int = 1024, share_prompt: bool = True) -> PairLogps:
+    """Chosen and rejected in one batch; response tokens only. With `share_prompt`, each prompt
+    runs once and both responses continue it through the KV cache (same numbers, less compute)."""
     count = len(pairs)
+    if share_prompt:
+        prompts = pad_left([p.prompt_ids for p in pairs], pad_id).to(device)  # [B, Lp]
+        prompt_mask = pad_left([[1] * len(p.prompt_ids) for p in pairs], 0).to(device)  # [B, Lp]
+        responses = [p.chosen_ids for p in pairs] + [p.rejected_ids for p in pairs]
+        completion_ids = pad_right(responses, pad_id).to(device)  # [2B, C]
+        completion_mask = pad_right([[1] * len(r) for r in responses], 0).to(device)  # [2B, C]
+        index = torch.arange(count, device=device).repeat(2)  # [2B]: chosen rows, then rejected rows
+        per_token = shared_prefix_token_logps(model, prompts, prompt_mask, completion_ids, completion_mask, index,
+                                              chunk_size=chunk_size)
+        lengths = completion_mask.sum(-1).float()  # [2B]
+    else:
+        ids = [p.prompt_ids + p.chosen_ids for p in pairs] + [p.prompt_ids + p.rejected_ids for p in pairs]
+        masks = [[0] * len(p.prompt_ids) + [1] * len(p.chosen_ids) for p in pairs]
+        masks += [[0] * len(p.prompt_ids) + [1] * len(p.rejected_ids) for p in pairs]
+        batch = {k: v.to(device) for k, v in collate_masked(ids, masks, pad_id).items()}
+        per_token = token_logps(model, batch["input_ids"], batch["attention_mask"], batch["loss_mask"], chunk_size=chunk_size)
+        lengths = batch["loss_mask"][:, 1:].sum(-1).float()  # [2B]
+    sums = per_token.sum(-1)  # [2B]
     return PairLogps(sums[:count], sums[count:], lengths[:count], lengths[count:])
 
 

@@ -110,6 +110,8 @@ class DPOStep:
     def __init__(self, run: TrainingRun, config, reference: str, ref_model=None):
         self.run, self.config, self.reference, self.ref_model = run, config, reference, ref_model
         self.loss_fn = DPO_LOSSES[config.dpo.loss_type]
+        # transformers turns the KV cache off under gradient checkpointing; then run prompts twice.
+        self.share_prompt = not config.train.gradient_checkpointing
 
     def reference_logps(self, pairs, cached):
         if self.reference == "precomputed":
@@ -131,7 +133,8 @@ class DPOStep:
     def __call__(self, pairs, cached_ref=None):
         """(sum of per-pair losses, metric sums) for these pairs; the caller normalises."""
         dpo = self.config.dpo
-        policy = pair_logps(self.run.model, pairs, self.run.tokenizer.pad_token_id, self.run.device, chunk_size=dpo.logprob_chunk_size)
+        policy = pair_logps(self.run.model, pairs, self.run.tokenizer.pad_token_id, self.run.device,
+                            chunk_size=dpo.logprob_chunk_size, share_prompt=self.share_prompt)
         chosen = self._normalise(policy.chosen, policy.chosen_tokens)  # [B]
         rejected = self._normalise(policy.rejected, policy.rejected_tokens)  # [B]
         if cached_ref is not None and dpo.length_normalize:

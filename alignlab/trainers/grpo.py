@@ -33,7 +33,7 @@ from alignlab.data.prompts import load_prompt_data
 from alignlab.data.templates import Templater
 from alignlab.errors import ConfigError
 from alignlab.evaluate import evaluate_prompts
-from alignlab.logprobs import token_logps
+from alignlab.logprobs import shared_prefix_token_logps, token_logps
 from alignlab.losses.grpo import ADVANTAGE_SCALINGS, LOSS_AGGREGATIONS, group_advantages, grpo_loss
 from alignlab.models import count_parameters, is_peft, load_model, load_tokenizer
 from alignlab.rewards import get_reward, score_completions
@@ -159,12 +159,21 @@ class GRPOTrainer:
     # ------------------------------------------------------------ update
 
     def _logps(self, model, rollout: Rollout, rows, *, with_entropy=False):
-        input_ids, attention, loss_mask = (t[rows].to(self.run.device) for t in rollout.sequences())
-        out = token_logps(model, input_ids, attention, loss_mask, with_entropy=with_entropy)
-        width = rollout.prompt_ids.shape[1]
-        if with_entropy:
-            return out[0][:, width:], out[1][:, width:]  # [b, C] each
-        return out[:, width:]  # [b, C]
+        """Per-token log-probs [b, C] of the completions in `rows` (whole groups, in order)."""
+        G, device = self.grpo.num_generations, self.run.device
+        if self.train.gradient_checkpointing or len(rows) % G:
+            # transformers disables the KV cache under gradient checkpointing: score full sequences.
+            input_ids, attention, loss_mask = (t[rows].to(device) for t in rollout.sequences())
+            out = token_logps(model, input_ids, attention, loss_mask, with_entropy=with_entropy)
+            width = rollout.prompt_ids.shape[1]
+            return (out[0][:, width:], out[1][:, width:]) if with_entropy else out[:, width:]
+        heads = rows[::G]  # one row per group: its prompt
+        index = torch.arange(len(heads), device=device).repeat_interleave(G)  # [b]
+        return shared_prefix_token_logps(
+            model, rollout.prompt_ids[heads].to(device), rollout.prompt_mask[heads].to(device),
+            rollout.completion_ids[rows].to(device), rollout.completion_mask[rows].to(device), index,
+            with_entropy=with_entropy,
+        )
 
     @torch.no_grad()
     def _frozen_logps(self, rollout: Rollout, reference: bool) -> torch.Tensor:
