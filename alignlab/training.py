@@ -50,7 +50,8 @@ def resolve_run_dir(command: str, config) -> tuple[Path, bool]:
     if isinstance(resume, str) and resume not in ("", "false", "true"):
         return Path(resume), True
     run_dir = Path(config.train.output_dir) if config.train.output_dir else default_run_dir(command, config)
-    has_run = (run_dir / "config.yaml").exists()
+    # A directory whose run failed before its first logged step (e.g. on bad data) may be reused.
+    has_run = (run_dir / "metrics.jsonl").exists() or ckpt.latest_checkpoint(run_dir) is not None
     if resume in (True, "true"):
         if not config.train.output_dir:
             raise AlignlabError("train.resume=true needs train.output_dir (or pass the run directory: train.resume=<dir>)")

@@ -133,6 +133,11 @@ def test_cli_tiny_model_writes_loadable_files(cli, tmp_path):
     assert logits.shape == (1, 5, len(tokenizer))
 
 
-def test_build_model_rejects_indivisible_heads():
-    with pytest.raises(ValueError, match="divisible"):
+def test_build_model_rejects_indivisible_heads(capsys):
+    from alignlab.cli import main
+    from alignlab.errors import AlignlabError
+
+    with pytest.raises(AlignlabError, match="divisible"):
         build_model(build_tokenizer(), hidden=30, heads=4)
+    assert main(["tiny-model", "/tmp/never-written", "--hidden", "30"]) == 2
+    assert "divisible" in capsys.readouterr().err

@@ -38,7 +38,7 @@ def encode_pairs(examples, templater: Templater, *, max_length: int, on_long: st
         if longest > max_length:
             if on_long == "error":
                 raise DataError(
-                    f"{example.source or 'pair'} #{number}: {longest} tokens, longer than train.max_length={max_length} "
+                    f"{example.source or f'pair {number}'}: {longest} tokens, longer than train.max_length={max_length} "
                     "(set data.on_long=truncate or drop)"
                 )
             if on_long == "drop":

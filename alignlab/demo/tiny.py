@@ -15,6 +15,8 @@ from pathlib import Path
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers
 from tokenizers.pre_tokenizers import ByteLevel
 
+from alignlab.errors import AlignlabError
+
 # Single tokens that are text the model writes: task format tags (seed 004's <answer>, seed 000's \boxed{).
 TASK_TOKENS = ["<answer>", "</answer>", "<think>", "</think>", "\\boxed{"]
 # Chat roles as single tokens: halves the template's share of every short demo sequence.
@@ -60,7 +62,7 @@ def build_model(tokenizer, *, layers: int = 4, hidden: int = 128, heads: int = 4
     from transformers import GenerationConfig, Qwen2Config, Qwen2ForCausalLM
 
     if hidden % heads:
-        raise ValueError(f"hidden size {hidden} must be divisible by the number of heads {heads}")
+        raise AlignlabError(f"hidden size {hidden} must be divisible by the number of heads {heads}")
     config = Qwen2Config(
         vocab_size=len(tokenizer),
         hidden_size=hidden,

@@ -66,7 +66,8 @@ class GRPOTrainer:
         self.templater = Templater(self.tokenizer, use_chat_template=config.data.chat_template, system_prompt=config.data.system_prompt)
         self.prompts, self.eval_prompts = load_prompt_data(config)
         self.prompt_ids = [self.templater.ids(self.templater.prompt_text(p.prompt)) for p in self.prompts]
-        self.reward_fns = [(name, get_reward(name)) for name in self.grpo.rewards]
+        # Metric names use a plugin's function name, not its file path.
+        self.reward_fns = [(name.rsplit(":", 1)[-1], get_reward(name)) for name in self.grpo.rewards]
         self.weights = self.grpo.reward_weights or [1.0] * len(self.reward_fns)
         model = load_model(config.model, config.lora, gradient_checkpointing=config.train.gradient_checkpointing)
         self.ref_model = None
