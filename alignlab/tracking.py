@@ -39,12 +39,14 @@ class _TqdmHandler(logging.Handler):
 
 
 def append_jsonl(path: Path, record: dict) -> None:
-    """One line per call, written with a single write() and fsync'd: a kill leaves whole lines only."""
+    """One line per call, written with a single write(): a killed process leaves whole lines only.
+
+    No fsync per line: the kernel keeps what was written when a process dies; syncing every step
+    would cost more than a tiny model's training step. Checkpoints are fsync'd."""
     line = (json.dumps(record, ensure_ascii=False) + "\n").encode("utf-8")
     fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
     try:
         os.write(fd, line)
-        os.fsync(fd)
     finally:
         os.close(fd)
 
@@ -132,9 +134,16 @@ class _WandB:
         except ImportError:
             raise ConfigError("train.report_to=[wandb] needs the wandb package: pip install wandb") from None
         # WANDB_MODE=offline works without network; wandb sync uploads later.
-        self.run = wandb.init(
-            project=os.environ.get("WANDB_PROJECT", "alignlab"), name=Path(run_dir).name, dir=str(run_dir), config=config_dict
-        )
+        try:
+            self.run = wandb.init(
+                project=os.environ.get("WANDB_PROJECT", "alignlab"), name=Path(run_dir).name, dir=str(run_dir),
+                config=config_dict,
+            )
+        except Exception as exc:  # wandb's error types (UsageError, CommError, ...) differ between versions
+            raise ConfigError(
+                f"train.report_to=[wandb]: W&B did not start ({type(exc).__name__}: {exc}). Log in with `wandb login`, "
+                "or set WANDB_MODE=offline to log locally without network (upload later with `wandb sync`)."
+            ) from None
 
     def log(self, step, metrics):
         self.run.log({k: v for k, v in metrics.items() if isinstance(v, (int, float))}, step=step)

@@ -131,8 +131,10 @@ class TrainingRun:
         params = [p for p in model.parameters() if p.requires_grad]
         if not params:
             raise AlignlabError("the model has no trainable parameters")
+        # fused: one kernel for all parameters instead of ~10 ops per tensor (CPU and CUDA, fp32/bf16).
+        fused = all(p.dtype in (torch.float32, torch.bfloat16, torch.float16) for p in params)
         optimizer = torch.optim.AdamW(
-            params, lr=train.lr, betas=(train.adam_beta1, train.adam_beta2), weight_decay=train.weight_decay
+            params, lr=train.lr, betas=(train.adam_beta1, train.adam_beta2), weight_decay=train.weight_decay, fused=fused
         )
         name = "constant_with_warmup" if train.lr_scheduler == "constant" else train.lr_scheduler
         scheduler = get_scheduler(name, optimizer, num_warmup_steps=train.warmup_steps, num_training_steps=train.max_steps)
