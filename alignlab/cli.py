@@ -41,7 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     show = sub.add_parser("show-config", help="print the resolved config (defaults + file + overrides)")
     show.add_argument("-c", "--config")
-    show.add_argument("--command", dest="for_command", choices=sorted(TRAINERS), default=None,
+    show.add_argument("--command", dest="for_command", choices=sorted(TRAINERS) + ["eval"], default=None,
                       help="which trainer's config (default: guessed from the file's sections, else sft)")
     show.add_argument("overrides", nargs="*", help=TRAIN_HELP)
 
@@ -52,12 +52,53 @@ def build_parser() -> argparse.ArgumentParser:
     tiny.add_argument("--heads", type=int, default=4)
     tiny.add_argument("--seed", type=int, default=0)
 
+    _add_inference_commands(sub)
+
     demo = sub.add_parser("demo", help="the whole SFT -> DPO -> GRPO story on the tiny model, offline, in minutes")
     demo.add_argument("--out", default="runs/demo")
     demo.add_argument("--task", choices=["addition", "count_letters"], default="addition")
     demo.add_argument("--seed", type=int, default=0)
     demo.add_argument("--fast", action="store_true", help="fewer steps (for tests)")
     return parser
+
+
+def _add_inference_commands(sub) -> None:
+    ev = sub.add_parser("eval", help="task metrics (accuracy, pass@k, format, rewards, length) and preference accuracy",
+                        description="Evaluate a model on a prompt set (data.prompts) and/or a pair set (data.pairs); "
+                        "prints a table and writes JSON (eval.output).")
+    ev.add_argument("model", metavar="MODEL_OR_RUN", help="hub id, local model or adapter dir, or run dir (its final/)")
+    ev.add_argument("-c", "--config", help="YAML config file with model/data/eval sections")
+    ev.add_argument("overrides", nargs="*", help="key=value overrides, e.g. data.prompts=test.jsonl eval.num_samples=8")
+
+    chat = sub.add_parser("chat", help="chat with a model, streaming; --prompt or piped stdin answers once",
+                          description="Interactive chat with the chat template: /reset, /system TEXT, /quit. "
+                          "With --prompt TEXT or text on a non-terminal stdin it answers once and exits.")
+    chat.add_argument("model", metavar="MODEL_OR_RUN")
+    chat.add_argument("--prompt", help="answer this once and exit")
+    chat.add_argument("--system", help="system prompt")
+    _add_generation_options(chat, max_new_tokens=256)
+    chat.add_argument("--temperature", type=float, default=0.7, help="0 = greedy")
+    chat.add_argument("--top-p", type=float, default=0.9)
+    chat.add_argument("--seed", type=int, default=None)
+
+    compare = sub.add_parser("compare", help="the same prompts through several models, side by side",
+                             description="Greedy answers of each model to the same prompts in one table, plus "
+                             "accuracy/format/reward/length per model when the prompts carry answers.")
+    compare.add_argument("models", nargs="+", metavar="MODEL_OR_RUN")
+    compare.add_argument("--prompts", help="prompt file (default: a built-in set: addition with answers + two questions)")
+    compare.add_argument("--rewards", default="answer_format,answer_correct", help="comma-separated reward functions")
+    compare.add_argument("--interactive", action="store_true", help="ask for prompts in a loop")
+    _add_generation_options(compare, max_new_tokens=64)
+
+    report = sub.add_parser("report", help="one self-contained HTML file with plots, samples and configs of runs")
+    report.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")
+    report.add_argument("-o", "--out", help="HTML path (default: RUN_DIR/report.html, or the runs' parent dir)")
+
+
+def _add_generation_options(parser, *, max_new_tokens: int) -> None:
+    parser.add_argument("--max-new-tokens", type=int, default=max_new_tokens)
+    parser.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"],
+                        help="auto = bfloat16 on a GPU, float32 on CPU")
 
 
 def _guess_command(path):
@@ -70,7 +111,7 @@ def _guess_command(path):
             sections = yaml.safe_load(handle) or {}
     except (OSError, yaml.YAMLError):
         return "sft"
-    for name in ("dpo", "grpo"):
+    for name in ("dpo", "grpo", "eval"):
         if isinstance(sections, dict) and name in sections:
             return name
     return "sft"
@@ -79,7 +120,7 @@ def _guess_command(path):
 def run(args: argparse.Namespace) -> None:
     from alignlab.config import load_config, to_yaml
 
-    if args.command in TRAINERS or args.command == "demo":
+    if args.command in TRAINERS or args.command in ("demo", "eval", "chat", "compare"):
         from transformers.utils import logging as hf_logging
 
         hf_logging.disable_progress_bar()
@@ -102,6 +143,24 @@ def run(args: argparse.Namespace) -> None:
         from alignlab.demo.pipeline import run_demo
 
         run_demo(out=args.out, task=args.task, seed=args.seed, fast=args.fast)
+    elif args.command == "eval":
+        from alignlab.evaluate_cmd import eval_command
+
+        eval_command(args.model, args.config, args.overrides)
+    elif args.command == "chat":
+        from alignlab.chat import chat_command
+
+        chat_command(args.model, prompt=args.prompt, system=args.system, max_new_tokens=args.max_new_tokens,
+                     temperature=args.temperature, top_p=args.top_p, dtype=args.dtype, seed=args.seed)
+    elif args.command == "compare":
+        from alignlab.compare import compare_command
+
+        compare_command(args.models, prompts=args.prompts, rewards=[r for r in args.rewards.split(",") if r],
+                        max_new_tokens=args.max_new_tokens, dtype=args.dtype, interactive=args.interactive)
+    elif args.command == "report":
+        from alignlab.report import write_report
+
+        print(f"wrote {write_report(args.run_dirs, args.out)}")
 
 
 def main(argv=None) -> int:

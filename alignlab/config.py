@@ -293,6 +293,8 @@ def load_config(command: str, path: Optional[str] = None, overrides: Optional[li
 
 
 def validate(config) -> None:
+    if isinstance(config, EvalRunConfig):
+        return validate_eval(config)
     train = config.train
     for key in ("max_steps", "batch_size", "grad_accum", "max_length"):
         if getattr(train, key) < 1:
@@ -323,3 +325,53 @@ def to_dict(config) -> dict:
 
 def to_yaml(config) -> str:
     return yaml.safe_dump(to_dict(config), sort_keys=False, allow_unicode=True)
+
+
+# ---------------------------------------------------------------- `alignlab eval`
+
+
+@dataclass
+class EvalDataConfig:
+    prompts: Optional[str] = None  # prompt file / hub id for task metrics (prompt + answer, GSM8K question/answer)
+    pairs: Optional[str] = None  # preference file / hub id for preference accuracy
+    split: str = "test"  # split of a hub dataset
+    columns: dict[str, str] = field(default_factory=dict)  # our name -> the dataset's column name
+    system_prompt: Optional[str] = None
+    chat_template: bool = True
+    max_rows: Optional[int] = None
+    skip_bad_rows: bool = False
+
+
+@dataclass
+class EvalConfig:
+    rewards: list[str] = field(default_factory=lambda: ["answer_format", "answer_correct"])
+    num_samples: int = 1  # k: sampled completions per prompt for pass@k (1 = greedy only)
+    max_new_tokens: int = 256
+    temperature: float = 1.0  # for the k samples; accuracy is always also measured greedily
+    batch_size: int = 64  # sequences per generate / forward call
+    reference: Optional[str] = None  # reference model for DPO implicit rewards, beta * (log pi - log ref)
+    beta: float = 0.1
+    max_length: int = 1024  # longer pairs are truncated (the preference data policy)
+    seed: int = 0
+    output: Optional[str] = None  # JSON path; None = <run dir>/eval.json, or runs/eval/<model>_<time>.json
+
+
+@dataclass
+class EvalRunConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: EvalDataConfig = field(default_factory=EvalDataConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+
+RUN_CONFIGS["eval"] = EvalRunConfig
+
+
+def validate_eval(config: EvalRunConfig) -> None:
+    ev = config.eval
+    for key in ("num_samples", "max_new_tokens", "batch_size", "max_length"):
+        if getattr(ev, key) < 1:
+            raise ConfigError(f"config key 'eval.{key}' must be at least 1, got {getattr(ev, key)}")
+    if ev.temperature <= 0:
+        raise ConfigError(f"eval.temperature must be positive (greedy accuracy is always measured), got {ev.temperature}")
+    if config.model.dtype not in ("float32", "bfloat16", "float16", "auto"):
+        raise ConfigError(f"model.dtype must be float32, bfloat16, float16 or auto, got '{config.model.dtype}'")

@@ -94,8 +94,12 @@ def preference_accuracy(model, tokenizer, pairs, *, ref_logps: Optional[torch.Te
     policy = compute_all(model, pairs, tokenizer.pad_token_id, device, batch_size=batch_size, chunk_size=1024)  # [N, 2]
     ratios = policy - ref_logps if ref_logps is not None else policy  # [N, 2]
     margins = beta * (ratios[:, 0] - ratios[:, 1])  # [N]
-    return {
+    metrics = {
         "preference_accuracy": float((margins > 0).float().mean()),
         "margin": float(margins.mean()),
         "pairs": len(pairs),
     }
+    if ref_logps is not None:  # DPO's implicit rewards, beta * (log pi - log ref), of each response
+        metrics["rewards/chosen"] = float(beta * ratios[:, 0].mean())
+        metrics["rewards/rejected"] = float(beta * ratios[:, 1].mean())
+    return metrics

@@ -139,3 +139,16 @@ def base_args(command: str, model_dir, train_file, output_dir, *extra) -> list[s
 @pytest.fixture
 def cli(capsys):
     return lambda argv: run_cli(argv, capsys)
+
+
+@pytest.fixture(scope="session")
+def grpo_tb_run(tmp_path_factory, tiny_model_dir, prompts, sft_eval) -> Path:
+    """A 2-step GRPO run with TensorBoard, evaluated every step (so samples.jsonl has completions)."""
+    out = tmp_path_factory.mktemp("grpo_tb") / "run"
+    result = run_cli(base_args(
+        "grpo", tiny_model_dir, prompts, out, f"data.eval={sft_eval}", "train.max_steps=2", "train.batch_size=2",
+        "grpo.num_generations=4", "grpo.max_completion_length=6", "train.eval_every=1", "grpo.eval_max_prompts=4",
+        "train.report_to=[tensorboard]",
+    ))
+    assert result.code == 0
+    return out

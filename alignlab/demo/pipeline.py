@@ -205,7 +205,11 @@ def run_demo(out: str = "runs/demo", task: str = "addition", seed: int = 0, fast
         "runs": {n: str(demo.out / n) for n in stages},
     }
     atomic_write_text(demo.out / "summary.json", json.dumps(summary, indent=2) + "\n")
+    from alignlab.report import write_report
+
+    report = write_report([demo.out / name for name in stages], demo.out / "report.html")
     print(f"\nTotal {total:.0f}s. Summary: {demo.out / 'summary.json'}; runs: {demo.out}/{{sft,dpo,grpo}}")
+    print(f"Report (every metric plotted, GRPO samples, configs): {report}")
     return summary
 
 
