@@ -6,7 +6,7 @@ from pathlib import Path
 
 from alignlab.tracking import read_jsonl
 
-SAMPLES_PER_PROMPT = 4
+SAMPLES_PER_PROMPT = 8
 
 
 def measure(demo, model_dir: Path, pairs) -> dict:
@@ -22,6 +22,7 @@ def measure(demo, model_dir: Path, pairs) -> dict:
     return {
         "greedy_accuracy": greedy.metrics.get("accuracy", 0.0),
         "sampled_accuracy": sampled.metrics.get("accuracy", 0.0),
+        "sampled_reward": sampled.metrics["reward"],
         "format_rate": greedy.metrics.get("format_rate", 0.0),
         "preference_accuracy": preference["preference_accuracy"],
         "mean_length": greedy.metrics["mean_length"],
