@@ -93,7 +93,7 @@ class DPOConfig:
     reference: str = "auto"  # auto | adapter | copy | none (reference-free, SimPO style)
     precompute_ref: bool = True
     ref_cache_dir: Optional[str] = None  # None = <runs root>/.ref_cache
-    logprob_chunk_size: int = 1024  # completion positions per log-softmax chunk
+    logprob_chunk_size: int = 0  # rows per LM-head chunk; 0 = auto (about 256 MiB of float32 logits)
 
 
 @dataclass

@@ -91,7 +91,7 @@ def preference_accuracy(model, tokenizer, pairs, *, ref_logps: Optional[torch.Te
     from alignlab.pair_logps import compute_all
 
     device = next(model.parameters()).device
-    policy = compute_all(model, pairs, tokenizer.pad_token_id, device, batch_size=batch_size, chunk_size=1024)  # [N, 2]
+    policy = compute_all(model, pairs, tokenizer.pad_token_id, device, batch_size=batch_size, chunk_size=0)  # [N, 2]
     ratios = policy - ref_logps if ref_logps is not None else policy  # [N, 2]
     margins = beta * (ratios[:, 0] - ratios[:, 1])  # [N]
     metrics = {

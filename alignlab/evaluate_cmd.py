@@ -145,7 +145,7 @@ def preference_metrics(loaded, config) -> dict:
                                 "the reference must share the policy's tokenizer")
         device = next(loaded.model.parameters()).device
         ref_logps = compute_all(reference.model, pairs, loaded.tokenizer.pad_token_id, device,
-                                batch_size=ev.batch_size, chunk_size=1024)
+                                batch_size=ev.batch_size, chunk_size=0)
         del reference
     # Without a reference the margin is the plain log-prob difference (beta = 1).
     beta = ev.beta if ref_logps is not None else 1.0

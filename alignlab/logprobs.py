@@ -16,6 +16,9 @@ import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
 
+CHUNK_BUDGET_BYTES = 256 * 2**20
+
+
 def _chunk_logps(hidden: torch.Tensor, weight: torch.Tensor, bias, targets: torch.Tensor, softcap) -> torch.Tensor:
     logits = F.linear(hidden, weight, bias).float()  # [n, V]
     if softcap:
@@ -47,7 +50,7 @@ def token_logps(
     attention_mask: torch.Tensor,
     loss_mask: torch.Tensor,
     *,
-    chunk_size: int = 1024,
+    chunk_size: int = 0,
     position_ids: torch.Tensor | None = None,
     with_entropy: bool = False,
 ):
@@ -84,6 +87,9 @@ def token_logps(
 def score_rows(model, rows: torch.Tensor, targets: torch.Tensor, chunk_size: int, with_entropy: bool = False):
     """Log-probs [N] (and entropies [N], detached) of `targets` given final hidden states `rows` [N, H]."""
     weight, bias, softcap = output_layer(model)
+    if chunk_size <= 0:
+        # A chunk's logits, log-softmax and gradient are about 3 [chunk, V] float32 buffers.
+        chunk_size = max(16, CHUNK_BUDGET_BYTES // (3 * 4 * weight.shape[0]))
     pieces, entropies = [], []
     for start in range(0, rows.shape[0], chunk_size):
         h, y = rows[start : start + chunk_size], targets[start : start + chunk_size]
@@ -107,7 +113,7 @@ def shared_prefix_token_logps(
     completion_mask: torch.Tensor,
     prompt_index: torch.Tensor,
     *,
-    chunk_size: int = 1024,
+    chunk_size: int = 0,
     with_entropy: bool = False,
 ):
     """Per-token log-probs [N, C] of completions that share prompts, running each prompt once.

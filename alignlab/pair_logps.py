@@ -36,7 +36,7 @@ class PairLogps:
     rejected_tokens: torch.Tensor  # [B]
 
 
-def pair_logps(model, pairs, pad_id: int, device, *, chunk_size: int = 1024, share_prompt: bool = True) -> PairLogps:
+def pair_logps(model, pairs, pad_id: int, device, *, chunk_size: int = 0, share_prompt: bool = True) -> PairLogps:
     """Chosen and rejected in one batch; response tokens only. With `share_prompt`, each prompt
     runs once and both responses continue it through the KV cache (same numbers, less compute)."""
     count = len(pairs)

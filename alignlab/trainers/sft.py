@@ -36,12 +36,11 @@ def train_sft(config, *, extra_eval=None, stop_fn=None) -> TrainingRun:
     sampler = IndexSampler(len(train_set), train.seed)
     run.maybe_resume(sampler)
     global_batch = train.batch_size * train.grad_accum * run.num_processes
-    chunk = config.dpo.logprob_chunk_size if hasattr(config, "dpo") else 1024
 
     def batch_loss(examples):
         batch = {k: v.to(run.device) for k, v in collate_masked(
             [e.input_ids for e in examples], [e.loss_mask for e in examples], tokenizer.pad_token_id).items()}
-        logps = token_logps(run.model, batch["input_ids"], batch["attention_mask"], batch["loss_mask"], chunk_size=chunk)
+        logps = token_logps(run.model, batch["input_ids"], batch["attention_mask"], batch["loss_mask"])
         return -logps.sum(), float(batch["loss_mask"][:, 1:].sum())
 
     def step_fn(step):
