@@ -53,6 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
     tiny.add_argument("--seed", type=int, default=0)
 
     _add_inference_commands(sub)
+    _add_data_and_grid_commands(sub)
 
     demo = sub.add_parser("demo", help="the whole SFT -> DPO -> GRPO story on the tiny model, offline, in minutes")
     demo.add_argument("--out", default="runs/demo")
@@ -95,6 +96,37 @@ def _add_inference_commands(sub) -> None:
     report.add_argument("-o", "--out", help="HTML path (default: RUN_DIR/report.html, or the runs' parent dir)")
 
 
+def _add_data_and_grid_commands(sub) -> None:
+    pairs = sub.add_parser("pairs", help="ranked or scored responses -> a DPO dataset (prompt/chosen/rejected)",
+                           description="Rows with a prompt, responses and scores (higher is better) or ranks "
+                           "(1 is best) -> JSONL pairs; equal scores are never paired. Prints pairs per prompt and "
+                           "what was dropped and why.")
+    pairs.add_argument("input", metavar="IN")
+    pairs.add_argument("output", metavar="OUT", help="JSONL file to write")
+    pairs.add_argument("--strategy", default="best-vs-worst", choices=["best-vs-worst", "all-pairs", "best-vs-rest"])
+    pairs.add_argument("--min-margin", type=float, default=0.0, help="drop pairs whose score difference is smaller")
+
+    iterate = sub.add_parser("iterate", help="iterative (online) DPO: sample, score, pair, train, evaluate; N rounds",
+                             description="Each round samples iterate.samples_per_prompt responses per prompt from the "
+                             "current policy, scores them with iterate.rewards, builds pairs, trains DPO and evaluates.")
+    iterate.add_argument("-c", "--config", help="YAML config with model/data/train/dpo/iterate sections")
+    iterate.add_argument("--rounds", type=int, default=None, help="overrides iterate.rounds")
+    iterate.add_argument("overrides", nargs="*", help=TRAIN_HELP)
+
+    sweep = sub.add_parser("sweep", help="a grid of runs (key=a,b,c), then a summary table and CSV",
+                           description="Every combination of the comma-separated overrides is one run under "
+                           "runs/sweep_<time>/<run-name>/; DPO runs share precomputed reference log-probs. "
+                           "Failed runs are reported and do not stop the others.")
+    sweep.add_argument("-c", "--config", help="YAML config file")
+    sweep.add_argument("--command", dest="for_command", choices=sorted(TRAINERS), default=None,
+                       help="which trainer (default: guessed from the file's sections)")
+    sweep.add_argument("--out", help="sweep directory (default runs/sweep_<time>)")
+    sweep.add_argument("--metric", help="sort by this metric (default eval/loss, else loss)")
+    sweep.add_argument("--mode", choices=["auto", "min", "max"], default="auto",
+                       help="best = min or max of --metric (auto: min for losses, else max)")
+    sweep.add_argument("overrides", nargs="*", help="key=v1,v2,... axes of the grid and key=value fixed overrides")
+
+
 def _add_generation_options(parser, *, max_new_tokens: int) -> None:
     parser.add_argument("--max-new-tokens", type=int, default=max_new_tokens)
     parser.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"],
@@ -120,7 +152,7 @@ def _guess_command(path):
 def run(args: argparse.Namespace) -> None:
     from alignlab.config import load_config, to_yaml
 
-    if args.command in TRAINERS or args.command in ("demo", "eval", "chat", "compare"):
+    if args.command in TRAINERS or args.command in ("demo", "eval", "chat", "compare", "iterate", "sweep"):
         from transformers.utils import logging as hf_logging
 
         hf_logging.disable_progress_bar()
@@ -157,6 +189,19 @@ def run(args: argparse.Namespace) -> None:
 
         compare_command(args.models, prompts=args.prompts, rewards=[r for r in args.rewards.split(",") if r],
                         max_new_tokens=args.max_new_tokens, dtype=args.dtype, interactive=args.interactive)
+    elif args.command == "pairs":
+        from alignlab.data.ranked_pairs import pairs_command
+
+        pairs_command(args.input, args.output, strategy=args.strategy, min_margin=args.min_margin)
+    elif args.command == "iterate":
+        from alignlab.iterate import iterate_command
+
+        iterate_command(args.config, args.overrides, rounds=args.rounds)
+    elif args.command == "sweep":
+        from alignlab.sweep import sweep_command
+
+        sweep_command(args.config, args.overrides, command=args.for_command or _guess_command(args.config),
+                      out=args.out, metric=args.metric, mode=args.mode)
     elif args.command == "report":
         from alignlab.report import write_report
 

@@ -1,0 +1,184 @@
+"""Ranked or scored responses -> DPO pairs (`alignlab pairs IN OUT`), also used by `alignlab iterate`.
+
+Input rows: a `prompt` (string or messages) and several `responses` (strings), with either
+`scores` (higher is better) or `ranks` (1 is best; a larger rank is worse), one per response:
+
+    {"prompt": "2+2=?", "responses": ["4", "5", "22"], "scores": [1.0, 0.0, 0.2]}
+    {"prompt": "2+2=?", "responses": ["4", "5", "22"], "ranks": [1, 3, 2]}
+
+Strategies (which pairs a prompt gives):
+- best-vs-worst (default): one pair, a best response against a worst one;
+- best-vs-rest: a best response against every response scored strictly below it;
+- all-pairs: every two responses with different scores, the higher one chosen.
+
+Ties: two responses with equal scores (or ranks) are never paired, in any strategy; when several
+responses share the best (or worst) score, the first of them in the row is used. A pair whose
+score difference is below `min_margin` is dropped, and so is a pair whose two texts are identical
+(no preference signal). A response whose score is null is left out. Every dropped pair or prompt
+is counted under its reason, and the report says how many pairs each prompt gave.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+from alignlab.data.io import Row, read_rows
+from alignlab.errors import DataError
+
+STRATEGIES = ("best-vs-worst", "best-vs-rest", "all-pairs")
+
+# Reasons, as counted and reported.
+ONE_RESPONSE = "prompt with fewer than 2 scored responses"
+ALL_TIED = "prompt whose responses all have equal scores"
+TIE = "pair of responses with equal scores (not paired)"
+BELOW_MARGIN = "pair with a score difference below --min-margin"
+IDENTICAL = "pair with identical chosen and rejected text"
+UNSCORED = "response with a null score (left out)"
+
+
+@dataclass
+class PairStats:
+    prompts: int = 0
+    pairs: int = 0
+    pairs_per_prompt: Counter = field(default_factory=Counter)  # pairs a prompt gave -> how many prompts
+    dropped: Counter = field(default_factory=Counter)  # reason -> count
+
+    def add(self, other: "PairStats") -> None:
+        self.prompts += other.prompts
+        self.pairs += other.pairs
+        self.pairs_per_prompt.update(other.pairs_per_prompt)
+        self.dropped.update(other.dropped)
+
+    def report(self) -> str:
+        lines = [f"{self.pairs} pairs from {self.prompts} prompts"]
+        spread = ", ".join(f"{n} pair{'s' if n != 1 else ''}: {c} prompt{'s' if c != 1 else ''}"
+                           for n, c in sorted(self.pairs_per_prompt.items()))
+        lines.append(f"pairs per prompt: {spread or 'none'}")
+        if self.dropped:
+            lines.append("dropped:")
+            lines += [f"  {count:>6}  {reason}" for reason, count in self.dropped.most_common()]
+        else:
+            lines.append("dropped: nothing")
+        return "\n".join(lines)
+
+    def to_dict(self) -> dict:
+        return {"prompts": self.prompts, "pairs": self.pairs,
+                "pairs_per_prompt": {str(k): v for k, v in sorted(self.pairs_per_prompt.items())},
+                "dropped": dict(self.dropped)}
+
+
+def rank_pairs(responses: Sequence[str], scores: Sequence[Optional[float]], *, strategy: str = "best-vs-worst",
+               min_margin: float = 0.0) -> tuple[list[tuple[int, int]], PairStats]:
+    """(chosen index, rejected index) pairs for one prompt, and what was dropped. Higher score = better.
+
+    >>> rank_pairs(["a", "b", "c", "d"], [4, 2, 1, 3])[0]
+    [(0, 2)]
+    >>> rank_pairs(["a", "b", "c"], [1, 1, 0], strategy="all-pairs")[0]
+    [(0, 2), (1, 2)]
+    >>> rank_pairs(["a", "b", "c"], [2, 1, 1], strategy="best-vs-rest")[0]
+    [(0, 1), (0, 2)]
+    """
+    if strategy not in STRATEGIES:
+        raise DataError(f"unknown pair strategy '{strategy}'; choose one of {', '.join(STRATEGIES)}")
+    stats = PairStats(prompts=1)
+    scored = [i for i, s in enumerate(scores) if s is not None]
+    stats.dropped[UNSCORED] += len(scores) - len(scored)
+    if not stats.dropped[UNSCORED]:
+        del stats.dropped[UNSCORED]
+    pairs: list[tuple[int, int]] = []
+    if len(scored) < 2:
+        stats.dropped[ONE_RESPONSE] += 1
+    elif len({scores[i] for i in scored}) == 1:
+        stats.dropped[ALL_TIED] += 1
+    else:
+        best = max(scored, key=lambda i: (scores[i], -i))  # the first of the best
+        if strategy == "best-vs-worst":
+            candidates = [(best, min(scored, key=lambda i: (scores[i], i)))]  # the first of the worst
+        elif strategy == "best-vs-rest":
+            candidates = [(best, j) for j in scored if j != best]
+        else:
+            candidates = [(i, j) if scores[i] > scores[j] else (j, i) for a, i in enumerate(scored) for j in scored[a + 1:]]
+        for chosen, rejected in candidates:
+            margin = scores[chosen] - scores[rejected]
+            if margin == 0:
+                stats.dropped[TIE] += 1
+            elif margin < min_margin:
+                stats.dropped[BELOW_MARGIN] += 1
+            elif responses[chosen] == responses[rejected]:
+                stats.dropped[IDENTICAL] += 1
+            else:
+                pairs.append((chosen, rejected))
+    stats.pairs = len(pairs)
+    stats.pairs_per_prompt[len(pairs)] += 1
+    return pairs, stats
+
+
+def _number(row: Row, name: str, index: int, value: Any) -> Optional[float]:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise DataError(f"{row.where(f'{name}[{index}]')}: expected a finite number (or null), got {value!r}")
+    return float(value)
+
+
+def row_scores(row: Row) -> tuple[list[str], list[Optional[float]]]:
+    """(responses, scores with higher = better) of one input row; DataError naming file, row, field."""
+    values = row.values
+    if "prompt" not in values:
+        raise DataError(f"{row.where('prompt')}: missing; columns found: {', '.join(sorted(values))}")
+    responses = values.get("responses")
+    if not isinstance(responses, list):
+        raise DataError(f"{row.where('responses')}: expected a list of response strings, got "
+                        f"{type(responses).__name__ if responses is not None else 'nothing'}")
+    for i, text in enumerate(responses):
+        if not isinstance(text, str):
+            raise DataError(f"{row.where(f'responses[{i}]')}: expected a string, got {type(text).__name__}")
+    has_scores, has_ranks = "scores" in values, "ranks" in values
+    if has_scores == has_ranks:
+        raise DataError(f"{row.where()}: give exactly one of 'scores' (higher is better) or 'ranks' (1 is best)"
+                        + (", not both" if has_scores else ""))
+    name = "scores" if has_scores else "ranks"
+    given = values[name]
+    if not isinstance(given, list) or len(given) != len(responses):
+        got = f"{len(given)} values" if isinstance(given, list) else type(given).__name__
+        raise DataError(f"{row.where(name)}: expected a list of {len(responses)} numbers, one per response; got {got}")
+    numbers = [_number(row, name, i, v) for i, v in enumerate(given)]
+    if has_ranks:
+        numbers = [None if n is None else -n for n in numbers]  # rank 1 is best: a smaller rank scores higher
+    return responses, numbers
+
+
+def build_pairs(rows: list[Row], *, strategy: str = "best-vs-worst", min_margin: float = 0.0) -> tuple[list[dict], PairStats]:
+    """DPO rows {prompt, chosen, rejected, score_/rank_chosen, score_/rank_rejected} and the stats of every row."""
+    if min_margin < 0:
+        raise DataError(f"--min-margin must be at least 0, got {min_margin}")
+    out, total = [], PairStats()
+    for row in rows:
+        responses, scores = row_scores(row)
+        pairs, stats = rank_pairs(responses, scores, strategy=strategy, min_margin=min_margin)
+        total.add(stats)
+        for chosen, rejected in pairs:
+            name = "score" if "scores" in row.values else "rank"
+            given = row.values[f"{name}s"]
+            out.append({"prompt": row.values["prompt"], "chosen": responses[chosen], "rejected": responses[rejected],
+                        f"{name}_chosen": given[chosen], f"{name}_rejected": given[rejected]})
+    return out, total
+
+
+def pairs_command(source: str, out: str, *, strategy: str = "best-vs-worst", min_margin: float = 0.0) -> PairStats:
+    """`alignlab pairs IN OUT`: read ranked rows, write a JSONL DPO dataset, print the report."""
+    rows = read_rows(source)
+    pairs, stats = build_pairs(rows, strategy=strategy, min_margin=min_margin)
+    if not pairs:
+        raise DataError(f"{source}: no pairs could be built ({stats.report()})")
+    path = Path(out)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps(p, ensure_ascii=False) + "\n" for p in pairs), encoding="utf-8")
+    print(stats.report())
+    print(f"wrote {len(pairs)} pairs ({strategy}) to {path}")
+    return stats
