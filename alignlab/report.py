@@ -260,11 +260,19 @@ def default_output(run_dirs: list[Path]) -> Path:
     return Path(os.path.commonpath([str(Path(p).resolve().parent) for p in run_dirs])) / "report.html"
 
 
+def expand_run_dirs(path: Path) -> list[Path]:
+    """A run dir as it is; a dir of runs (a sweep, an iterate run) as the runs directly inside it."""
+    if (path / "metrics.jsonl").is_file() or not path.is_dir():
+        return [path]
+    runs = sorted(p for p in path.iterdir() if (p / "metrics.jsonl").is_file())
+    return runs or [path]
+
+
 def write_report(run_dirs, out=None) -> Path:
     """Render the runs into one HTML file and return its path."""
     from alignlab.checkpoint import atomic_write_text
 
-    run_dirs = [Path(p) for p in run_dirs]
+    run_dirs = [run for p in run_dirs for run in expand_run_dirs(Path(p))]
     if not run_dirs:
         raise AlignlabError("report needs at least one run directory")
     runs = [load_run(p) for p in run_dirs]
