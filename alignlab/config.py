@@ -136,7 +136,31 @@ class GRPORunConfig(SFTRunConfig):
     grpo: GRPOConfig = field(default_factory=GRPOConfig)
 
 
-RUN_CONFIGS = {"sft": SFTRunConfig, "dpo": DPORunConfig, "grpo": GRPORunConfig}
+@dataclass
+class IterateConfig:
+    """`alignlab iterate`: rounds of sample -> score -> pair -> DPO -> evaluate (alignlab/iterate.py)."""
+
+    rounds: int = 2
+    prompts: Optional[str] = None  # prompt file / hub id to sample from (a prompt plus reward columns, e.g. answer)
+    eval_prompts: Optional[str] = None  # held-out prompts evaluated after every round (None = no task eval)
+    prompts_per_round: Optional[int] = None  # a fresh random subset each round; None = every prompt
+    samples_per_prompt: int = 4  # K responses sampled per prompt from the current policy
+    rewards: list[str] = field(default_factory=lambda: ["answer_format", "answer_correct"])  # GRPO's registry
+    reward_weights: Optional[list[float]] = None
+    strategy: str = "best-vs-worst"  # best-vs-worst | best-vs-rest | all-pairs (alignlab pairs)
+    min_margin: float = 0.0
+    max_new_tokens: int = 32
+    temperature: float = 1.0
+    eval_samples: int = 4  # sampled completions per eval prompt for eval/sampled_reward (0 = greedy only)
+    eval_max_prompts: int = 200
+
+
+@dataclass
+class IterateRunConfig(DPORunConfig):
+    iterate: IterateConfig = field(default_factory=IterateConfig)
+
+
+RUN_CONFIGS = {"sft": SFTRunConfig, "dpo": DPORunConfig, "grpo": GRPORunConfig, "iterate": IterateRunConfig}
 
 
 # ---------------------------------------------------------------- parsing
@@ -309,6 +333,19 @@ def validate(config) -> None:
         raise ConfigError(f"data.eval_fraction must be in [0, 1), got {config.data.eval_fraction}")
     if config.model.dtype not in ("float32", "bfloat16", "float16", "auto"):
         raise ConfigError(f"model.dtype must be float32, bfloat16, float16 or auto, got '{config.model.dtype}'")
+    if hasattr(config, "iterate"):
+        it = config.iterate
+        for key in ("rounds", "samples_per_prompt", "max_new_tokens", "eval_max_prompts"):
+            if getattr(it, key) < 1:
+                raise ConfigError(f"config key 'iterate.{key}' must be at least 1, got {getattr(it, key)}")
+        if it.samples_per_prompt < 2:
+            raise ConfigError("iterate.samples_per_prompt must be at least 2 (pairs need two responses)")
+        if it.strategy not in ("best-vs-worst", "best-vs-rest", "all-pairs"):
+            raise ConfigError(f"iterate.strategy must be best-vs-worst, best-vs-rest or all-pairs, got '{it.strategy}'")
+        if it.reward_weights is not None and len(it.reward_weights) != len(it.rewards):
+            raise ConfigError(f"iterate.reward_weights has {len(it.reward_weights)} values for {len(it.rewards)} rewards")
+        if it.temperature <= 0:
+            raise ConfigError(f"iterate.temperature must be positive, got {it.temperature}")
     if hasattr(config, "grpo"):
         grpo = config.grpo
         if grpo.num_generations < 1:
