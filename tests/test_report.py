@@ -108,10 +108,13 @@ def test_report_shows_grpo_samples_and_config_and_needs_no_network(grpo_tb_run, 
         assert fetch not in text
 
 
-def test_report_command_writes_into_the_run(grpo_tb_run, cli):
+def test_report_command_writes_into_the_run(grpo_tb_run, cli, tmp_path):
     result = cli(["report", grpo_tb_run])
     assert result.code == 0 and (grpo_tb_run / "report.html").is_file()
-    assert cli(["report", grpo_tb_run.parent]).code == 2  # not a run dir: a message, no traceback
+    assert cli(["report", tmp_path]).code == 2  # not a run dir (and no runs in it): a message, no traceback
+    # A directory of runs (a sweep, an iterate run) stands for the runs directly inside it.
+    result = cli(["report", grpo_tb_run.parent, "-o", tmp_path / "r.html"])
+    assert result.code == 0 and grpo_tb_run.name in (tmp_path / "r.html").read_text()
 
 
 @pytest.mark.parametrize("low, high", [(0.0, 1.0), (-0.13, 0.15), (5.0, 5.0), (1e-5, 3e-5), (1, 30000)])

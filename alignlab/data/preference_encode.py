@@ -24,6 +24,7 @@ class EncodedPair:
     chosen_ids: list[int]
     rejected_ids: list[int]
     source: str = ""
+    group: str = ""  # the data mixture source it came from (alignlab.data.mixture), for per-source metrics
 
 
 def encode_pairs(examples, templater: Templater, *, max_length: int, on_long: str) -> list[EncodedPair]:

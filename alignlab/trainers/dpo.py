@@ -24,6 +24,7 @@ from pathlib import Path
 import torch
 
 from alignlab.data.io import read_rows, rename_columns, split_eval
+from alignlab.data.mixture import finish_per_source, is_mixture, load_mixture_pairs, per_source_sums, source_names
 from alignlab.data.preference import load_preference_rows
 from alignlab.data.preference_encode import encode_pairs, pairs_fingerprint
 from alignlab.data.templates import Templater
@@ -42,18 +43,20 @@ def load_pairs(config, templater):
     if not data.train:
         raise DataError("no training data: set data.train to a preference file (.jsonl/.json/.parquet/.csv) or dataset id")
 
-    def read(source, split):
-        rows = rename_columns(read_rows(source, split=split, max_rows=data.max_rows), data.columns)
+    def read(source, split, columns=None):
+        rows = rename_columns(read_rows(source, split=split, max_rows=data.max_rows), data.columns if columns is None else columns)
         examples, skipped = load_preference_rows(rows, skip_bad_rows=data.skip_bad_rows)
         templater.stats.skipped_bad += skipped
         return examples
 
+    options = dict(max_length=train.max_length, on_long=data.on_long)
+    if is_mixture(data.train):  # a weighted list of sources (alignlab.data.mixture)
+        return load_mixture_pairs(config, read, lambda examples: encode_pairs(examples, templater, **options))
     train_examples = read(data.train, data.split)
     if data.eval:
         eval_examples = read(data.eval, data.eval_split or data.split)
     else:
         train_examples, eval_examples = split_eval(train_examples, data.eval_fraction, train.seed)
-    options = dict(max_length=train.max_length, on_long=data.on_long)
     train_pairs = encode_pairs(train_examples, templater, **options)
     log.info("DPO train data: %s", templater.stats.summary())
     eval_pairs = encode_pairs(eval_examples, templater, **options) if eval_examples else []
@@ -112,6 +115,7 @@ class DPOStep:
         self.loss_fn = DPO_LOSSES[config.dpo.loss_type]
         # transformers turns the KV cache off under gradient checkpointing; then run prompts twice.
         self.share_prompt = not config.train.gradient_checkpointing
+        self.sources: list[str] = []  # data mixture source names: rewards/accuracies/<source> is logged per source
 
     def reference_logps(self, pairs, cached):
         if self.reference == "precomputed":
@@ -153,6 +157,8 @@ class DPOStep:
             "logps/chosen": policy.chosen.detach().sum(),
             "logps/rejected": policy.rejected.detach().sum(),
         }
+        if self.sources:
+            sums.update(per_source_sums([p.group for p in pairs], (margins > 0).float().tolist(), self.sources))
         tokens = float(policy.chosen_tokens.sum() + policy.rejected_tokens.sum())
         return losses.sum(), {k: float(v) for k, v in sums.items()}, tokens
 
@@ -187,6 +193,7 @@ def train_dpo(config) -> TrainingRun:
     sampler = IndexSampler(len(train_pairs), train.seed)
     run.maybe_resume(sampler)
     step = DPOStep(run, config, reference, ref_model)
+    step.sources = source_names(train_pairs + eval_pairs)
     global_batch = train.batch_size * train.grad_accum * run.num_processes
 
     def step_fn(_):
@@ -200,7 +207,8 @@ def train_dpo(config) -> TrainingRun:
             tokens += micro_tokens
             for key, value in {"loss": float(loss_sum.detach()), **metric_sums}.items():
                 sums[key] = sums.get(key, 0.0) + value
-        return {**{k: run.global_sum(v) / total_pairs for k, v in sums.items()}, "tokens": tokens}
+        means = finish_per_source({k: run.global_sum(v) / total_pairs for k, v in sums.items()}, step.sources)
+        return {**means, "tokens": tokens}
 
     def eval_fn(_):
         run.model.eval()
@@ -212,7 +220,7 @@ def train_dpo(config) -> TrainingRun:
                 loss_sum, metric_sums, _ = step([eval_pairs[i] for i in idx], cached)
                 for key, value in {"loss": float(loss_sum), **metric_sums}.items():
                     sums[key] = sums.get(key, 0.0) + value
-        return {k: v / len(eval_pairs) for k, v in sums.items()}
+        return finish_per_source({k: v / len(eval_pairs) for k, v in sums.items()}, step.sources)
 
     run.loop(step_fn, eval_fn=eval_fn if eval_pairs else None, sampler=sampler)
     return run

@@ -1,0 +1,66 @@
+"""Weighted data mixtures for DPO: proportions within sampling error, reproducible, validated, per-source metrics."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+from conftest import base_args, read_jsonl, train_records, write_jsonl
+
+from alignlab.data.mixture import mix, mixture_indices, parse_sources
+from alignlab.errors import ConfigError
+
+
+def test_proportions_within_sampling_error():
+    total = 6000
+    draws = mixture_indices([50, 300, 1000], [3.0, 1.0, 2.0], total, seed=0)
+    for source, p in enumerate([0.5, 1 / 6, 1 / 3]):
+        share = sum(s == source for s, _ in draws) / total
+        assert abs(share - p) < 4 * math.sqrt(p * (1 - p) / total), (source, share, p)
+    # A small source repeats only after all of its items were used.
+    small = [i for s, i in draws if s == 0]
+    assert sorted(small[:50]) == list(range(50))
+
+
+def test_reproducible_and_seeded():
+    a = mix([list("abcdef"), list("XYZ")], [1.0, 1.0], seed=3)
+    assert a == mix([list("abcdef"), list("XYZ")], [1.0, 1.0], seed=3) and len(a) == 9
+    assert a != mix([list("abcdef"), list("XYZ")], [1.0, 1.0], seed=4)
+
+
+def test_source_validation():
+    sources = parse_sources([{"path": "data/helpful.jsonl", "weight": 2}, {"path": "h.jsonl", "name": "harmless",
+                             "columns": {"prompt": "question"}, "split": "test"}], columns={"chosen": "good"}, split="train")
+    assert [(s.name, s.weight, s.split) for s in sources] == [("helpful", 2.0, "train"), ("harmless", 1.0, "test")]
+    assert sources[1].columns == {"chosen": "good", "prompt": "question"}
+    with pytest.raises(ConfigError, match=r"unknown key 'wieght' in data.train\[0\]. Did you mean 'weight'"):
+        parse_sources([{"path": "a.jsonl", "wieght": 2}], columns={}, split="train")
+    with pytest.raises(ConfigError, match=r"data.train\[1\] needs a 'path'"):
+        parse_sources([{"path": "a.jsonl"}, {"weight": 1}], columns={}, split="train")
+    with pytest.raises(ConfigError, match=r"data.train\[0\].weight must be a positive number"):
+        parse_sources([{"path": "a.jsonl", "weight": -1}], columns={}, split="train")
+    with pytest.raises(ConfigError, match="named 'a'"):
+        parse_sources([{"path": "a.jsonl"}, {"path": "x/a.jsonl"}], columns={}, split="train")
+
+
+def test_dpo_on_a_mixture_logs_per_source_metrics(tmp_path, tiny_model_dir, prefs, cli):
+    rows = read_jsonl(prefs)
+    helpful = write_jsonl(rows[:16], tmp_path / "helpful.jsonl")
+    # The second source names its prompt column differently: a per-source column mapping.
+    harmless = write_jsonl([{"question": r["prompt"], "chosen": r["chosen"], "rejected": r["rejected"]} for r in rows[16:]],
+                           tmp_path / "harmless.jsonl")
+    train = (f"[{{path: {helpful}, weight: 3}}, {{path: {harmless}, weight: 1, name: safety, "
+             f"columns: {{prompt: question}}}}]")
+    out = tmp_path / "run"
+    result = cli(base_args("dpo", tiny_model_dir, "x", out, f"data.train={train}", "data.eval_fraction=0.25",
+                           "train.max_steps=3", "train.batch_size=8", "train.max_length=64"))
+    assert result.code == 0, result.err
+    records = train_records(out)
+    assert all("rewards/accuracies" in r for r in records)
+    keys = {k for r in records for k in r}
+    assert {"rewards/accuracies/helpful", "rewards/accuracies/safety"} <= keys
+    assert not any(k.startswith("pairs/") for k in keys)
+    final_eval = read_jsonl(out / "metrics.jsonl")[-1]
+    assert {"eval/rewards/accuracies/helpful", "eval/rewards/accuracies/safety"} <= set(final_eval)
+    log = (out / "train.log").read_text()
+    assert "data mixture: helpful" in log and "safety" in log
