@@ -41,7 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     show = sub.add_parser("show-config", help="print the resolved config (defaults + file + overrides)")
     show.add_argument("-c", "--config")
-    show.add_argument("--command", dest="for_command", choices=sorted(TRAINERS) + ["eval"], default=None,
+    show.add_argument("--command", dest="for_command", choices=sorted(TRAINERS) + ["eval", "iterate"], default=None,
                       help="which trainer's config (default: guessed from the file's sections, else sft)")
     show.add_argument("overrides", nargs="*", help=TRAIN_HELP)
 
@@ -143,7 +143,7 @@ def _guess_command(path):
             sections = yaml.safe_load(handle) or {}
     except (OSError, yaml.YAMLError):
         return "sft"
-    for name in ("dpo", "grpo", "eval"):
+    for name in ("iterate", "dpo", "grpo", "eval"):
         if isinstance(sections, dict) and name in sections:
             return name
     return "sft"

@@ -133,6 +133,10 @@ def _train(command: str, config) -> None:
 
 def sweep_command(config_path: Optional[str], overrides: list[str], *, command: str, out: Optional[str] = None,
                   metric: Optional[str] = None, mode: str = "auto") -> list[SweepRun]:
+    from alignlab.cli import TRAINERS
+
+    if command not in TRAINERS:
+        raise ConfigError(f"sweep runs one of {', '.join(sorted(TRAINERS))} (--command), not '{command}'")
     axes, fixed = parse_grid(overrides)
     if not axes:
         raise ConfigError("nothing to sweep: give at least one axis as key=v1,v2 (e.g. dpo.beta=0.05,0.1)")
