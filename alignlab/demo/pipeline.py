@@ -25,7 +25,7 @@ CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
 
 # Full demo vs --fast (for tests): step budgets only; everything else comes from configs/demo_*.yaml.
 SETTINGS = {
-    "full": {"sft_threshold": 0.2, "sft_max_steps": 600, "dpo_steps": 150, "grpo_steps": 150, "dpo_prompts": 1500,
+    "full": {"sft_threshold": 0.2, "sft_max_steps": 600, "dpo_steps": 150, "grpo_steps": 150, "dpo_prompts": 1000,
              "test_prompts": 200},
     "fast": {"sft_threshold": 0.04, "sft_max_steps": 150, "dpo_steps": 30, "grpo_steps": 30, "grpo_lr": 2e-4, "dpo_prompts": 300,
              "test_prompts": 100},
