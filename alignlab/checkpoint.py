@@ -68,8 +68,12 @@ def save_checkpoint(
     state: dict[str, Any],
     extra: Optional[dict] = None,
     keep: Optional[int] = None,
+    per_process: Optional[list] = None,
 ) -> Path:
-    """Write checkpoint-<step>/ atomically and record it in checkpoints.jsonl."""
+    """Write checkpoint-<step>/ atomically and record it in checkpoints.jsonl.
+
+    `per_process`: with several processes, each one's {"rng": ..., "extra": ...} in process order
+    (their samplers draw from their own RNG streams, and GRPO's rollout buffer is per process)."""
     final = Path(run_dir) / f"{CHECKPOINT_PREFIX}{step:06d}"
     tmp = final.with_name(final.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
@@ -77,16 +81,26 @@ def save_checkpoint(
     save_model_fn(tmp / "model")
     torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
     torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
-    torch.save({"rng": rng_state(), "extra": extra}, tmp / "rng_and_extra.pt")
+    saved = {"rng": rng_state(), "extra": extra}
+    if per_process is not None:
+        saved["per_process"] = per_process
+    torch.save(saved, tmp / "rng_and_extra.pt")
     atomic_write_text(tmp / "state.json", json.dumps({**state, "step": step}, indent=2))
     if final.exists():  # re-saving the same step (e.g. the last step after a resume)
-        shutil.rmtree(final)
+        remove_checkpoint(final)
     os.replace(tmp, final)
     _record(run_dir, final, step)
     if keep:
         for old in checkpoint_dirs(run_dir)[:-keep]:
-            shutil.rmtree(old, ignore_errors=True)
+            remove_checkpoint(old)
     return final
+
+
+def remove_checkpoint(path: Path) -> None:
+    """Delete a checkpoint so that a kill part-way leaves an incomplete one (never resumed from),
+    not a state.json beside missing weights: state.json goes first."""
+    (Path(path) / "state.json").unlink(missing_ok=True)
+    shutil.rmtree(path, ignore_errors=True)
 
 
 def _record(run_dir: Path, path: Path, step: int) -> None:
@@ -97,14 +111,23 @@ def _record(run_dir: Path, path: Path, step: int) -> None:
     atomic_write_text(index, "".join(json.dumps(l) + "\n" for l in lines))
 
 
-def load_checkpoint(path: Path, *, load_model_fn, optimizer, scheduler) -> tuple[dict, Optional[dict]]:
-    """Restore a checkpoint into live objects; returns (state.json contents, extra trainer state)."""
+def load_checkpoint(
+    path: Path, *, load_model_fn, optimizer, scheduler, process_index: int = 0, num_processes: int = 1
+) -> tuple[dict, Optional[dict], bool]:
+    """Restore a checkpoint into live objects; returns (state.json contents, extra trainer state,
+    whether this process's own RNG and extra state were found). They are not when the checkpoint was
+    written by a different number of processes: then the main process's are returned."""
     load_model_fn(path / "model")
     optimizer.load_state_dict(torch.load(path / "optimizer.pt", weights_only=False))
     scheduler.load_state_dict(torch.load(path / "scheduler.pt", weights_only=False))
     saved = torch.load(path / "rng_and_extra.pt", weights_only=False)
-    set_rng_state(saved["rng"])
-    return json.loads((path / "state.json").read_text()), saved.get("extra")
+    per_process = saved.get("per_process")
+    if per_process is not None and len(per_process) == num_processes:
+        mine, own = per_process[process_index], True
+    else:
+        mine, own = saved, num_processes == 1
+    set_rng_state(mine["rng"])
+    return json.loads((path / "state.json").read_text()), mine.get("extra"), own
 
 
 def load_model_weights(model, model_dir: Path) -> None:

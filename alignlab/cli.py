@@ -162,7 +162,8 @@ def run(args: argparse.Namespace) -> None:
         module, function = TRAINERS[args.command]
         trainer = getattr(importlib.import_module(module), function)
         trainer_run = trainer(config)
-        print(f"done: {trainer_run.run_dir}")
+        if trainer_run.is_main:  # once, not once per process
+            print(f"done: {trainer_run.run_dir}")
     elif args.command == "show-config":
         command = args.for_command or _guess_command(args.config)
         print(to_yaml(load_config(command, args.config, args.overrides)), end="")

@@ -191,7 +191,7 @@ def parse_value(text: str) -> Any:
 
 
 def _closest(name: str, options: list[str], prefix: str = "") -> str:
-    match = difflib.get_close_matches(name, options, n=1, cutoff=0.5)
+    match = difflib.get_close_matches(str(name), options, n=1, cutoff=0.5)  # YAML keys may be numbers or null
     if match:
         return f" Did you mean '{prefix}{match[0]}'?"
     return f" Valid keys: {', '.join(prefix + o for o in sorted(options))}."
@@ -233,7 +233,8 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
     if origin is dict:
         if not isinstance(value, dict):
             raise ConfigError(f"config key '{key}' expects a mapping, got {value!r}")
-        return {str(k): v for k, v in value.items()}
+        _, value_tp = typing.get_args(tp) or (Any, Any)
+        return {str(k): _coerce(v, value_tp, f"{key}.{k}") for k, v in value.items()}
     if tp is bool:
         if isinstance(value, bool):
             return value
@@ -304,9 +305,11 @@ def load_config(command: str, path: Optional[str] = None, overrides: Optional[li
         if not file.is_file():
             raise ConfigError(f"config file not found: {path}")
         try:
-            values = yaml.load(file.read_text(), Loader=_Loader) or {}
+            values = yaml.load(file.read_text(encoding="utf-8"), Loader=_Loader) or {}
         except yaml.YAMLError as exc:
             raise ConfigError(f"{path} is not valid YAML: {exc}") from None
+        except UnicodeDecodeError:
+            raise ConfigError(f"{path} is not UTF-8 text") from None
         if not isinstance(values, dict):
             raise ConfigError(f"{path}: expected a mapping of sections at the top level")
         _set_section(config, values, "")

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import shutil
 from pathlib import Path
 from typing import Optional
 
@@ -50,7 +52,18 @@ def ensure_tiny_model(name_or_path: str, cache_root: str = "runs") -> str:
 
     path = Path(cache_root) / ".tiny-model"
     if not (path / "config.json").is_file():
-        write_tiny_model(path)
+        # Written aside and renamed into place: several processes (torchrun) may get here at once.
+        tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        write_tiny_model(tmp)
+        try:
+            os.rename(tmp, path)
+        except OSError:  # another process's copy (identical) is already in place, or a broken leftover
+            if (path / "config.json").is_file():
+                shutil.rmtree(tmp, ignore_errors=True)
+            else:
+                shutil.rmtree(path, ignore_errors=True)
+                os.replace(tmp, path)
     return str(path)
 
 

@@ -16,6 +16,7 @@ import contextlib
 import datetime
 import logging
 import math
+import os
 import random
 import time
 from pathlib import Path
@@ -35,8 +36,13 @@ log = logging.getLogger("alignlab")
 
 def seed_everything(seed: int) -> None:
     random.seed(seed)
-    np.random.seed(seed)
+    np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
+
+
+def process_seed(seed: int, process_index: int) -> int:
+    """The seed of process `process_index`'s own RNG stream (process 0 keeps `seed`)."""
+    return seed + 1_000_003 * process_index
 
 
 def default_run_dir(command: str, config) -> Path:
@@ -93,6 +99,42 @@ class IndexSampler:
         self._order = self._permutation()
 
 
+def launched_processes() -> int:
+    """How many processes the launcher (torchrun, accelerate launch, mpirun) started."""
+    for name in ("WORLD_SIZE", "PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "MV2_COMM_WORLD_SIZE"):
+        value = os.environ.get(name, "")
+        if value.isdigit():
+            return int(value)
+    return 1
+
+
+def cpu_only_multiprocess() -> bool:
+    """Several processes and no accelerator. accelerate sets up gloo (MULTI_CPU) only when told
+    `cpu=True`; without it, every process of `torchrun --nproc_per_node 2` trains alone and believes
+    it is the main process (all write the same run directory)."""
+    if launched_processes() <= 1:
+        return False
+    accel = getattr(torch, "accelerator", None)
+    return not (accel.is_available() if accel is not None else torch.cuda.is_available())
+
+
+def refuse_sharded(distributed_type) -> None:
+    """Stop under FSDP / DeepSpeed, which this loop does not handle yet (DDP is what it runs):
+    - checkpoints are written by the main process alone, but sharded weights and optimizer state
+      (FSDP, ZeRO) must be gathered or saved by every process together;
+    - the chunked log-prob code (alignlab.logprobs) uses the LM head weight outside the model's
+      forward, where FSDP and ZeRO-3 hold only a shard of it;
+    - under DeepSpeed, accelerate's backward steps the optimizer itself, once per micro-batch."""
+    name = str(distributed_type).rsplit(".", 1)[-1]
+    if name in ("FSDP", "DEEPSPEED"):
+        raise AlignlabError(
+            f"launched with {name}, which alignlab's trainers do not support yet: their checkpoints are written by the "
+            "main process alone, and the chunked log-prob code needs the whole LM head on every process. Use data "
+            "parallelism, where every process holds the whole model (LoRA and gradient checkpointing make it fit): "
+            "accelerate launch --config_file configs/accelerate/ddp.yaml -m alignlab ..."
+        )
+
+
 class TrainingRun:
     """One run directory and the accelerate objects that train in it."""
 
@@ -100,7 +142,14 @@ class TrainingRun:
         from accelerate import Accelerator
 
         self.command, self.config = command, config
-        self.accelerator = Accelerator(mixed_precision=config.train.mixed_precision)
+        self.accelerator = Accelerator(mixed_precision=config.train.mixed_precision, cpu=cpu_only_multiprocess())
+        if launched_processes() > 1 and self.accelerator.num_processes == 1:
+            raise AlignlabError(
+                f"launched as {launched_processes()} processes, but accelerate set up a single-process run "
+                f"({self.accelerator.distributed_type}); every process would train alone and write the same run "
+                "directory. Check the launcher's settings (see configs/accelerate/)."
+            )
+        refuse_sharded(self.accelerator.distributed_type)
         self.is_main = self.accelerator.is_main_process
         self.run_dir, self.resuming = resolve_run_dir(command, config)
         if self.is_main:
@@ -140,6 +189,11 @@ class TrainingRun:
         scheduler = get_scheduler(name, optimizer, num_warmup_steps=train.warmup_steps, num_training_steps=train.max_steps)
         self.model, self.optimizer, self.scheduler = self.accelerator.prepare(model, optimizer, scheduler)
         self.tokenizer = tokenizer
+        # Every process built the same model from the same seed; from here on each draws from its own
+        # stream, so GRPO's processes sample different completions (and dropout masks differ), as one
+        # process sampling the whole batch would. Process 0 is untouched: a 1-process run is unchanged.
+        if self.accelerator.process_index > 0:
+            seed_everything(process_seed(train.seed, self.accelerator.process_index))
 
     @property
     def unwrapped(self):
@@ -186,6 +240,11 @@ class TrainingRun:
 
     def save(self, extra_state: Optional[dict] = None, sampler: Optional[IndexSampler] = None) -> None:
         self.accelerator.wait_for_everyone()
+        per_process = None
+        if self.num_processes > 1:
+            from accelerate.utils import gather_object
+
+            per_process = gather_object([{"rng": ckpt.rng_state(), "extra": extra_state}])
         if self.is_main:
             path = ckpt.save_checkpoint(
                 self.run_dir,
@@ -196,6 +255,7 @@ class TrainingRun:
                 state={"sampler": sampler.state() if sampler else None, "skipped_steps": self.skipped_steps},
                 extra=extra_state,
                 keep=self.config.train.save_total_limit,
+                per_process=per_process,
             )
             log.info("saved %s", path)
         self.accelerator.wait_for_everyone()
@@ -209,12 +269,24 @@ class TrainingRun:
             log.info("no checkpoint in %s yet: starting from scratch", self.run_dir)
             self.tracker.truncate_after(0)
             return None
-        state, extra = ckpt.load_checkpoint(
+        index = self.accelerator.process_index
+        state, extra, own = ckpt.load_checkpoint(
             latest,
             load_model_fn=lambda d: ckpt.load_model_weights(self.unwrapped, d),
             optimizer=self.optimizer,
             scheduler=self.scheduler,
+            process_index=index,
+            num_processes=self.num_processes,
         )
+        if not own:
+            # Written by another number of processes: the main process's RNG and trainer state do not
+            # belong to the others (e.g. GRPO's rollout buffer holds process 0's groups).
+            # Every process drops it alike, so they keep calling the same collectives.
+            if index > 0:
+                seed_everything(process_seed(self.config.train.seed + state["step"], index))
+            extra = None
+            log.warning("%s was written by another number of processes: per-process state (RNG streams, "
+                        "GRPO's pending rollout) is not restored exactly", latest)
         self.step = state["step"]
         self.skipped_steps = state.get("skipped_steps", 0)
         if sampler is not None and state.get("sampler"):
@@ -236,6 +308,8 @@ class TrainingRun:
             shutil.rmtree(out, ignore_errors=True)
             tmp.rename(out)
             log.info("final model (loadable with AutoModelForCausalLM.from_pretrained): %s", out)
+        # No process returns (and exits, closing its connections) while the main one still writes.
+        self.accelerator.wait_for_everyone()
 
     # ------------------------------------------------------------ the loop
 
@@ -272,6 +346,9 @@ class TrainingRun:
             dynamic_ncols=True,
         )
         start = time.perf_counter()
+        # Resumed from the checkpoint written at the very end, after the final eval was logged: that
+        # eval is in metrics.jsonl already, and logging it again would duplicate it.
+        finished = self.resuming and self.step >= train.max_steps
         self.model.train()
         try:
             while self.step < train.max_steps:
@@ -297,6 +374,8 @@ class TrainingRun:
                     record.update({f"eval/{k}": v for k, v in eval_fn(self.step).items()})
                     self.model.train()
                     stop = bool(stop_fn and stop_fn(record))
+                    if self.num_processes > 1:  # the main process decides, so no process trains on alone
+                        stop = self.global_sum(float(stop and self.is_main)) > 0
                 if self.step % train.log_every == 0 or self.step == train.max_steps:
                     self.tracker.log(self.step, record)
                 history.append({"step": self.step, **record})
@@ -315,7 +394,7 @@ class TrainingRun:
                 f"alignlab {self.command} -c {self.run_dir / 'config.yaml'} train.resume={self.run_dir}"
             ) from None
         bar.close()
-        if eval_fn:
+        if eval_fn and not finished:
             final_eval = {f"eval/{k}": v for k, v in eval_fn(self.step).items()}
             self.tracker.log(self.step, final_eval)
             history.append({"step": self.step, **final_eval})

@@ -29,25 +29,41 @@ class Row:
         return f"{place}, field '{field}'" if field else place
 
 
+def _not_utf8(path: Path) -> DataError:
+    """DataError naming the line of the first byte that is not UTF-8."""
+    raw = path.read_bytes()
+    try:
+        raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = raw.count(b"\n", 0, exc.start) + 1
+        return DataError(f"{path}, line {line}: not UTF-8 text (save the file as UTF-8)")
+    return DataError(f"{path}: not UTF-8 text (save the file as UTF-8)")
+
+
 def _read_jsonl(path: Path) -> list[Row]:
     rows = []
-    with path.open(encoding="utf-8") as handle:
-        for number, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            try:
-                value = json.loads(line.rstrip("\r\n"))  # so the error's column is on this line
-            except json.JSONDecodeError as exc:
-                raise DataError(f"{path}, line {number}: malformed JSON ({exc.msg} at column {exc.colno})") from None
-            if not isinstance(value, dict):
-                raise DataError(f"{path}, line {number}: expected a JSON object, got {type(value).__name__}")
-            rows.append(Row(value, str(path), number))
+    try:
+        with path.open(encoding="utf-8") as handle:
+            for number, line in enumerate(handle, start=1):
+                if not line.strip():
+                    continue
+                try:
+                    value = json.loads(line.rstrip("\r\n"))  # so the error's column is on this line
+                except json.JSONDecodeError as exc:
+                    raise DataError(f"{path}, line {number}: malformed JSON ({exc.msg} at column {exc.colno})") from None
+                if not isinstance(value, dict):
+                    raise DataError(f"{path}, line {number}: expected a JSON object, got {type(value).__name__}")
+                rows.append(Row(value, str(path), number))
+    except UnicodeDecodeError:
+        raise _not_utf8(path) from None
     return rows
 
 
 def _read_json(path: Path) -> list[Row]:
     try:
         value = json.loads(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError:
+        raise _not_utf8(path) from None
     except json.JSONDecodeError as exc:
         raise DataError(f"{path}: malformed JSON ({exc.msg} at line {exc.lineno}, column {exc.colno})") from None
     if isinstance(value, dict) and isinstance(value.get("data"), list):

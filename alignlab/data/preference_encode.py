@@ -32,8 +32,11 @@ def encode_pairs(examples, templater: Templater, *, max_length: int, on_long: st
     dropped_before = stats.dropped_long  # the stats also count other sets (train, then eval)
     encoded = []
     for number, example in enumerate(examples, start=1):
-        prompt_ids, chosen_ids = templater.encode(example.prompt, example.chosen)
-        prompt_again, rejected_ids = templater.encode(example.prompt, example.rejected)
+        try:
+            prompt_ids, chosen_ids = templater.encode(example.prompt, example.chosen)
+            prompt_again, rejected_ids = templater.encode(example.prompt, example.rejected)
+        except DataError as exc:  # the chat template rejected the messages: name the row
+            raise DataError(f"{example.source or f'pair {number}'}: {exc}") from None
         assert prompt_again == prompt_ids  # the prompt renders the same for both responses
         longest = len(prompt_ids) + max(len(chosen_ids), len(rejected_ids))
         if longest > max_length:

@@ -37,7 +37,8 @@ def prompt_item(row: Row, *, gsm8k_instruction: str = GSM8K_INSTRUCTION) -> Prom
             gold = extract_gsm8k_answer(values["answer"])
         except ValueError as exc:
             raise DataError(f"{row.where('answer')}: {exc}") from None
-        prompt = f"{values.pop('question').strip()}\n{gsm8k_instruction}"
+        prompt = f"{check_text(row, 'question').strip()}\n{gsm8k_instruction}"
+        values.pop("question")
         values["solution"] = values.pop("answer")
         return PromptItem(prompt, {**values, "answer": gold}, row.where())
     if "prompt" not in values:

@@ -36,7 +36,7 @@ def check_messages(row: Row, name: str, *, need_assistant: bool = True) -> list[
     for turn, message in enumerate(value):
         if not isinstance(message, dict) or not isinstance(message.get("content"), str):
             raise DataError(f"{row.where(name)}: message {turn} needs a string 'content'")
-        if message.get("role") not in ROLES:
+        if not isinstance(message.get("role"), str) or message["role"] not in ROLES:  # a list role is unhashable
             raise DataError(f"{row.where(name)}: message {turn} has role {message.get('role')!r}; use one of {sorted(ROLES)}")
     if need_assistant and not any(m["role"] == "assistant" and m["content"].strip() for m in value):
         raise DataError(f"{row.where(name)}: no non-empty assistant message to train on")
@@ -44,6 +44,14 @@ def check_messages(row: Row, name: str, *, need_assistant: bool = True) -> list[
 
 
 def encode_sft_row(row: Row, templater: Templater) -> tuple[list[int], list[int]]:
+    try:
+        return _encode_sft_row(row, templater)
+    except DataError as exc:
+        message = str(exc)
+        raise (exc if message.startswith(row.source) else DataError(f"{row.where()}: {message}")) from None
+
+
+def _encode_sft_row(row: Row, templater: Templater) -> tuple[list[int], list[int]]:
     if "messages" in row.values:
         return encode_conversation(templater, check_messages(row, "messages"))
     if "prompt" not in row.values or "completion" not in row.values:

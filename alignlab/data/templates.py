@@ -16,6 +16,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Optional, Union
 
+from alignlab.errors import DataError
+
 Prompt = Union[str, list[dict]]
 
 
@@ -41,6 +43,19 @@ class EncodeStats:
         return ", ".join(parts)
 
 
+def render_chat(tokenizer, messages: list[dict], **kwargs) -> str:
+    """The chat template's text for `messages`; DataError (no location: callers add it) when the
+    template rejects them, e.g. roles that do not alternate, or a system turn where it allows none."""
+    try:
+        from jinja2.exceptions import TemplateError
+    except ImportError:  # pragma: no cover - transformers needs jinja2 for chat templates
+        TemplateError = ValueError
+    try:
+        return tokenizer.apply_chat_template(messages, tokenize=False, **kwargs)
+    except (TemplateError, ValueError) as exc:
+        raise DataError(f"the chat template cannot render these messages ({exc})") from None
+
+
 class Templater:
     """Renders prompts and responses for one tokenizer; holds the choice of chat template or plain text."""
 
@@ -59,7 +74,7 @@ class Templater:
 
     def prompt_text(self, prompt: Prompt) -> str:
         if self.chat:
-            return self.tokenizer.apply_chat_template(self.messages(prompt), tokenize=False, add_generation_prompt=True)
+            return render_chat(self.tokenizer, self.messages(prompt), add_generation_prompt=True)
         if isinstance(prompt, str):
             return prompt if not self.system_prompt else f"{self.system_prompt}\n\n{prompt}"
         return "".join(f"{m['role']}: {m['content']}\n" for m in self.messages(prompt)) + "assistant: "
@@ -69,9 +84,7 @@ class Templater:
         if not self.chat:
             return response + (self.tokenizer.eos_token or "")
         prefix = self.prompt_text(prompt)
-        full = self.tokenizer.apply_chat_template(
-            self.messages(prompt) + [{"role": "assistant", "content": response}], tokenize=False
-        )
+        full = render_chat(self.tokenizer, self.messages(prompt) + [{"role": "assistant", "content": response}])
         if not full.startswith(prefix):
             # Some templates (e.g. ones that strip reasoning from earlier turns) re-render the prompt.
             self.stats.prefix_mismatches += 1
@@ -104,11 +117,12 @@ def fit_length(prompt_ids: list[int], response_ids: list[int], max_length: int, 
     overflow = len(prompt_ids) + len(response_ids) - max_length
     if overflow <= 0:
         return prompt_ids, response_ids, False
+    keep_prompt = min(keep_prompt, max_length)  # a max_length below keep_prompt still bounds the total
     cut_prompt = min(overflow, max(0, len(prompt_ids) - keep_prompt))
     prompt_ids = prompt_ids[cut_prompt:]
     overflow -= cut_prompt
     if overflow > 0:
-        response_ids = response_ids[: len(response_ids) - overflow]
+        response_ids = response_ids[: max(0, len(response_ids) - overflow)]  # not a negative (from-the-end) index
     return prompt_ids, response_ids, True
 
 
@@ -132,8 +146,11 @@ def encode_conversation(templater: Templater, messages: list[dict]) -> tuple[lis
     for i, message in enumerate(messages):
         if message["role"] != "assistant":
             continue
-        before = tok.apply_chat_template(messages[:i], tokenize=False, add_generation_prompt=True)
-        upto = tok.apply_chat_template(messages[: i + 1], tokenize=False)
+        if i == 0:
+            raise DataError("the conversation starts with an assistant message; the chat template needs a user "
+                            "(or system) turn before it")
+        before = render_chat(tok, messages[:i], add_generation_prompt=True)
+        upto = render_chat(tok, messages[: i + 1])
         if not before.startswith(rendered) or not upto.startswith(before):
             templater.stats.prefix_mismatches += 1
         context = templater.ids(before[len(rendered):])

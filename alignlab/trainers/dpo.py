@@ -28,7 +28,7 @@ from alignlab.data.mixture import finish_per_source, is_mixture, load_mixture_pa
 from alignlab.data.preference import load_preference_rows
 from alignlab.data.preference_encode import encode_pairs, pairs_fingerprint
 from alignlab.data.templates import Templater
-from alignlab.errors import ConfigError, DataError
+from alignlab.errors import AlignlabError, ConfigError, DataError
 from alignlab.losses.dpo import DPO_LOSSES, nll_loss
 from alignlab.models import count_parameters, is_peft, load_model, load_tokenizer, resolve_model_path
 from alignlab.pair_logps import ReferenceCache, cache_key, compute_all, model_fingerprint, pair_logps
@@ -85,23 +85,29 @@ def precompute_reference(run: TrainingRun, config, pairs, name: str) -> torch.Te
     cache = ReferenceCache(Path(dpo.ref_cache_dir) if dpo.ref_cache_dir else run.run_dir.parent / ".ref_cache")
     settings = {"max_length": config.train.max_length, "dtype": config.model.dtype, "template": config.data.chat_template}
     key = cache_key(pairs_fingerprint(pairs), model_fingerprint(resolve_model_path(config.model.name_or_path)), settings)
-    values = cache.load(key)
-    if values is None:
-        if run.is_main:
-            model = run.unwrapped
-            context = model.disable_adapter() if is_peft(model) else contextlib.nullcontext()
-            with context:
-                values = compute_all(
-                    model, pairs, run.tokenizer.pad_token_id, run.device,
-                    batch_size=max(config.train.eval_batch_size, config.train.batch_size),
-                    chunk_size=dpo.logprob_chunk_size, progress=config.train.progress,
-                )
-            cache.store(key, values)
-            log.info("reference log-probs for %d %s pairs computed and cached in %s", len(pairs), name, cache.path(key))
-        run.accelerator.wait_for_everyone()
-        values = cache.load(key)  # every process reads the one file the main process wrote
-    else:
+    # Only the main process decides between cache and computing, and every process passes the same
+    # barrier: were each to look for itself, a slower one could find the file the main process has
+    # just written, skip the barrier, and pair its next collective with the main process's barrier.
+    values = cache.load(key) if run.is_main else None
+    if run.is_main and values is None:
+        model = run.unwrapped
+        context = model.disable_adapter() if is_peft(model) else contextlib.nullcontext()
+        with context:
+            values = compute_all(
+                model, pairs, run.tokenizer.pad_token_id, run.device,
+                batch_size=max(config.train.eval_batch_size, config.train.batch_size),
+                chunk_size=dpo.logprob_chunk_size, progress=config.train.progress,
+            )
+        cache.store(key, values)
+        log.info("reference log-probs for %d %s pairs computed and cached in %s", len(pairs), name, cache.path(key))
+    elif run.is_main:
         log.info("reference log-probs for %d %s pairs reused from %s", len(pairs), name, cache.path(key))
+    run.accelerator.wait_for_everyone()
+    if not run.is_main:
+        values = cache.load(key)  # every other process reads the one file the main process wrote
+        if values is None:
+            raise AlignlabError(f"process {run.accelerator.process_index} cannot read the reference log-probs the main "
+                                f"process wrote to {cache.path(key)}: dpo.ref_cache_dir must be shared by all processes")
     if run.is_main:
         (run.run_dir / f"ref_cache_{name}.txt").write_text(str(cache.path(key)) + "\n")
     return values

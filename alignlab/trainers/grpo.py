@@ -240,10 +240,11 @@ class GRPOTrainer:
             sums["kl"] += float(out.kl) * active
             sums["clip_ratio"] += float(out.clip_ratio) * active
             sums["entropy"] += float((entropy * mask).sum())
-        active_all = float(mask_all.sum())
+        # Token means over every process's completions (not a mean of per-process means).
+        active_all = self.run.global_sum(float(mask_all.sum()))
         return {
             "loss": self.run.global_sum(sums["loss"]),
-            **{k: sums[k] / max(active_all, 1.0) for k in ("kl", "clip_ratio", "entropy")},
+            **{k: self.run.global_sum(sums[k]) / max(active_all, 1.0) for k in ("kl", "clip_ratio", "entropy")},
             "tokens": tokens,
         }
 
