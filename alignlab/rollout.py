@@ -152,3 +152,17 @@ def _left_to(tensor: torch.Tensor, width: int, value: int) -> torch.Tensor:
 def _right_to(tensor: torch.Tensor, width: int, value: int) -> torch.Tensor:
     extra = width - tensor.shape[1]
     return torch.nn.functional.pad(tensor, (0, extra), value=value) if extra else tensor
+
+
+def concat_rollouts(parts: list[Rollout], pad_id: int) -> Rollout:
+    """One rollout from several, re-padded to common prompt and completion widths."""
+    p = max(r.prompt_ids.shape[1] for r in parts)
+    c = max(r.completion_ids.shape[1] for r in parts)
+    return Rollout(
+        torch.cat([_left_to(r.prompt_ids, p, pad_id) for r in parts]),
+        torch.cat([_left_to(r.prompt_mask, p, 0) for r in parts]),
+        torch.cat([_right_to(r.completion_ids, c, pad_id) for r in parts]),
+        torch.cat([_right_to(r.completion_mask, c, 0) for r in parts]),
+        [t for r in parts for t in r.texts],
+        torch.cat([r.ended for r in parts]),
+    )

@@ -37,7 +37,7 @@ from alignlab.logprobs import shared_prefix_token_logps, token_logps
 from alignlab.losses.grpo import ADVANTAGE_SCALINGS, LOSS_AGGREGATIONS, group_advantages, grpo_loss
 from alignlab.models import count_parameters, is_peft, load_model, load_tokenizer
 from alignlab.rewards import get_reward, score_completions
-from alignlab.rollout import Rollout, generate
+from alignlab.rollout import Rollout, concat_rollouts, generate
 from alignlab.tracking import append_jsonl
 from alignlab.training import IndexSampler, TrainingRun
 
@@ -137,7 +137,7 @@ class GRPOTrainer:
             # Not enough informative groups within the bound: top up with uninformative ones (advantage 0).
             keep_rollouts.append(rollout)
             keep_rewards.append(rewards)
-        merged = _concat_rollouts(keep_rollouts, self.tokenizer.pad_token_id)
+        merged = concat_rollouts(keep_rollouts, self.tokenizer.pad_token_id)
         rows = list(range(count * G))
         return merged.select(rows), torch.cat(keep_rewards)[rows]
 
@@ -286,21 +286,6 @@ class GRPOTrainer:
         self.run.loop(self.step, eval_fn=self.evaluate if self.eval_prompts else None,
                       extra_state_fn=self._extra_state, sampler=self.sampler)
         return self.run
-
-
-def _concat_rollouts(parts: list[Rollout], pad_id: int) -> Rollout:
-    from alignlab.rollout import _left_to, _right_to
-
-    p = max(r.prompt_ids.shape[1] for r in parts)
-    c = max(r.completion_ids.shape[1] for r in parts)
-    return Rollout(
-        torch.cat([_left_to(r.prompt_ids, p, pad_id) for r in parts]),
-        torch.cat([_left_to(r.prompt_mask, p, 0) for r in parts]),
-        torch.cat([_right_to(r.completion_ids, c, pad_id) for r in parts]),
-        torch.cat([_right_to(r.completion_mask, c, 0) for r in parts]),
-        [t for r in parts for t in r.texts],
-        torch.cat([r.ended for r in parts]),
-    )
 
 
 def train_grpo(config) -> TrainingRun:
