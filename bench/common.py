@@ -226,3 +226,24 @@ def versions() -> dict:
 
 def default_workdir(name: str) -> Path:
     return Path(tempfile.gettempdir()) / "alignlab-bench" / name
+
+
+def add_run_args(parser, name: str, threads: int = 1) -> None:
+    """The options every benchmark shares: threads, which alignlab to measure, where, raw JSON."""
+    parser.add_argument("--threads", type=int, default=threads,
+                        help="torch intra-op threads in every worker (0 = torch's default); 1 is steadier on a shared machine")
+    parser.add_argument("--alignlab", default="tree",
+                        help="which alignlab to measure: 'tree' (the checkout as it is now) or a git revision such as HEAD")
+    parser.add_argument("--workdir", type=Path, default=default_workdir(name))
+    parser.add_argument("--json", type=Path, help="also write all raw results here")
+
+
+def start(args, title: str) -> tuple[Path, Path]:
+    """Make the work dir, snapshot the alignlab to measure, print the header; returns (workdir, alignlab src)."""
+    work = args.workdir.resolve()
+    work.mkdir(parents=True, exist_ok=True)
+    src, src_info = snapshot_alignlab(work, args.alignlab)
+    print(f"# {title}  ({machine_line()})")
+    print(f"versions: {versions()}")
+    print(f"alignlab measured: {src_info}")
+    return work, src

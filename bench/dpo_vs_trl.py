@@ -320,20 +320,10 @@ def main() -> None:
     parser.add_argument("--max-length", type=int, default=64)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--skip", type=int, default=2, help="warm-up steps left out of the medians")
-    parser.add_argument("--threads", type=int, default=1,
-                        help="torch intra-op threads in every worker (0 = torch's default); 1 is steadier on a shared machine")
-    parser.add_argument("--alignlab", default="tree",
-                        help="which alignlab to measure: 'tree' (the checkout as it is now) or a git revision such as HEAD")
-    parser.add_argument("--workdir", type=Path, default=common.default_workdir("dpo"))
-    parser.add_argument("--json", type=Path, help="also write all raw results here")
+    common.add_run_args(parser, "dpo", threads=1)
     args = parser.parse_args()
 
-    work = args.workdir.resolve()
-    work.mkdir(parents=True, exist_ok=True)
-    src, src_info = common.snapshot_alignlab(work, args.alignlab)
-    print(f"# DPO: alignlab vs TRL  ({common.machine_line()})")
-    print(f"versions: {common.versions()}")
-    print(f"alignlab measured: {src_info}")
+    work, src = common.start(args, "DPO: alignlab vs TRL")
     spec = {
         "workdir": str(work),
         "seed": args.seed,

@@ -273,20 +273,10 @@ def main() -> None:
     parser.add_argument("--sft-steps", type=int, default=150)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--skip", type=int, default=2, help="warm-up steps left out of the medians")
-    parser.add_argument("--threads", type=int, default=1,
-                        help="torch intra-op threads in every worker (0 = torch's default); 1 is steadier on a shared machine")
-    parser.add_argument("--alignlab", default="tree",
-                        help="which alignlab to measure: 'tree' (the checkout as it is now) or a git revision such as HEAD")
-    parser.add_argument("--workdir", type=Path, default=common.default_workdir("grpo"))
-    parser.add_argument("--json", type=Path, help="also write all raw results here")
+    common.add_run_args(parser, "grpo", threads=1)
     args = parser.parse_args()
 
-    work = args.workdir.resolve()
-    work.mkdir(parents=True, exist_ok=True)
-    src, src_info = common.snapshot_alignlab(work, args.alignlab)
-    print(f"# GRPO: alignlab vs TRL  ({common.machine_line()})")
-    print(f"versions: {common.versions()}")
-    print(f"alignlab measured: {src_info}")
+    work, src = common.start(args, "GRPO: alignlab vs TRL")
     spec = {"workdir": str(work), "seed": args.seed, "sft_steps": args.sft_steps, "num_prompts": 2048, "threads": args.threads,
             "alignlab_src": str(src)}
     info = common.run_worker(SCRIPT, "prepare", spec, work, "prepare", timeout=1800)

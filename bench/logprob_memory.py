@@ -125,28 +125,19 @@ def main() -> None:
     parser.add_argument("--seq", type=int, default=512)
     parser.add_argument("--completion", type=int, default=256)
     parser.add_argument("--chunks", type=int, nargs="+", default=[1024, 256],
-                        help="alignlab chunk sizes to measure (1024 = token_logps and dpo.logprob_chunk_size default)")
+                        help="alignlab chunk sizes (rows) to measure; the library default (0) sizes chunks to ~256 MiB of logits")
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--threads", type=int, default=0, help="torch threads per worker (0 = torch's default)")
-    parser.add_argument("--alignlab", default="tree",
-                        help="which alignlab to measure: 'tree' (the checkout as it is now) or a git revision such as HEAD")
-    parser.add_argument("--workdir", type=Path, default=common.default_workdir("logprob_memory"))
-    parser.add_argument("--json", type=Path)
+    common.add_run_args(parser, "logprob_memory", threads=0)
     args = parser.parse_args()
 
-    work = args.workdir.resolve()
-    work.mkdir(parents=True, exist_ok=True)
-    src, src_info = common.snapshot_alignlab(work, args.alignlab)
+    work, src = common.start(args, "Log-prob memory: chunked vs full logits")
     B, T, C, V, H = args.batch, args.seq, args.completion, args.vocab, args.hidden
     spec = {k: getattr(args, k) for k in ("vocab", "hidden", "layers", "batch", "seq", "completion", "seed", "threads")}
     spec["alignlab_src"] = str(src)
     methods = [f"chunked-{c}" for c in args.chunks] + ["full"]
     full_logits = B * T * V * 4
     params = V * H + args.layers * (4 * H * H + 3 * H * 4 * H)
-    print(f"# Log-prob memory: chunked vs full logits  ({common.machine_line()})")
-    print(f"versions: {common.versions()}")
-    print(f"alignlab measured: {src_info}")
     print(f"model: vocab {V:,}, hidden {H}, {args.layers} layers, tied embeddings, ~{params / 1e6:.1f}M parameters "
           f"({params * 4 / GIB:.2f} GiB fp32); batch {B} x {T} tokens, {C} completion tokens each")
     print(f"analytic: full logits B*T*V*4 = {full_logits / 2**20:.0f} MiB; one chunk of alignlab's logits "
