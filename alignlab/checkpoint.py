@@ -63,8 +63,8 @@ def save_checkpoint(
     step: int,
     *,
     save_model_fn,
-    optimizer,
-    scheduler,
+    optimizer_state: dict,
+    scheduler_state: dict,
     state: dict[str, Any],
     extra: Optional[dict] = None,
     keep: Optional[int] = None,
@@ -79,8 +79,8 @@ def save_checkpoint(
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     save_model_fn(tmp / "model")
-    torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
-    torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
+    torch.save(optimizer_state, tmp / "optimizer.pt")
+    torch.save(scheduler_state, tmp / "scheduler.pt")
     saved = {"rng": rng_state(), "extra": extra}
     if per_process is not None:
         saved["per_process"] = per_process
@@ -112,13 +112,13 @@ def _record(run_dir: Path, path: Path, step: int) -> None:
 
 
 def load_checkpoint(
-    path: Path, *, load_model_fn, optimizer, scheduler, process_index: int = 0, num_processes: int = 1
+    path: Path, *, load_model_fn, load_optimizer_fn, scheduler, process_index: int = 0, num_processes: int = 1
 ) -> tuple[dict, Optional[dict], bool]:
-    """Restore a checkpoint into live objects; returns (state.json contents, extra trainer state,
+    """Restore a checkpoint into live objects (`load_optimizer_fn` gets the saved optimizer state); returns (state.json contents, extra trainer state,
     whether this process's own RNG and extra state were found). They are not when the checkpoint was
     written by a different number of processes: then the main process's are returned."""
     load_model_fn(path / "model")
-    optimizer.load_state_dict(torch.load(path / "optimizer.pt", weights_only=False))
+    load_optimizer_fn(torch.load(path / "optimizer.pt", weights_only=False))
     scheduler.load_state_dict(torch.load(path / "scheduler.pt", weights_only=False))
     saved = torch.load(path / "rng_and_extra.pt", weights_only=False)
     per_process = saved.get("per_process")
@@ -130,11 +130,18 @@ def load_checkpoint(
     return json.loads((path / "state.json").read_text()), mine.get("extra"), own
 
 
-def load_model_weights(model, model_dir: Path) -> None:
-    """Load saved full weights or adapter weights into an in-memory model of the same shape."""
+def load_model_weights(model, model_dir: Path, *, sharded: bool = False) -> None:
+    """Load saved full weights or adapter weights into an in-memory model of the same shape
+    (`sharded`: an FSDP model, every process passing the whole file; each keeps its shard)."""
     from safetensors.torch import load_file
 
     adapter = model_dir / "adapter_model.safetensors"
+    if adapter.is_file() and sharded:
+        from alignlab.sharding import adapter_to_model_keys, load_model_state
+
+        state = adapter_to_model_keys(load_file(adapter), model.state_dict().keys(), model.active_adapter)
+        load_model_state(model, state, only_these=True)
+        return
     if adapter.is_file():
         from peft import set_peft_model_state_dict
 
@@ -143,6 +150,11 @@ def load_model_weights(model, model_dir: Path) -> None:
     state = {}
     for shard in sorted(model_dir.glob("*.safetensors")):
         state.update(load_file(shard))
+    if sharded:
+        from alignlab.sharding import load_model_state
+
+        load_model_state(model, state)
+        return
     missing, unexpected = model.load_state_dict(state, strict=False)
     tied = {"lm_head.weight"} if getattr(model.config, "tie_word_embeddings", False) else set()
     if unexpected or set(missing) - tied:

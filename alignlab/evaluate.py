@@ -47,13 +47,15 @@ def evaluate_prompts(
     greedy: bool = True,
     temperature: float = 1.0,
     batch_size: int = 256,
+    synced: bool = False,
 ) -> EvalResult:
-    """Generate for each prompt item (greedy, or `num_samples` samples) and score with the rewards."""
+    """Generate for each prompt item (greedy, or `num_samples` samples) and score with the rewards
+    (`synced`: under FSDP, every process evaluates the same items together)."""
     prompt_ids = [templater.ids(templater.prompt_text(item.prompt)) for item in items]
     k = 1 if greedy else num_samples
     rollout = generate(
         model, tokenizer, prompt_ids, num_generations=k, max_new_tokens=max_new_tokens,
-        greedy=greedy, temperature=temperature, batch_size=batch_size,
+        greedy=greedy, temperature=temperature, batch_size=batch_size, synced=synced,
     )
     names = sorted({c for item in items for c in item.columns})
     columns = {n: [item.columns.get(n) for item in items for _ in range(k)] for n in names}

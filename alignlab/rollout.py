@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import torch
 
 from alignlab.data.collate import pad_left
+from alignlab.sharding import all_done
 
 
 @dataclass
@@ -61,11 +62,13 @@ def generate(
     greedy: bool = False,
     batch_size: int = 512,
     device=None,
+    synced: bool = False,
 ) -> Rollout:
     """G completions per prompt, grouped: rows [i*G, (i+1)*G) belong to prompts[i].
 
     `batch_size` bounds the completions decoded together. Each prompt is encoded once; its keys
-    and values are repeated for its G completions in the cache.
+    and values are repeated for its G completions in the cache. `synced` (FSDP, where every forward
+    is a collective): every process calls this together and decodes until all are done.
     """
     device = device or next(model.parameters()).device
     eos_id = tokenizer.eos_token_id
@@ -81,7 +84,7 @@ def generate(
         completions = sample(
             model, prompt_ids.to(device), prompt_mask.to(device), num_generations=num_generations,
             max_new_tokens=max_new_tokens, eos_id=eos_id, pad_id=pad_id, temperature=temperature,
-            top_p=top_p, top_k=top_k, greedy=greedy,
+            top_p=top_p, top_k=top_k, greedy=greedy, synced=synced,
         )
         repeat = lambda t: t.repeat_interleave(num_generations, dim=0)  # noqa: E731  [n*G, ...]
         chunks.append((repeat(prompt_ids), repeat(prompt_mask), completions.cpu()))
@@ -98,7 +101,7 @@ def generate(
 
 @torch.no_grad()
 def sample(model, prompt_ids, prompt_mask, *, num_generations, max_new_tokens, eos_id, pad_id,
-           temperature=1.0, top_p=1.0, top_k=0, greedy=False) -> torch.Tensor:
+           temperature=1.0, top_p=1.0, top_k=0, greedy=False, synced=False) -> torch.Tensor:
     """Decode [n*G, C] completion ids with a KV cache, stopping when every row has emitted EOS.
 
     A lean loop instead of `model.generate`: one forward per token and nothing else per step,
@@ -119,7 +122,10 @@ def sample(model, prompt_ids, prompt_mask, *, num_generations, max_new_tokens, e
         token = torch.where(finished, torch.full_like(token, pad_id), token)
         tokens.append(token)
         finished |= token == eos_id
-        if bool(finished.all()):
+        done = bool(finished.all())
+        if synced:
+            done = all_done(done, finished.device)
+        if done:
             break
         attention = torch.cat([attention, attention.new_ones(attention.shape[0], 1)], dim=1)  # [N, Lp + t + 1]
         out = model(input_ids=token[:, None], attention_mask=attention, position_ids=next_position,

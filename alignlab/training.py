@@ -26,6 +26,7 @@ import numpy as np
 import torch
 
 from alignlab import checkpoint as ckpt
+from alignlab import sharding
 from alignlab.config import to_dict, to_yaml
 from alignlab.errors import AlignlabError
 from alignlab.models import is_peft, model_slug, save_merged, save_model
@@ -118,23 +119,6 @@ def cpu_only_multiprocess() -> bool:
     return not (accel.is_available() if accel is not None else torch.cuda.is_available())
 
 
-def refuse_sharded(distributed_type) -> None:
-    """Stop under FSDP / DeepSpeed, which this loop does not handle yet (DDP is what it runs):
-    - checkpoints are written by the main process alone, but sharded weights and optimizer state
-      (FSDP, ZeRO) must be gathered or saved by every process together;
-    - the chunked log-prob code (alignlab.logprobs) uses the LM head weight outside the model's
-      forward, where FSDP and ZeRO-3 hold only a shard of it;
-    - under DeepSpeed, accelerate's backward steps the optimizer itself, once per micro-batch."""
-    name = str(distributed_type).rsplit(".", 1)[-1]
-    if name in ("FSDP", "DEEPSPEED"):
-        raise AlignlabError(
-            f"launched with {name}, which alignlab's trainers do not support yet: their checkpoints are written by the "
-            "main process alone, and the chunked log-prob code needs the whole LM head on every process. Use data "
-            "parallelism, where every process holds the whole model (LoRA and gradient checkpointing make it fit): "
-            "accelerate launch --config_file configs/accelerate/ddp.yaml -m alignlab ..."
-        )
-
-
 class TrainingRun:
     """One run directory and the accelerate objects that train in it."""
 
@@ -149,7 +133,11 @@ class TrainingRun:
                 f"({self.accelerator.distributed_type}); every process would train alone and write the same run "
                 "directory. Check the launcher's settings (see configs/accelerate/)."
             )
-        refuse_sharded(self.accelerator.distributed_type)
+        sharding.enable_on_cpu(self.accelerator)
+        sharding.check_supported(self.accelerator)
+        self.sharded = sharding.is_sharded(self.accelerator)  # FSDP: every process holds a shard
+        if self.sharded:
+            sharding.quiet_view_warning()
         self.is_main = self.accelerator.is_main_process
         self.run_dir, self.resuming = resolve_run_dir(command, config)
         if self.is_main:
@@ -157,6 +145,9 @@ class TrainingRun:
             ckpt.atomic_write_text(self.run_dir / "config.yaml", f"# alignlab {command}\n" + to_yaml(config))
         self.accelerator.wait_for_everyone()
         setup_logging(self.run_dir / "train.log" if self.is_main else None, console=self.is_main)
+        if self.num_processes > 1:
+            log.info("%d processes (%s)", self.num_processes,
+                     "FSDP: weights, gradients and optimizer state sharded" if self.sharded else "data parallel")
         self.tracker = Tracker(self.run_dir, config.train.report_to, to_dict(config), enabled=self.is_main)
         seed_everything(config.train.seed)
         self.model = self.optimizer = self.scheduler = self.tokenizer = None
@@ -235,8 +226,13 @@ class TrainingRun:
 
     # ------------------------------------------------------------ checkpoints
 
-    def save_model_to(self, out_dir: Path) -> None:
-        save_model(self.unwrapped, self.tokenizer, out_dir)
+    def model_for_saving(self):
+        """The model whose weights get saved: the live one, or under FSDP a plain copy holding the
+        gathered weights, built on the main process (None elsewhere). A collective under FSDP."""
+        if not self.sharded:
+            return self.unwrapped
+        state = sharding.full_model_state(self.model)
+        return sharding.plain_copy(self.unwrapped, state) if self.is_main else None
 
     def save(self, extra_state: Optional[dict] = None, sampler: Optional[IndexSampler] = None) -> None:
         self.accelerator.wait_for_everyone()
@@ -245,13 +241,17 @@ class TrainingRun:
             from accelerate.utils import gather_object
 
             per_process = gather_object([{"rng": ckpt.rng_state(), "extra": extra_state}])
+        model = self.model_for_saving()
+        optimizer_state = None
+        if self.sharded or self.is_main:  # gathering FSDP's shards takes every process
+            optimizer_state = sharding.optimizer_state(self.unwrapped, self.optimizer.optimizer, self.sharded)
         if self.is_main:
             path = ckpt.save_checkpoint(
                 self.run_dir,
                 self.step,
-                save_model_fn=self.save_model_to,
-                optimizer=self.optimizer,
-                scheduler=self.scheduler,
+                save_model_fn=lambda out_dir: save_model(model, self.tokenizer, out_dir),
+                optimizer_state=optimizer_state,
+                scheduler_state=self.scheduler.state_dict(),
                 state={"sampler": sampler.state() if sampler else None, "skipped_steps": self.skipped_steps},
                 extra=extra_state,
                 keep=self.config.train.save_total_limit,
@@ -272,8 +272,9 @@ class TrainingRun:
         index = self.accelerator.process_index
         state, extra, own = ckpt.load_checkpoint(
             latest,
-            load_model_fn=lambda d: ckpt.load_model_weights(self.unwrapped, d),
-            optimizer=self.optimizer,
+            load_model_fn=lambda d: ckpt.load_model_weights(self.unwrapped, d, sharded=self.sharded),
+            load_optimizer_fn=lambda saved: sharding.load_optimizer_state(
+                self.unwrapped, self.optimizer.optimizer, saved, self.sharded),
             scheduler=self.scheduler,
             process_index=index,
             num_processes=self.num_processes,
@@ -298,13 +299,14 @@ class TrainingRun:
     def save_final(self) -> None:
         """final/: weights loadable by plain transformers (LoRA merged into the base)."""
         self.accelerator.wait_for_everyone()
+        model = self.model_for_saving()
         if self.is_main:
             out = self.run_dir / "final"
             tmp = out.with_name("final.tmp")
             import shutil
 
             shutil.rmtree(tmp, ignore_errors=True)
-            (save_merged if is_peft(self.unwrapped) else save_model)(self.unwrapped, self.tokenizer, tmp)
+            (save_merged if is_peft(model) else save_model)(model, self.tokenizer, tmp)
             shutil.rmtree(out, ignore_errors=True)
             tmp.rename(out)
             log.info("final model (loadable with AutoModelForCausalLM.from_pretrained): %s", out)
@@ -316,7 +318,7 @@ class TrainingRun:
     def optimizer_step(self) -> tuple[float, bool]:
         """Clip, check for non-finite gradients, step. Returns (grad_norm, stepped)."""
         grad_norm = self.accelerator.clip_grad_norm_(self.model.parameters(), self.config.train.max_grad_norm)
-        grad_norm = float(grad_norm)
+        grad_norm = float(grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm)  # FSDP: a DTensor
         if not math.isfinite(grad_norm):
             self.optimizer.zero_grad(set_to_none=True)
             return grad_norm, False

@@ -9,16 +9,14 @@ whole groups. The 1-process references run in-process; the 2-process runs are re
 from __future__ import annotations
 
 import math
-import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 
-from conftest import base_args, read_jsonl, run_cli, train_records, write_jsonl
+from conftest import base_args, read_jsonl, train_records, write_jsonl
+from launch import assert_same, assert_written_once, run_ok, torchrun
 
 G = 4  # GRPO completions per prompt
 
@@ -28,49 +26,15 @@ LOGGING_REWARD = """
 import json, os, zlib
 
 def crc(completions, id=None, **_):
+    # About a third score None (no score): per-process counts of scored completions then differ.
     out = [float(zlib.crc32(c.encode()) % 1000) / 1000 for c in completions]
+    out = [None if x < 0.3 else x for x in out]
     path = os.environ.get("REWARD_LOG")
     if path:
         with open(f"{path}.rank{os.environ.get('RANK', '0')}", "a", encoding="utf-8") as handle:
             handle.write(json.dumps({"ids": id, "completions": completions, "rewards": out}) + "\\n")
     return out
 """
-
-
-def torchrun(argv: list, cwd: Path, env_extra: dict | None = None) -> str:
-    """`torchrun --standalone --nproc_per_node 2 -m alignlab <argv>`; returns its output."""
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
-           **(env_extra or {})}
-    for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
-        env.pop(name, None)
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-               "-m", "alignlab", *[str(a) for a in argv]]
-    proc = subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
-    output = proc.stdout + proc.stderr
-    assert proc.returncode == 0, output[-4000:]
-    return output
-
-
-def run_ok(argv):
-    result = run_cli(argv)
-    assert result.code == 0
-
-
-def assert_same(one: list[dict], two: list[dict], keys, tol=1e-5):
-    assert [r["step"] for r in one] == [r["step"] for r in two]
-    for a, b in zip(one, two):
-        for key in keys:
-            assert b[key] == pytest.approx(a[key], rel=tol, abs=tol), (a["step"], key, a[key], b[key])
-
-
-def assert_written_once(run_dir: Path, steps: int):
-    """Each step's line once in metrics.jsonl, each checkpoint once in checkpoints.jsonl: only the
-    main process writes."""
-    records = train_records(run_dir)
-    assert [r["step"] for r in records] == list(range(1, steps + 1))
-    checkpoints = [c["step"] for c in read_jsonl(run_dir / "checkpoints.jsonl")]
-    assert len(checkpoints) == len(set(checkpoints))
-    assert (run_dir / "config.yaml").read_text().startswith("# alignlab ")
 
 
 # ------------------------------------------------------------------------------ SFT
@@ -143,36 +107,6 @@ def test_dpo_two_processes_lora_accumulation_checkpointing(tmp_path, tiny_model_
     assert "reused from" in (two / "train.log").read_text()  # the 1-process run's cache
 
 
-def test_sharded_modes_are_refused(monkeypatch):
-    """FSDP / DeepSpeed stop with a message instead of writing checkpoints from one process's shard."""
-    from accelerate.utils import DistributedType
-
-    from alignlab.errors import AlignlabError
-    from alignlab.training import refuse_sharded
-
-    for kind in (DistributedType.FSDP, DistributedType.DEEPSPEED):
-        with pytest.raises(AlignlabError, match="ddp.yaml"):
-            refuse_sharded(kind)
-    for kind in (DistributedType.NO, DistributedType.MULTI_CPU, DistributedType.MULTI_GPU):
-        refuse_sharded(kind)
-
-
-def test_accelerate_configs_parse():
-    from accelerate.commands.config.config_args import load_config_from_file
-
-    root = Path(__file__).resolve().parent.parent / "configs" / "accelerate"
-    expected = {"ddp": "MULTI_GPU", "fsdp": "FSDP", "deepspeed_zero2": "DEEPSPEED", "deepspeed_zero3": "DEEPSPEED"}
-    for name, kind in expected.items():
-        path = root / f"{name}.yaml"
-        assert f"accelerate launch --config_file configs/accelerate/{name}.yaml -m alignlab" in path.read_text()
-        config = load_config_from_file(str(path))
-        assert str(config.distributed_type).endswith(kind)
-    fsdp = load_config_from_file(str(root / "fsdp.yaml")).fsdp_config
-    assert fsdp["fsdp_sharding_strategy"] == "FULL_SHARD"
-    assert fsdp["fsdp_auto_wrap_policy"] == "TRANSFORMER_BASED_WRAP" and fsdp["fsdp_use_orig_params"] is True
-    assert load_config_from_file(str(root / "deepspeed_zero3.yaml")).deepspeed_config["zero_stage"] == 3
-
-
 # ------------------------------------------------------------------------------ GRPO
 
 
@@ -214,9 +148,11 @@ def test_grpo_two_processes_whole_groups_rewards_and_resume(tmp_path, tiny_model
         # Contiguous shares of the same global batch, in the same data order as one process.
         assert ids0 + ids1 == single[step]["ids"]
         # The logged metrics are over both processes' rollouts.
-        rewards = ranks[0][step]["rewards"] + ranks[1][step]["rewards"]
+        scores = ranks[0][step]["rewards"] + ranks[1][step]["rewards"]
+        rewards = [0.0 if x is None else x for x in scores]  # a completion without a score totals 0
+        scored = [x for x in scores if x is not None]
         assert record["reward"] == pytest.approx(sum(rewards) / len(rewards), abs=1e-6)
-        assert record[f"rewards/{reward.rsplit(':', 1)[-1]}/mean"] == pytest.approx(sum(rewards) / len(rewards), abs=1e-6)
+        assert record[f"rewards/{reward.rsplit(':', 1)[-1]}/mean"] == pytest.approx(sum(scored) / len(scored), abs=1e-6)
         groups = [rewards[g * G:(g + 1) * G] for g in range(4)]
         stds = [math.sqrt(sum((x - sum(g) / G) ** 2 for x in g) / (G - 1)) for g in groups]
         assert record["reward_std"] == pytest.approx(sum(stds) / len(stds), abs=1e-5)

@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import logging
+import math
 from pathlib import Path
 
 import torch
@@ -79,31 +80,43 @@ def resolve_reference(config, model) -> str:
     return choice
 
 
+def reference_by_shares(run: TrainingRun, config, pairs) -> torch.Tensor:
+    """[N, 2] reference log-probs, each process scoring an equal contiguous share of the pairs (the
+    last share padded with copies of the last pair: under FSDP all must run as many forwards)."""
+    share = math.ceil(len(pairs) / run.num_processes)
+    padded = pairs + [pairs[-1]] * (share * run.num_processes - len(pairs))
+    index = run.accelerator.process_index
+    model = run.unwrapped
+    with model.disable_adapter() if is_peft(model) else contextlib.nullcontext():
+        mine = compute_all(
+            model, padded[index * share : (index + 1) * share], run.tokenizer.pad_token_id, run.device,
+            batch_size=max(config.train.eval_batch_size, config.train.batch_size),
+            chunk_size=config.dpo.logprob_chunk_size, progress=config.train.progress and run.is_main,
+        )  # [share, 2]
+    if run.num_processes == 1:
+        return mine
+    return run.accelerator.gather(mine.to(run.device)).cpu()[: len(pairs)]  # in process order = pair order
+
+
 def precompute_reference(run: TrainingRun, config, pairs, name: str) -> torch.Tensor:
-    """[N, 2] reference log-probs: from the shared cache, or computed now (on the main process only)."""
+    """[N, 2] reference log-probs: from the shared cache, or computed now (shared by all processes)."""
     dpo = config.dpo
     cache = ReferenceCache(Path(dpo.ref_cache_dir) if dpo.ref_cache_dir else run.run_dir.parent / ".ref_cache")
     settings = {"max_length": config.train.max_length, "dtype": config.model.dtype, "template": config.data.chat_template}
     key = cache_key(pairs_fingerprint(pairs), model_fingerprint(resolve_model_path(config.model.name_or_path)), settings)
-    # Only the main process decides between cache and computing, and every process passes the same
-    # barrier: were each to look for itself, a slower one could find the file the main process has
-    # just written, skip the barrier, and pair its next collective with the main process's barrier.
+    # The main process decides between cache and computing, and tells the others: were each to look
+    # for itself, a slower one could find the file the main process has just written and skip work
+    # (and collectives) the others do.
     values = cache.load(key) if run.is_main else None
-    if run.is_main and values is None:
-        model = run.unwrapped
-        context = model.disable_adapter() if is_peft(model) else contextlib.nullcontext()
-        with context:
-            values = compute_all(
-                model, pairs, run.tokenizer.pad_token_id, run.device,
-                batch_size=max(config.train.eval_batch_size, config.train.batch_size),
-                chunk_size=dpo.logprob_chunk_size, progress=config.train.progress,
-            )
-        cache.store(key, values)
-        log.info("reference log-probs for %d %s pairs computed and cached in %s", len(pairs), name, cache.path(key))
+    if run.global_sum(float(run.is_main and values is None)) > 0:
+        values = reference_by_shares(run, config, pairs)
+        if run.is_main:
+            cache.store(key, values)
+            log.info("reference log-probs for %d %s pairs computed and cached in %s", len(pairs), name, cache.path(key))
     elif run.is_main:
         log.info("reference log-probs for %d %s pairs reused from %s", len(pairs), name, cache.path(key))
     run.accelerator.wait_for_everyone()
-    if not run.is_main:
+    if values is None:
         values = cache.load(key)  # every other process reads the one file the main process wrote
         if values is None:
             raise AlignlabError(f"process {run.accelerator.process_index} cannot read the reference log-probs the main "

@@ -92,6 +92,7 @@ class GRPOTrainer:
             model, self.tokenizer, [self.prompt_ids[i] for i in indices],
             num_generations=self.grpo.num_generations, max_new_tokens=self.grpo.max_completion_length,
             temperature=self.grpo.temperature, top_p=self.grpo.top_p, top_k=self.grpo.top_k, device=self.run.device,
+            synced=self.run.sharded,
         )
         columns = self._columns(indices, self.prompts, self.grpo.num_generations)
         columns["completion_lengths"] = rollout.completion_mask.sum(1).tolist()
@@ -130,7 +131,9 @@ class GRPOTrainer:
                 keep_rollouts.append(rollout.select(rows))
                 keep_rewards.append(rewards[rows])
             have = sum(len(r) for r in keep_rewards) // G
-            if have >= count or round_ == self.grpo.max_resample_rounds:
+            # Decided for all processes at once: each draws the next prompts from the same global
+            # order (and under FSDP every rollout is a collective), so all must sample as often.
+            if self.run.global_sum(float(have < count)) == 0 or round_ == self.grpo.max_resample_rounds:
                 break
             rollout, _, rewards = self._rollout(self.run.rank_slice(self.sampler.take(count * self.run.num_processes)))
         if not keep_rewards or sum(len(r) for r in keep_rewards) // G < count:
@@ -153,8 +156,11 @@ class GRPOTrainer:
             "completions/clipped_ratio": float((~rollout.ended).float().mean()),
         }
         for name, values in per_fn.items():
+            # Over every process's scored completions: a failed reward (None) leaves counts unequal,
+            # so a mean of per-process means would weigh them wrongly.
             scored = [v for v in values if v is not None]
-            stats[f"rewards/{name}/mean"] = sum(scored) / len(scored) if scored else float("nan")
+            count = self.run.global_sum(len(scored))
+            stats[f"rewards/{name}/mean"] = self.run.global_sum(sum(scored)) / count if count else float("nan")
         return stats
 
     # ------------------------------------------------------------ update
@@ -267,6 +273,7 @@ class GRPOTrainer:
         result = evaluate_prompts(
             self.run.unwrapped, self.tokenizer, self.templater, prompts, self.reward_fns, self.weights,
             max_new_tokens=self.grpo.max_completion_length, batch_size=max(self.train.eval_batch_size, 64),
+            synced=self.run.sharded,
         )
         if self.run.is_main:
             for sample in result.samples[: self.grpo.num_samples_logged]:

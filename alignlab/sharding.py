@@ -1,0 +1,163 @@
+"""FSDP (version 2, through accelerate): what the training loop does differently when every process
+holds only a shard of the weights and optimizer state.
+
+- Every forward is a collective (layers are all-gathered on the fly), so all processes must run the
+  same number of forwards: generation stops only when every process is done (`all_done`), and work
+  split across processes is padded to equal shares.
+- Saving gathers the full weights and optimizer state to the main process (a collective), which
+  moves the weights into a plain copy of the model built on the meta device (no second load) and
+  saves that: checkpoints look exactly like unsharded ones, and any number of processes resumes them.
+- accelerate sets FSDP up only on accelerators; on CPU (gloo) it ignores the FSDP settings of
+  `accelerate launch` and runs DDP. `fully_shard` itself works on CPU, so `enable_on_cpu` switches
+  accelerate's state to FSDP there: the same code path runs in CI on two CPU processes.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+
+from alignlab.errors import AlignlabError
+
+
+def distributed_name(accelerator) -> str:
+    return str(accelerator.distributed_type).rsplit(".", 1)[-1]
+
+
+def fsdp_requested() -> bool:
+    """`accelerate launch` with an FSDP config exports ACCELERATE_USE_FSDP=true to every process."""
+    return os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true"
+
+
+def enable_on_cpu(accelerator) -> None:
+    """Use FSDP on a CPU-only multi-process run when the launcher asked for it."""
+    from accelerate.utils import DistributedType, FullyShardedDataParallelPlugin
+
+    if accelerator.distributed_type != DistributedType.MULTI_CPU or not fsdp_requested():
+        return
+    accelerator.state.fsdp_plugin = FullyShardedDataParallelPlugin()  # reads the FSDP_* variables
+    accelerator.state.distributed_type = DistributedType.FSDP
+
+
+def quiet_view_warning() -> None:
+    """fully_shard warns when the root returns a view (transformers' hidden states are views), in
+    case the caller modifies it in place; alignlab never does (tests/test_fsdp.py checks the numbers)."""
+    import warnings
+
+    warnings.filterwarnings("ignore", message=r"FSDP2-wrapped module .* returned a view tensor")
+
+
+def check_supported(accelerator) -> None:
+    """DeepSpeed and FSDP version 1 stop here with what to use instead."""
+    name = distributed_name(accelerator)
+    if name == "DEEPSPEED":
+        raise AlignlabError(
+            "launched with DeepSpeed, which alignlab's trainers do not support: under DeepSpeed accelerate steps the "
+            "optimizer inside backward, once per micro-batch, while alignlab accumulates micro-batches itself. Shard "
+            "with FSDP instead (accelerate launch --config_file configs/accelerate/fsdp.yaml -m alignlab ...), or use "
+            "data parallelism (configs/accelerate/ddp.yaml)."
+        )
+    if name == "FSDP" and getattr(accelerator.state.fsdp_plugin, "fsdp_version", 1) != 2:
+        raise AlignlabError(
+            "launched with FSDP version 1; alignlab supports FSDP version 2 (per-parameter sharding, which mixes frozen "
+            "and LoRA weights freely). Set `fsdp_version: 2` in the accelerate config (see configs/accelerate/fsdp.yaml)."
+        )
+
+
+def is_sharded(accelerator) -> bool:
+    return distributed_name(accelerator) == "FSDP"
+
+
+def all_done(done: bool, device) -> bool:
+    """True when every process is done (a collective: all processes must call it together)."""
+    flag = torch.tensor([0 if done else 1], device=device)
+    torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.SUM)
+    return int(flag.item()) == 0
+
+
+# ------------------------------------------------------------------ state dicts
+
+
+def _options(sharded: bool, **kwargs):
+    from torch.distributed.checkpoint.state_dict import StateDictOptions
+
+    # Full (unsharded) tensors on CPU, gathered to the main process; unsharded models need neither.
+    return StateDictOptions(full_state_dict=sharded, cpu_offload=sharded, **kwargs)
+
+
+def full_model_state(model) -> dict:
+    """The whole model's weights on the main process's CPU ({} elsewhere). A collective."""
+    from torch.distributed.checkpoint.state_dict import get_model_state_dict
+
+    return get_model_state_dict(model, options=_options(True))
+
+
+def optimizer_state(model, optimizer, sharded: bool) -> dict:
+    """Optimizer state keyed by parameter name (the same layout sharded or not, so a checkpoint
+    resumes on any number of processes). Under FSDP a collective; the main process gets it all."""
+    from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict
+
+    return get_optimizer_state_dict(model, optimizer, options=_options(sharded))
+
+
+def load_optimizer_state(model, optimizer, state: dict, sharded: bool) -> None:
+    """Every process passes the whole saved state; under FSDP each keeps its own shard of it."""
+    from torch.distributed.checkpoint.state_dict import set_optimizer_state_dict
+
+    if state.get("state") and all(isinstance(k, int) for k in state["state"]):
+        optimizer.load_state_dict(state)  # checkpoints from before name-keyed optimizer state
+        return
+    set_optimizer_state_dict(model, optimizer, state, options=_options(sharded))
+
+
+def load_model_state(model, state: dict, *, only_these: bool = False) -> None:
+    """Full weights (every process passes all of them) into a sharded model; each keeps its shard.
+    `only_these`: `state` is part of the model (an adapter); the rest stays as it is."""
+    from torch.distributed.checkpoint.state_dict import set_model_state_dict
+
+    result = set_model_state_dict(model, state, options=_options(True, strict=False))
+    tied = {k for k in result.missing_keys if k.endswith("lm_head.weight")} if _ties_embeddings(model) else set()
+    if result.unexpected_keys or (set(result.missing_keys) - tied and not only_these):
+        raise AlignlabError(f"checkpoint does not match the model: missing {result.missing_keys}, "
+                            f"unexpected {result.unexpected_keys}")
+
+
+def _ties_embeddings(model) -> bool:
+    return bool(getattr(getattr(model, "config", None), "tie_word_embeddings", False))
+
+
+def adapter_to_model_keys(saved: dict, model_keys, adapter_name: str) -> dict:
+    """PEFT saves adapter weights without the adapter's name ("lora_A.weight" for the model's
+    "lora_A.default.weight"); rename saved keys to the model's."""
+    by_saved_name = {k.replace(f".{adapter_name}", ""): k for k in model_keys if f".{adapter_name}." in k}
+    unknown = [k for k in saved if k not in by_saved_name]
+    if unknown:
+        raise AlignlabError(f"adapter weights {unknown[:3]} do not match the model's adapter '{adapter_name}'")
+    return {by_saved_name[k]: v for k, v in saved.items()}
+
+
+def plain_copy(model, state: dict):
+    """An unsharded copy of `model` holding `state` (the gathered full weights), for saving.
+
+    Built on the meta device, so no memory is spent on weights about to be replaced; the state's
+    tensors are then assigned in place of the meta ones."""
+    from transformers import AutoModelForCausalLM
+
+    from alignlab.models import is_peft
+
+    base_config = model.get_base_model().config if is_peft(model) else model.config
+    with torch.device("meta"):
+        copy = AutoModelForCausalLM.from_config(base_config)
+        if is_peft(model):
+            from peft import get_peft_model
+
+            copy = get_peft_model(copy, model.peft_config[model.active_adapter])
+    copy.load_state_dict(state, strict=False, assign=True)
+    if _ties_embeddings(copy):
+        copy.tie_weights()
+    meta = [name for name, p in copy.named_parameters() if p.is_meta]
+    if meta:
+        raise AlignlabError(f"gathered weights are missing {meta[:3]}")
+    copy.generation_config = model.generation_config
+    return copy

@@ -1,0 +1,61 @@
+"""Launching 2-process runs from tests (torchrun or accelerate launch, gloo on CPU) and comparing them."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import read_jsonl, run_cli, train_records
+
+# What `accelerate launch` with configs/accelerate/fsdp.yaml exports to each process.
+FSDP_ENV = {"ACCELERATE_USE_FSDP": "true", "FSDP_VERSION": "2", "FSDP_AUTO_WRAP_POLICY": "TRANSFORMER_BASED_WRAP"}
+
+
+def clean_env(env_extra: dict | None) -> dict:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
+           **(env_extra or {})}
+    for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+        env.pop(name, None)
+    return env
+
+
+def launch(command: list, cwd: Path, env_extra: dict | None = None) -> str:
+    proc = subprocess.run(command, cwd=cwd, env=clean_env(env_extra), capture_output=True, text=True, timeout=300)
+    output = proc.stdout + proc.stderr
+    assert proc.returncode == 0, output[-4000:]
+    return output
+
+
+def torchrun(argv: list, cwd: Path, env_extra: dict | None = None) -> str:
+    """`torchrun --standalone --nproc_per_node 2 -m alignlab <argv>`; returns its output."""
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+               "-m", "alignlab", *[str(a) for a in argv]]
+    return launch(command, cwd, env_extra)
+
+
+def run_ok(argv):
+    result = run_cli(argv)
+    assert result.code == 0
+
+
+def assert_same(one: list[dict], two: list[dict], keys, tol=1e-5):
+    assert [r["step"] for r in one] == [r["step"] for r in two]
+    for a, b in zip(one, two):
+        for key in keys:
+            assert b[key] == pytest.approx(a[key], rel=tol, abs=tol), (a["step"], key, a[key], b[key])
+
+
+def assert_written_once(run_dir: Path, steps: int):
+    """Each step's line once in metrics.jsonl, each checkpoint once in checkpoints.jsonl: only the
+    main process writes."""
+    records = train_records(run_dir)
+    assert [r["step"] for r in records] == list(range(1, steps + 1))
+    checkpoints = [c["step"] for c in read_jsonl(run_dir / "checkpoints.jsonl")]
+    assert len(checkpoints) == len(set(checkpoints))
+    assert (run_dir / "config.yaml").read_text().startswith("# alignlab ")
+
+
