@@ -13,6 +13,10 @@ Each round r = 1..N:
 5. evaluate the new policy on `iterate.eval_prompts` (greedy accuracy / format / reward, and the mean
    reward of `iterate.eval_samples` samples per prompt).
 
+`train.resume=true` (or `train.resume=<out dir>`) continues a stopped run: finished rounds are read
+from summary.json, a round whose pairs were written reuses them (no new sampling), and a round whose
+DPO run was cut off resumes from that run's latest checkpoint. `--rounds` may be raised to add rounds.
+
 The base policy is evaluated first as round 0. `<out>/summary.json` and `summary.csv` hold one row per
 round (pairs built and dropped, the sampled reward the round started from, DPO's final loss and
 accuracy, the eval metrics) and are rewritten after each round. A round whose samples give no pair
@@ -25,6 +29,7 @@ from __future__ import annotations
 import copy
 import csv
 import datetime
+import io
 import json
 import logging
 import random
@@ -33,6 +38,7 @@ from typing import Optional
 
 import torch
 
+from alignlab.checkpoint import atomic_write_text
 from alignlab.config import DPORunConfig, load_config, to_yaml
 from alignlab.data.prompts import load_prompt_items
 from alignlab.data.ranked_pairs import PairStats, rank_pairs
@@ -47,13 +53,23 @@ def iterate_command(config_path: Optional[str], overrides: list[str], *, rounds:
     return run_iterate(load_config("iterate", config_path, list(overrides) + extra))
 
 
+def _resuming(config) -> bool:
+    return config.train.resume not in (False, None, "", "false")
+
+
 def _out_dir(config) -> Path:
+    resume = config.train.resume
+    if isinstance(resume, str) and resume not in ("", "false", "true"):
+        return Path(resume)
     if config.train.output_dir:
         out = Path(config.train.output_dir)
+    elif _resuming(config):
+        raise AlignlabError("train.resume=true needs train.output_dir (or pass the run directory: train.resume=<dir>)")
     else:
         out = Path("runs") / f"iterate_{datetime.datetime.now().strftime('%Y%m%d-%H%M%S')}"
-    if (out / "summary.json").exists() or (out / "round_1").exists():
-        raise AlignlabError(f"{out} already holds an iterate run; choose another train.output_dir")
+    if not _resuming(config) and ((out / "summary.json").exists() or (out / "round_1").exists()):
+        raise AlignlabError(f"{out} already holds an iterate run. Continue it with train.resume=true, or choose "
+                            "another train.output_dir.")
     return out
 
 
@@ -108,8 +124,21 @@ class Rounds:
                 metrics["eval/sampled_accuracy"] = sampled["accuracy"]
         return metrics
 
-    def sample_pairs(self, loaded, round_index: int) -> tuple[Path, PairStats, float]:
-        """Sample K per prompt, score, pair; (pairs file, stats, mean sampled reward)."""
+    def pairs_paths(self, round_index: int) -> tuple[Path, Path]:
+        data = self.out / "data"
+        return data / f"round_{round_index}_pairs.jsonl", data / f"round_{round_index}_stats.json"
+
+    def saved_pairs(self, round_index: int) -> Optional[tuple[Path, dict, float]]:
+        """A resumed round's pairs as written before (the stats file is written last, so it marks them complete)."""
+        path, stats_path = self.pairs_paths(round_index)
+        if not (path.is_file() and stats_path.is_file()):
+            return None
+        saved = json.loads(stats_path.read_text())
+        log.info("round %d: reusing %d pairs from %s", round_index, saved["pairs"], path)
+        return path, saved, saved["sampled_reward"]
+
+    def sample_pairs(self, loaded, round_index: int) -> tuple[Path, dict, float]:
+        """Sample K per prompt, score, pair; (pairs file, pair counts, mean sampled reward)."""
         from alignlab.evaluate import evaluate_prompts
 
         it, seed = self.it, self.config.train.seed
@@ -131,11 +160,14 @@ class Rounds:
             stats.add(one)
             pairs += [{"prompt": item.prompt, "chosen": texts[a], "rejected": texts[b],
                        "score_chosen": scores[a], "score_rejected": scores[b]} for a, b in chosen_rejected]
-        path = self.out / "data" / f"round_{round_index}_pairs.jsonl"
+        path, stats_path = self.pairs_paths(round_index)
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text("".join(json.dumps(p, ensure_ascii=False) + "\n" for p in pairs), encoding="utf-8")
+        atomic_write_text(path, "".join(json.dumps(p, ensure_ascii=False) + "\n" for p in pairs))
+        counts = {"prompts": stats.prompts, "pairs": stats.pairs, "dropped": dict(stats.dropped),
+                  "report": stats.report(), "sampled_reward": result.metrics["reward"]}
+        atomic_write_text(stats_path, json.dumps(counts, indent=2))
         log.info("round %d pairs: %s", round_index, stats.report().replace("\n", "; "))
-        return path, stats, result.metrics["reward"]
+        return path, counts, result.metrics["reward"]
 
     def dpo_config(self, pairs_file: Path, round_index: int) -> DPORunConfig:
         c = self.config
@@ -144,7 +176,8 @@ class Rounds:
         dpo.model.name_or_path = self.policy
         dpo.data.train = str(pairs_file)
         dpo.train.output_dir = str(self.out / f"round_{round_index}")
-        dpo.train.resume = False
+        # A round's run directory exists only if an earlier attempt at this round was cut off: continue it.
+        dpo.train.resume = True
         if not dpo.dpo.ref_cache_dir:
             dpo.dpo.ref_cache_dir = str(self.out / ".ref_cache")
         return dpo
@@ -160,18 +193,30 @@ def run_iterate(config) -> list[dict]:
 
     state = Rounds(config)
     setup_logging(state.out / "iterate.log")
-    (state.out / "config.yaml").write_text("# alignlab iterate\n" + to_yaml(config), encoding="utf-8")
+    atomic_write_text(state.out / "config.yaml", "# alignlab iterate\n" + to_yaml(config))
     seed = config.train.seed
-    loaded = state.load_policy()
-    state.record({"round": 0, "policy": state.policy, **state.evaluate(loaded, seed)})
-    print(_line(state.rows[-1]), flush=True)
-    for r in range(1, config.iterate.rounds + 1):
-        pairs_file, stats, sampled_reward = state.sample_pairs(loaded, r)
-        row = {"round": r, "sampled_reward": sampled_reward, "prompts": stats.prompts, "pairs": stats.pairs,
-               "dropped": sum(stats.dropped.values()), "dropped_reasons": dict(stats.dropped)}
-        if not stats.pairs:
+    if _resuming(config) and (state.out / "summary.json").is_file():
+        state.rows = json.loads((state.out / "summary.json").read_text())["rounds"]
+        last = state.rows[-1]
+        if last["round"] > 0 and last.get("status") != "ok":
+            print(f"iterate: {state.out} stopped at round {last['round']} ({last.get('status')}); nothing to resume",
+                  flush=True)
+            return state.rows
+        state.policy = last["policy"]
+        log.info("resuming %s after round %d (policy %s)", state.out, last["round"], state.policy)
+        loaded = state.load_policy()
+    else:
+        loaded = state.load_policy()
+        state.record({"round": 0, "policy": state.policy, **state.evaluate(loaded, seed)})
+        print(_line(state.rows[-1]), flush=True)
+    for r in range(state.rows[-1]["round"] + 1, config.iterate.rounds + 1):
+        saved = state.saved_pairs(r) if _resuming(config) else None
+        pairs_file, counts, sampled_reward = saved or state.sample_pairs(loaded, r)
+        row = {"round": r, "sampled_reward": sampled_reward, "prompts": counts["prompts"], "pairs": counts["pairs"],
+               "dropped": sum(counts["dropped"].values()), "dropped_reasons": counts["dropped"]}
+        if not counts["pairs"]:
             state.record({**row, "status": "stopped: no pairs (every prompt's responses scored the same)"})
-            print(f"round {r}: no pairs; stopping\n{stats.report()}", flush=True)
+            print(f"round {r}: no pairs; stopping\n{counts['report']}", flush=True)
             break
         del loaded  # free the sampling copy before training
         dpo_config = state.dpo_config(pairs_file, r)
@@ -198,11 +243,12 @@ def _line(row: dict) -> str:
 
 
 def write_summary(out: Path, rows: list[dict]) -> None:
-    (out / "summary.json").write_text(json.dumps({"rounds": rows}, indent=2) + "\n", encoding="utf-8")
+    atomic_write_text(out / "summary.json", json.dumps({"rounds": rows}, indent=2) + "\n")
     keys = []
     for row in rows:
         keys += [k for k in row if k not in keys and k != "dropped_reasons"]
-    with (out / "summary.csv").open("w", newline="", encoding="utf-8") as handle:
-        writer = csv.DictWriter(handle, fieldnames=keys, extrasaction="ignore")
-        writer.writeheader()
-        writer.writerows(rows)
+    table = io.StringIO()
+    writer = csv.DictWriter(table, fieldnames=keys, extrasaction="ignore", lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    atomic_write_text(out / "summary.csv", table.getvalue())

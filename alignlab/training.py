@@ -367,7 +367,7 @@ class TrainingRun:
                 record = self.mean_over_processes({k: v for k, v in metrics.items() if k != tokens_key})
                 record.update(
                     grad_norm=grad_norm, lr=self.scheduler.get_last_lr()[0], step_seconds=seconds,
-                    elapsed=time.perf_counter() - start, skipped_steps=self.skipped_steps,
+                    elapsed=time.perf_counter() - start, skipped_steps=self.skipped_steps, **peak_memory(),
                 )
                 if tokens_key in metrics:
                     record["tokens_per_second"] = self.global_sum(metrics[tokens_key]) / max(seconds, 1e-9)
@@ -415,6 +415,20 @@ class TrainingRun:
                 f"{self.bad_steps} steps in a row had a non-finite loss or gradient; stopping. The last good checkpoint "
                 f"is in {self.run_dir}. Try a lower train.lr, train.max_grad_norm, or float32 (model.dtype=float32)."
             )
+
+
+def peak_memory() -> dict:
+    """This process's peak memory so far: resident set (Linux), and GPU memory allocated by torch."""
+    out = {}
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                out["memory/peak_rss_mib"] = float(line.split()[1]) / 1024
+    except OSError:
+        pass
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        out["memory/peak_gpu_mib"] = torch.cuda.max_memory_allocated() / 2**20
+    return out
 
 
 def _postfix(record: dict) -> dict:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 
 import pytest
 import yaml
@@ -186,3 +187,24 @@ def test_show_config_unknown_key_exits_2(cli):
     assert result.code == 2
     assert "train.lrr" in result.err and "train.lr" in result.err
     assert "Traceback" not in result.err and result.out == ""
+
+
+def test_every_shipped_config_loads_for_its_command_and_names_existing_files():
+    """Each configs/*.yaml names its command in its header (`alignlab <command> -c configs/<file>`),
+    loads as that command's config, and every local data file it names is in the repository."""
+    import re
+
+    root = Path(__file__).resolve().parent.parent
+    configs = sorted((root / "configs").glob("*.yaml"))
+    assert len(configs) >= 10
+    for path in configs:
+        text = path.read_text()
+        commands = set(re.findall(rf"alignlab (\w+) -c configs/{re.escape(path.name)}", text))
+        assert len(commands) == 1, f"{path.name}: header names no single command ({commands})"
+        config = load_config(commands.pop(), str(path))
+        sections = [config.data] + ([config.iterate] if hasattr(config, "iterate") else [])
+        for section in sections:
+            for field_name in ("train", "eval", "prompts", "eval_prompts"):
+                value = getattr(section, field_name, None)
+                if isinstance(value, str) and value.startswith("data/"):
+                    assert (root / value).is_file(), f"{path.name}: {field_name}={value} is not in the repository"

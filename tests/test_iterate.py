@@ -22,14 +22,18 @@ def iterate_setup(tmp_path_factory, tiny_model_dir, addition_splits):
     return root
 
 
+def iterate_args(root, out, rounds: int, *extra) -> list[str]:
+    return ["iterate", "--rounds", str(rounds), f"model.name_or_path={root / 'sft' / 'final'}",
+            f"iterate.prompts={root / 'prompts.jsonl'}", f"iterate.eval_prompts={root / 'eval.jsonl'}",
+            "iterate.max_new_tokens=12", "iterate.samples_per_prompt=4", "iterate.strategy=best-vs-rest",
+            f"train.output_dir={out}", "train.progress=false", "train.max_steps=8", "train.batch_size=8",
+            "train.lr=1e-3", "train.max_length=64", "dpo.beta=0.1", "dpo.sft_weight=1.0", "train.save_every=4", *extra]
+
+
 def test_two_rounds_raise_the_task_reward(iterate_setup, cli):
     root = iterate_setup
     out = root / "it"
-    result = cli(["iterate", "--rounds", "2", f"model.name_or_path={root / 'sft' / 'final'}",
-                  f"iterate.prompts={root / 'prompts.jsonl'}", f"iterate.eval_prompts={root / 'eval.jsonl'}",
-                  "iterate.max_new_tokens=12", "iterate.samples_per_prompt=4", "iterate.strategy=best-vs-rest",
-                  f"train.output_dir={out}", "train.progress=false", "train.max_steps=8", "train.batch_size=8",
-                  "train.lr=1e-3", "train.max_length=64", "dpo.beta=0.1", "dpo.sft_weight=1.0"])
+    result = cli(iterate_args(root, out, 2))
     assert result.code == 0, result.err
     rounds = json.loads((out / "summary.json").read_text())["rounds"]
     assert [r["round"] for r in rounds] == [0, 1, 2]
@@ -46,6 +50,40 @@ def test_two_rounds_raise_the_task_reward(iterate_setup, cli):
     assert reward[2] > reward[0] + 0.05 and reward[1] > reward[0], reward
     assert len(list(csv.DictReader((out / "summary.csv").open()))) == 3
     assert "round 2:" in result.out
+
+
+def test_resume_adds_rounds_and_finishes_a_cut_off_round(iterate_setup, cli):
+    """1 round, then train.resume=true with --rounds 2 == the uninterrupted 2-round run. Then round 2
+    is cut off mid-DPO (its last checkpoint and final/ gone, its summary row unwritten): resuming
+    reuses its pairs, continues its DPO run from step 4 and records the same row."""
+    root = iterate_setup
+    reference = json.loads((root / "it" / "summary.json").read_text())["rounds"]  # from the test above
+    out = root / "it_resumed"
+    assert cli(iterate_args(root, out, 1)).code == 0
+    assert cli(iterate_args(root, out, 1)).code != 0  # an existing run is never overwritten without resume
+    result = cli(iterate_args(root, out, 2, "train.resume=true"))
+    assert result.code == 0, result.err
+    rows = json.loads((out / "summary.json").read_text())["rounds"]
+    keys = ("round", "pairs", "sampled_reward", "dpo/loss", "eval/reward", "eval/sampled_reward")
+
+    def same(a, b):
+        assert [r.get(k) for r in a for k in keys] == pytest.approx([r.get(k) for r in b for k in keys], rel=1e-4)
+
+    same(rows, reference)
+    assert read_jsonl(out / "data" / "round_2_pairs.jsonl") == read_jsonl(root / "it" / "data" / "round_2_pairs.jsonl")
+
+    import shutil
+
+    for name in ("checkpoint-000008", "final"):
+        shutil.rmtree(out / "round_2" / name)
+    (out / "summary.json").write_text(json.dumps({"rounds": rows[:2]}))
+    result = cli(iterate_args(root, out, 2, "train.resume=true"))
+    assert result.code == 0, result.err
+    same(json.loads((out / "summary.json").read_text())["rounds"], reference)
+    log = (out / "iterate.log").read_text()
+    assert "round 2: reusing" in log
+    assert "resumed from" in (out / "round_2" / "train.log").read_text()
+    assert len([r for r in read_jsonl(out / "round_2" / "metrics.jsonl") if "loss" in r]) == 8
 
 
 def test_no_pairs_stops_with_the_reason(tmp_path, tiny_model_dir, prompts, cli):

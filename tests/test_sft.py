@@ -65,6 +65,23 @@ def test_messages_mask_covers_only_assistant_turns(tiny_tokenizer):
     assert sum(mask) == len(tiny_tokenizer("<answer>4</answer>" + EOS + "6" + EOS, add_special_tokens=False)["input_ids"])
 
 
+def test_system_prompt_goes_before_conversations_without_their_own(tiny_tokenizer):
+    """data.system_prompt applies to multi-turn rows as to single-turn ones; a row's own system turn wins."""
+    chat = [{"role": "user", "content": "2+2=?"}, {"role": "assistant", "content": "4"}]
+    templater = Templater(tiny_tokenizer, system_prompt="Be brief.")
+    ids, mask = encode_sft_row(Row({"messages": chat}, "x.jsonl", 1), templater)
+    expected = "".join(f"<|im_start|>{m['role']}\n{m['content']}<|im_end|>\n"
+                       for m in [{"role": "system", "content": "Be brief."}, *chat])
+    assert ids == tiny_tokenizer(expected, add_special_tokens=False)["input_ids"]
+    assert masked_runs(tiny_tokenizer, ids, mask) == ["4" + EOS]  # the system turn is context, not trained
+    own = [{"role": "system", "content": "Be verbose."}, *chat]
+    ids, _ = encode_sft_row(Row({"messages": own}, "x.jsonl", 1), templater)
+    assert "Be brief." not in tiny_tokenizer.decode(ids) and "Be verbose." in tiny_tokenizer.decode(ids)
+    plain = Templater(tiny_tokenizer, use_chat_template=False, system_prompt="Be brief.")
+    ids, _ = encode_sft_row(Row({"messages": chat}, "x.jsonl", 1), plain)
+    assert tiny_tokenizer.decode(ids).startswith("system: Be brief.\n")
+
+
 # ------------------------------------------------------------------------------ a full run
 
 

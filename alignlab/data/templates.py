@@ -133,6 +133,7 @@ def encode_conversation(templater: Templater, messages: list[dict]) -> tuple[lis
     up to the turn before, so the ids are exactly the template's text, split at turn boundaries.
     """
     tok = templater.tokenizer
+    messages = templater.messages(messages)  # data.system_prompt first, unless the row has its own system turn
     if not templater.chat:
         ids, mask = [], []
         for m in messages:
