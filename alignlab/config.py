@@ -94,6 +94,8 @@ class DPOConfig:
     precompute_ref: bool = True
     ref_cache_dir: Optional[str] = None  # None = <runs root>/.ref_cache
     logprob_chunk_size: int = 0  # rows per LM-head chunk; 0 = auto (about 256 MiB of float32 logits)
+    num_samples_logged: int = 4  # eval prompts answered greedily at each eval, into samples.jsonl (0 = none)
+    sample_max_new_tokens: int = 64
 
 
 @dataclass

@@ -206,10 +206,10 @@ def _runs_table(runs: list[Run]) -> str:
 def _samples(run: Run) -> str:
     shown = run.samples[-MAX_SAMPLES:]
     note = f" (the last {len(shown)} of {len(run.samples)})" if len(shown) < len(run.samples) else ""
-    rows = [[s.get("step", ""), s.get("prompt", ""), s.get("completion", ""), s.get("answer", ""),
+    rows = [[s.get("step", ""), s.get("prompt", ""), s.get("completion", ""), s.get("answer", s.get("chosen", "")),
              fmt(s["reward"]) if isinstance(s.get("reward"), (int, float)) else s.get("reward", "")] for s in shown]
-    return (f"<h3>{html.escape(run.name)}{note}</h3>"
-            + _table(["step", "prompt", "completion", "answer", "reward"], rows, text_cols=(1, 2)))
+    return (f"<h3>{html.escape(run.name)}{note}</h3>"  # DPO samples carry the pair's chosen response as the answer
+            + _table(["step", "prompt", "completion", "answer / chosen", "reward"], rows, text_cols=(1, 2, 3)))
 
 
 def _evaluation(run: Run) -> str:

@@ -91,6 +91,26 @@ def test_precomputed_and_on_the_fly_reference_agree(strategy_runs):
         assert a["rewards/margins"] == pytest.approx(b["rewards/margins"], abs=1e-4)
 
 
+def test_eval_logs_greedy_samples_of_the_current_model(strategy_runs, tiny_tokenizer, prefs):
+    """At each eval, 4 distinct eval prompts answered greedily, beside the pair's chosen and rejected
+    responses; the last ones are what the final model answers."""
+    from alignlab.rollout import generate
+
+    out = strategy_runs["precomputed"]
+    samples = read_jsonl(out / "samples.jsonl")
+    assert sorted({s["step"] for s in samples}) == list(range(1, 21))
+    last = [s for s in samples if s["step"] == 20]
+    assert len(last) == 4 and len({s["prompt"] for s in last}) == 4
+    rows = read_jsonl(prefs)
+    for sample in last:
+        row = next(r for r in rows if f"\n{r['prompt']}{EOS}" in sample["prompt"])
+        assert sample["chosen"] == row["chosen"] and sample["rejected"] == row["rejected"]
+    model = AutoModelForCausalLM.from_pretrained(out / "final")
+    prompt_ids = [tiny_tokenizer(s["prompt"], add_special_tokens=False)["input_ids"] for s in last]
+    again = generate(model, tiny_tokenizer, prompt_ids, greedy=True, max_new_tokens=64)
+    assert again.texts == [s["completion"] for s in last] and all(again.texts)
+
+
 def test_reference_free_first_step_loss(tmp_path, tiny_model_dir, tiny_tokenizer, prefs):
     """reference=none: loss = mean -log sigmoid(beta * (log pi(chosen) - log pi(rejected))), computed
     here independently for all 32 pairs (one batch of 32 = the whole file)."""

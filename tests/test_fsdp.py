@@ -101,10 +101,10 @@ def read_jsonl_json(path: Path) -> dict:
 @pytest.mark.slow
 def test_fsdp_dpo_lora_matches_one_process_and_resumes(tmp_path, tiny_model_dir, prefs):
     """LoRA under FSDP (reference: adapter off, precomputed by both processes' shares), two
-    micro-batches per step: == 1 process. Checkpoints hold the adapter alone; a resume from one
+    micro-batches per step, gradient checkpointing inside the sharded blocks: == 1 process. Checkpoints hold the adapter alone; a resume from one
     continues exactly; final/ is the merged model."""
     common = ["train.lr=1e-3", "train.max_steps=4", "train.save_every=2", "train.grad_accum=2", "lora.enabled=true",
-              "lora.dropout=0.0", "data.eval_fraction=0.25"]
+              "lora.dropout=0.0", "data.eval_fraction=0.25", "train.gradient_checkpointing=true"]
     one, two = tmp_path / "one", tmp_path / "two"
     run_ok(base_args("dpo", tiny_model_dir, prefs, one, "train.batch_size=4", f"dpo.ref_cache_dir={tmp_path / 'c1'}",
                      *common))
@@ -121,7 +121,7 @@ def test_fsdp_dpo_lora_matches_one_process_and_resumes(tmp_path, tiny_model_dir,
         cached = lambda d: torch.load(Path((d / f"ref_cache_{split}.txt").read_text().strip()))  # noqa: E731
         torch.testing.assert_close(cached(two), cached(one), atol=1e-5, rtol=1e-6)
     assert (two / "checkpoint-000002" / "model" / "adapter_model.safetensors").is_file()
-    assert_same_weights(one / "checkpoint-000002" / "model", two / "checkpoint-000002" / "model", atol=1e-6)
+    assert_same_weights(one / "checkpoint-000002" / "model", two / "checkpoint-000002" / "model", atol=1e-5)
     assert_same_weights(one / "final", two / "final")
     assert "adapter_config.json" not in {p.name for p in (two / "final").iterdir()}  # merged
 

@@ -1,8 +1,9 @@
-"""Experiment tracking: TensorBoard event files hold what metrics.jsonl holds; W&B's missing-package message."""
+"""Experiment tracking: TensorBoard event files and offline W&B runs hold what metrics.jsonl holds; W&B's missing-package message."""
 
 from __future__ import annotations
 
 import importlib.util
+import json
 import math
 
 import pytest
@@ -33,8 +34,10 @@ def test_tensorboard_event_files_contain_the_logged_scalars(grpo_tb_run):
         assert [s.value for s in scalars] == pytest.approx([v for _, v in points], rel=1e-6, abs=1e-6), key
 
 
-@pytest.mark.skipif(HAS_WANDB, reason="wandb is installed: the missing-package message cannot be shown")
-def test_wandb_missing_names_the_install_command(tmp_path, tiny_model_dir, sft_train, cli):
+def test_wandb_missing_names_the_install_command(tmp_path, tiny_model_dir, sft_train, cli, monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "wandb", None)  # `import wandb` raises ImportError, as when not installed
     result = cli(base_args("sft", tiny_model_dir, sft_train, tmp_path / "run", "train.max_steps=1",
                            "train.report_to=[wandb]"))
     assert result.code == 2
@@ -49,7 +52,15 @@ def test_wandb_offline_run_needs_no_network(tmp_path, tiny_model_dir, sft_train,
     result = cli(base_args("sft", tiny_model_dir, sft_train, out, "train.max_steps=2", "train.batch_size=4",
                            "train.report_to=[wandb]"))
     assert result.code == 0, result.err
-    assert list((out / "wandb").glob("offline-run-*"))
+    runs = list((out / "wandb").glob("offline-run-*/run-*.wandb"))
+    assert len(runs) == 1
+    # History values are stored as their JSON text: every logged loss and grad norm is in the run file.
+    data = runs[0].read_bytes()
+    records = [r for r in read_jsonl(out / "metrics.jsonl") if "loss" in r]
+    assert len(records) == 2
+    for record in records:
+        for key in ("loss", "grad_norm"):
+            assert json.dumps(record[key]).encode() in data, (key, record[key])
 
 
 def test_unknown_tracker_is_a_config_error(tmp_path, tiny_model_dir, sft_train, cli):

@@ -33,6 +33,8 @@ from alignlab.errors import AlignlabError, ConfigError, DataError
 from alignlab.losses.dpo import DPO_LOSSES, nll_loss
 from alignlab.models import count_parameters, is_peft, load_model, load_tokenizer, resolve_model_path
 from alignlab.pair_logps import ReferenceCache, cache_key, compute_all, model_fingerprint, pair_logps
+from alignlab.rollout import generate
+from alignlab.tracking import append_jsonl
 from alignlab.training import IndexSampler, TrainingRun
 
 log = logging.getLogger("alignlab")
@@ -182,6 +184,24 @@ class DPOStep:
         return losses.sum(), {k: float(v) for k, v in sums.items()}, tokens
 
 
+def log_samples(run: TrainingRun, config, pairs, step: int) -> None:
+    """Greedy answers to the first `dpo.num_samples_logged` distinct eval prompts, with the pair's
+    chosen and rejected responses, appended to samples.jsonl (shown by `alignlab report`)."""
+    prompts = list({tuple(p.prompt_ids): p for p in pairs}.values())[: config.dpo.num_samples_logged]
+    if not prompts:
+        return
+    tokenizer = run.tokenizer
+    rollout = generate(run.unwrapped, tokenizer, [p.prompt_ids for p in prompts], greedy=True,
+                       max_new_tokens=config.dpo.sample_max_new_tokens, device=run.device, synced=run.sharded)
+    if not run.is_main:
+        return
+    decode = lambda ids: tokenizer.decode(ids, skip_special_tokens=True)  # noqa: E731
+    for pair, completion in zip(prompts, rollout.texts):
+        append_jsonl(run.run_dir / "samples.jsonl", {
+            "step": step, "prompt": tokenizer.decode(pair.prompt_ids), "completion": completion,
+            "chosen": decode(pair.chosen_ids), "rejected": decode(pair.rejected_ids)})
+
+
 def train_dpo(config) -> TrainingRun:
     if config.dpo.loss_type not in DPO_LOSSES:
         raise ConfigError(f"dpo.loss_type '{config.dpo.loss_type}' is not one of {sorted(DPO_LOSSES)}")
@@ -229,7 +249,7 @@ def train_dpo(config) -> TrainingRun:
         means = finish_per_source({k: run.global_sum(v) / total_pairs for k, v in sums.items()}, step.sources)
         return {**means, "tokens": tokens}
 
-    def eval_fn(_):
+    def eval_fn(step_index):
         run.model.eval()
         sums = {}
         with torch.no_grad():
@@ -239,6 +259,7 @@ def train_dpo(config) -> TrainingRun:
                 loss_sum, metric_sums, _ = step([eval_pairs[i] for i in idx], cached)
                 for key, value in {"loss": float(loss_sum), **metric_sums}.items():
                     sums[key] = sums.get(key, 0.0) + value
+        log_samples(run, config, eval_pairs, step_index)
         return finish_per_source({k: v / len(eval_pairs) for k, v in sums.items()}, step.sources)
 
     run.loop(step_fn, eval_fn=eval_fn if eval_pairs else None, sampler=sampler)
