@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -67,7 +68,8 @@ def probe(argv: list[str]) -> None:
 def run(mode: str, lora: bool, model_dir: Path, workdir: Path, steps: int, src: Path, threads: int) -> dict:
     tag = f"{mode}-{'lora' if lora else 'full'}"
     probe_dir = workdir / tag
-    probe_dir.mkdir(parents=True, exist_ok=True)
+    shutil.rmtree(probe_dir, ignore_errors=True)  # a fresh run directory every time
+    probe_dir.mkdir(parents=True)
     args = [
         "sft", f"model.name_or_path={model_dir}", f"data.train={common.REPO / 'data' / 'addition_sft.jsonl'}",
         f"train.output_dir={probe_dir / 'run'}", "train.progress=false", f"train.max_steps={steps}", "train.batch_size=8",
@@ -89,6 +91,8 @@ def run(mode: str, lora: bool, model_dir: Path, workdir: Path, steps: int, src: 
     expected = "FSDP" if mode == "fsdp" else "data parallel"
     assert expected in train_log, f"{tag}: train.log does not say {expected}"
     ranks = [json.loads((probe_dir / f"rank{r}.json").read_text()) for r in (0, 1)]
+    if any(r["code"] != 0 for r in ranks):
+        raise RuntimeError(f"{tag}: alignlab exited with {[r['code'] for r in ranks]}; see {workdir / f'{tag}.log'}")
     records = [json.loads(l) for l in (probe_dir / "run" / "metrics.jsonl").read_text().splitlines() if l.strip()]
     seconds = [r["step_seconds"] for r in records if "step_seconds" in r]
     return {
