@@ -1,4 +1,4 @@
-"""Weighted data mixtures for DPO: proportions within sampling error, reproducible, validated, per-source metrics."""
+"""Weighted data mixtures for SFT and DPO: proportions within sampling error, reproducible, validated, per-source metrics."""
 
 from __future__ import annotations
 
@@ -64,3 +64,36 @@ def test_dpo_on_a_mixture_logs_per_source_metrics(tmp_path, tiny_model_dir, pref
     assert {"eval/rewards/accuracies/helpful", "eval/rewards/accuracies/safety"} <= set(final_eval)
     log = (out / "train.log").read_text()
     assert "data mixture: helpful" in log and "safety" in log
+
+
+def test_sft_on_a_mixture_draws_by_weight_and_maps_columns_per_source(tmp_path, tiny_model_dir, tiny_tokenizer, cli):
+    """SFT takes the same source lists: 3:1 weights over two equal sources give ~3/4 of the mixed set
+    from the first; the second source's own column names are mapped; each source holds out its share."""
+    from alignlab.config import load_config
+    from alignlab.data.sft import load_sft_data
+    from alignlab.data.templates import Templater
+
+    math_rows = [{"prompt": f"{a}+{a}=?", "completion": f"<answer>{2 * a}</answer>"} for a in range(100)]
+    chat_rows = [{"question": f"say {a}", "reply": f"{a}"} for a in range(100)]
+    first, second = write_jsonl(math_rows, tmp_path / "math.jsonl"), write_jsonl(chat_rows, tmp_path / "chat.jsonl")
+    train = f"[{{path: {first}, weight: 3}}, {{path: {second}, weight: 1, columns: {{prompt: question, completion: reply}}}}]"
+    config = load_config("sft", None, [f"model.name_or_path={tiny_model_dir}", f"data.train={train}",
+                                       "data.eval_fraction=0.1"])
+    train_set, eval_set = load_sft_data(config, Templater(tiny_tokenizer))
+    assert len(train_set) == 180 and len(eval_set) == 20  # 90 + 90 mixed; 10 held out per source
+    assert sorted({e.group for e in eval_set}) == ["chat", "math"] and sum(e.group == "chat" for e in eval_set) == 10
+    share = sum(e.group == "math" for e in train_set) / len(train_set)
+    assert abs(share - 0.75) < 4 * math.sqrt(0.75 * 0.25 / len(train_set)), share
+    chat_text = [tiny_tokenizer.decode(e.input_ids) for e in train_set if e.group == "chat"]
+    assert all(t.count("say ") == 1 for t in chat_text)  # the mapped question is the prompt
+    trained = [tiny_tokenizer.decode([i for i, m in zip(e.input_ids, e.loss_mask) if m]) for e in train_set if e.group == "chat"]
+    assert all(t.removesuffix("<|im_end|>").isdigit() for t in trained)  # only the mapped reply is trained
+
+    out = tmp_path / "run"
+    result = cli(base_args("sft", tiny_model_dir, "x", out, f"data.train={train}", "train.max_steps=3",
+                           "train.batch_size=8", "train.lr=3e-3"))
+    assert result.code == 0, result.err
+    log = (out / "train.log").read_text()
+    assert "data mixture: math" in log and "chat" in log
+    records = train_records(out)
+    assert len(records) == 3 and records[-1]["loss"] < records[0]["loss"]

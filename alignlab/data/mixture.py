@@ -1,4 +1,4 @@
-"""Weighted data mixtures: `data.train` as a list of sources, sampled reproducibly (multi-objective DPO).
+"""Weighted data mixtures: `data.train` as a list of sources, sampled reproducibly (SFT and DPO).
 
     data:
       train:
@@ -8,12 +8,12 @@
 
 Each source: `path` (file or hub id, required), `weight` (> 0, default 1), `name` (default: the file
 name without suffix; used in metric names), `split` (default `data.split`), `columns` (merged over
-`data.columns`). The mixed training set has as many pairs as all sources together; each of its
-slots draws a source with probability weight / sum of weights, then that source's next pair from a
-seeded shuffle (a source's pairs repeat only after all of them were used). The draw depends only on
-`train.seed` and the sources' sizes, so a run is reproducible. With `data.eval_fraction`, each source
-gives its own held-out share before mixing (the eval set is not reweighted). Every pair keeps its
-source's name, and the DPO trainer logs `rewards/accuracies/<name>` per source.
+`data.columns`). The mixed training set has as many examples as all sources together; each of its
+slots draws a source with probability weight / sum of weights, then that source's next example from
+a seeded shuffle (a source's examples repeat only after all of them were used). The draw depends only
+on `train.seed` and the sources' sizes, so a run is reproducible. With `data.eval_fraction`, each
+source gives its own held-out share before mixing (the eval set is not reweighted). Every example
+keeps its source's name (`group`): the DPO trainer logs `rewards/accuracies/<name>` per source.
 """
 
 from __future__ import annotations
@@ -100,10 +100,11 @@ def mix(per_source: list[list], weights: list[float], seed: int) -> list:
     return [per_source[s][i] for s, i in mixture_indices(sizes, weights, sum(sizes), seed)]
 
 
-def load_mixture_pairs(config, read_examples: Callable, encode: Callable) -> tuple[list, list]:
-    """(mixed train pairs, eval pairs), each pair's `group` set to its source's name.
+def load_mixture(config, read_examples: Callable, encode: Callable) -> tuple[list, list]:
+    """(mixed train examples, eval examples), each one's `group` set to its source's name.
 
-    `read_examples(source, split, columns)` -> examples; `encode(examples)` -> encoded pairs."""
+    `read_examples(source, split, columns)` -> rows or examples; `encode(those)` -> encoded examples
+    (SFT examples, DPO pairs), each with a `group` attribute."""
     import logging
 
     from alignlab.data.io import split_eval
@@ -128,7 +129,7 @@ def load_mixture_pairs(config, read_examples: Callable, encode: Callable) -> tup
         eval_pairs = encode(read_examples(data.eval, data.eval_split or data.split, data.columns))
     counts = {s.name: sum(p.group == s.name for p in train_pairs) for s in sources}
     logging.getLogger("alignlab").info(
-        "data mixture: %s", ", ".join(f"{s.name} {counts[s.name]} pairs (weight {s.weight:g}, {len(p)} in source)"
+        "data mixture: %s", ", ".join(f"{s.name} {counts[s.name]} examples (weight {s.weight:g}, {len(p)} in source)"
                                       for s, p in zip(sources, per_source)))
     return train_pairs, eval_pairs
 

@@ -6,6 +6,7 @@ import logging
 from dataclasses import dataclass
 
 from alignlab.data.io import Row, read_rows, rename_columns, split_eval
+from alignlab.data.mixture import is_mixture, load_mixture
 from alignlab.data.templates import Templater, encode_conversation, fit_length
 from alignlab.errors import DataError
 
@@ -18,6 +19,7 @@ ROLES = {"system", "user", "assistant", "tool"}
 class SFTExample:
     input_ids: list[int]
     loss_mask: list[int]  # 1 where the token is trained (completion / assistant turns)
+    group: str = ""  # the data mixture source it came from (alignlab.data.mixture)
 
 
 def check_text(row: Row, name: str) -> str:
@@ -105,12 +107,18 @@ def load_sft_data(config, templater: Templater) -> tuple[list[SFTExample], list[
     data, train = config.data, config.train
     if not data.train:
         raise DataError("no training data: set data.train to a .jsonl/.json/.parquet/.csv file or a dataset id")
+    options = dict(max_length=train.max_length, on_long=data.on_long, skip_bad_rows=data.skip_bad_rows)
+    if is_mixture(data.train):  # a weighted list of sources (alignlab.data.mixture)
+        read = lambda source, split, columns: rename_columns(  # noqa: E731
+            read_rows(source, split=split, max_rows=data.max_rows), columns)
+        train_examples, eval_examples = load_mixture(config, read, lambda rows: encode_sft_rows(rows, templater, **options))
+        log.info("SFT data: %s", templater.stats.summary())
+        return train_examples, eval_examples
     rows = rename_columns(read_rows(data.train, split=data.split, max_rows=data.max_rows), data.columns)
     if data.eval:
         eval_rows = rename_columns(read_rows(data.eval, split=data.eval_split or data.split), data.columns)
     else:
         rows, eval_rows = split_eval(rows, data.eval_fraction, train.seed)
-    options = dict(max_length=train.max_length, on_long=data.on_long, skip_bad_rows=data.skip_bad_rows)
     train_examples = encode_sft_rows(rows, templater, **options)
     summary = templater.stats.summary()
     eval_examples = encode_sft_rows(eval_rows, templater, **options) if eval_rows else []

@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 
 from alignlab.data.io import read_rows, rename_columns, split_eval
-from alignlab.data.mixture import finish_per_source, is_mixture, load_mixture_pairs, per_source_sums, source_names
+from alignlab.data.mixture import finish_per_source, is_mixture, load_mixture, per_source_sums, source_names
 from alignlab.data.preference import load_preference_rows
 from alignlab.data.preference_encode import encode_pairs, pairs_fingerprint
 from alignlab.data.templates import Templater
@@ -54,7 +54,7 @@ def load_pairs(config, templater):
 
     options = dict(max_length=train.max_length, on_long=data.on_long)
     if is_mixture(data.train):  # a weighted list of sources (alignlab.data.mixture)
-        return load_mixture_pairs(config, read, lambda examples: encode_pairs(examples, templater, **options))
+        return load_mixture(config, read, lambda examples: encode_pairs(examples, templater, **options))
     train_examples = read(data.train, data.split)
     if data.eval:
         eval_examples = read(data.eval, data.eval_split or data.split)
