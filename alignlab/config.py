@@ -61,6 +61,7 @@ class TrainConfig:
     max_steps: int = 100  # optimizer steps
     batch_size: int = 8  # per process and micro-batch: sequences (SFT), pairs (DPO), prompts (GRPO)
     grad_accum: int = 1
+    sort_by_length: bool = True  # micro-batches of one step formed from length-sorted examples: same gradient, less padding
     lr: float = 2e-4
     weight_decay: float = 0.0
     warmup_steps: int = 0

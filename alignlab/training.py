@@ -198,8 +198,15 @@ class TrainingRun:
         start = self.accelerator.process_index * per_rank
         return items[start : start + per_rank]
 
-    def micro_batches(self, items: list, size: int):
-        """Yield micro-batches; gradients are synchronised across processes only on the last one."""
+    def micro_batches(self, items: list, size: int, length: Optional[Callable] = None):
+        """Yield micro-batches; gradients are synchronised across processes only on the last one.
+
+        With `length` (and train.sort_by_length), the step's items are sorted by it first, so each
+        micro-batch pads to a similar length. The gradient does not change: every micro-batch's loss
+        is normalised by the count of the whole step, so the step's gradient is a sum over its items
+        in any grouping."""
+        if length is not None and self.config.train.sort_by_length:
+            items = sorted(items, key=length)
         chunks = [items[i : i + size] for i in range(0, len(items), size)]
         for index, chunk in enumerate(chunks):
             last = index == len(chunks) - 1

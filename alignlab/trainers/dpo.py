@@ -184,6 +184,11 @@ class DPOStep:
         return losses.sum(), {k: float(v) for k, v in sums.items()}, tokens
 
 
+def pair_length(pair) -> int:
+    """Padded width a pair needs in a batch: its prompt and its longer response."""
+    return len(pair.prompt_ids) + max(len(pair.chosen_ids), len(pair.rejected_ids))
+
+
 def log_samples(run: TrainingRun, config, pairs, step: int) -> None:
     """Greedy answers to the first `dpo.num_samples_logged` distinct eval prompts, with the pair's
     chosen and rejected responses, appended to samples.jsonl (shown by `alignlab report`)."""
@@ -239,7 +244,7 @@ def train_dpo(config) -> TrainingRun:
         indices = run.rank_slice(sampler.take(global_batch))
         total_pairs = run.global_sum(len(indices))
         sums, tokens = {}, 0.0
-        for micro in run.micro_batches(indices, train.batch_size):
+        for micro in run.micro_batches(indices, train.batch_size, length=lambda i: pair_length(train_pairs[i])):
             cached = cached_train[micro] if cached_train is not None else None
             loss_sum, metric_sums, micro_tokens = step([train_pairs[i] for i in micro], cached)
             run.backward(loss_sum / total_pairs)

@@ -47,7 +47,7 @@ def train_sft(config, *, extra_eval=None, stop_fn=None) -> TrainingRun:
         examples = run.rank_slice([train_set[i] for i in sampler.take(global_batch)])
         total_tokens = run.global_sum(sum(sum(e.loss_mask[1:]) for e in examples))
         loss_sum, tokens = 0.0, 0.0
-        for micro in run.micro_batches(examples, train.batch_size):
+        for micro in run.micro_batches(examples, train.batch_size, length=lambda e: len(e.input_ids)):
             nll, count = batch_loss(micro)
             run.backward(nll / total_tokens)
             loss_sum += float(nll.detach())
