@@ -90,10 +90,14 @@ def test_sft_on_a_mixture_draws_by_weight_and_maps_columns_per_source(tmp_path, 
     assert all(t.removesuffix("<|im_end|>").isdigit() for t in trained)  # only the mapped reply is trained
 
     out = tmp_path / "run"
-    result = cli(base_args("sft", tiny_model_dir, "x", out, f"data.train={train}", "train.max_steps=3",
+    result = cli(base_args("sft", tiny_model_dir, "x", out, f"data.train={train}", "train.max_steps=3", "data.eval_fraction=0.1",
                            "train.batch_size=8", "train.lr=3e-3"))
     assert result.code == 0, result.err
     log = (out / "train.log").read_text()
     assert "data mixture: math" in log and "chat" in log
     records = train_records(out)
     assert len(records) == 3 and records[-1]["loss"] < records[0]["loss"]
+    # Held-out loss per source; the overall one is their token-weighted mean, so it lies between them.
+    final = read_jsonl(out / "metrics.jsonl")[-1]
+    low, high = sorted([final["eval/loss/math"], final["eval/loss/chat"]])
+    assert low < final["eval/loss"] < high

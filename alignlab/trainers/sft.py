@@ -37,11 +37,16 @@ def train_sft(config, *, extra_eval=None, stop_fn=None) -> TrainingRun:
     run.maybe_resume(sampler)
     global_batch = train.batch_size * train.grad_accum * run.num_processes
 
-    def batch_loss(examples):
+    def row_losses(examples):
+        """([B] summed NLL of each example's trained tokens, [B] their counts)."""
         batch = {k: v.to(run.device) for k, v in collate_masked(
             [e.input_ids for e in examples], [e.loss_mask for e in examples], tokenizer.pad_token_id).items()}
         logps = token_logps(run.model, batch["input_ids"], batch["attention_mask"], batch["loss_mask"])
-        return -logps.sum(), float(batch["loss_mask"][:, 1:].sum())
+        return -logps.sum(-1), batch["loss_mask"][:, 1:].sum(-1).float()
+
+    def batch_loss(examples):
+        nll, counts = row_losses(examples)
+        return nll.sum(), float(counts.sum())
 
     def step_fn(step):
         examples = run.rank_slice([train_set[i] for i in sampler.take(global_batch)])
@@ -60,12 +65,18 @@ def train_sft(config, *, extra_eval=None, stop_fn=None) -> TrainingRun:
         metrics = extra_eval(run.unwrapped) if extra_eval else {}
         if not eval_set:
             return metrics
-        nll, count = 0.0, 0.0
+        nll, count = {}, {}  # per data-mixture source ("" without a mixture)
         with torch.no_grad():
             for start in range(0, len(eval_set), train.eval_batch_size):
-                batch_nll, batch_count = batch_loss(eval_set[start : start + train.eval_batch_size])
-                nll, count = nll + float(batch_nll), count + batch_count
-        return {**metrics, "loss": nll / max(count, 1.0)}
+                examples = eval_set[start : start + train.eval_batch_size]
+                row_nll, row_count = row_losses(examples)
+                for example, value, tokens in zip(examples, row_nll.tolist(), row_count.tolist()):
+                    nll[example.group] = nll.get(example.group, 0.0) + value
+                    count[example.group] = count.get(example.group, 0.0) + tokens
+        metrics["loss"] = sum(nll.values()) / max(sum(count.values()), 1.0)
+        if len(nll) > 1:
+            metrics.update({f"loss/{name}": nll[name] / max(count[name], 1.0) for name in sorted(nll)})
+        return metrics
 
     has_eval = bool(eval_set) or extra_eval is not None
     run.loop(step_fn, eval_fn=eval_fn if has_eval else None, sampler=sampler, stop_fn=stop_fn)
