@@ -101,3 +101,29 @@ def test_sft_on_a_mixture_draws_by_weight_and_maps_columns_per_source(tmp_path, 
     final = read_jsonl(out / "metrics.jsonl")[-1]
     low, high = sorted([final["eval/loss/math"], final["eval/loss/chat"]])
     assert low < final["eval/loss"] < high
+
+
+def test_grpo_on_a_prompt_mixture_maps_each_sources_columns(tmp_path, tiny_model_dir, cli, monkeypatch):
+    """GRPO prompts may come from weighted sources too; a source's column mapping reaches the rewards
+    (its `result` column arrives as `answer`)."""
+    reward = tmp_path / "seen.py"
+    reward.write_text(
+        "import json, os\n"
+        "def seen(completions, answer=None, **_):\n"
+        "    with open(os.environ['SEEN_LOG'], 'a') as handle:\n"
+        "        handle.write(json.dumps(answer) + '\\n')\n"
+        "    return [0.0] * len(completions)\n"
+    )
+    first = write_jsonl([{"prompt": f"{a}+1=?", "answer": f"a{a}"} for a in range(40)], tmp_path / "first.jsonl")
+    second = write_jsonl([{"question": f"{a}*1=?", "result": f"b{a}"} for a in range(40)], tmp_path / "second.jsonl")
+    train = f"[{{path: {first}, weight: 1}}, {{path: {second}, weight: 1, columns: {{prompt: question, answer: result}}}}]"
+    monkeypatch.setenv("SEEN_LOG", str(tmp_path / "seen.jsonl"))
+    out = tmp_path / "run"
+    result = cli(base_args("grpo", tiny_model_dir, "x", out, f"data.train={train}", "train.max_steps=3",
+                           "train.batch_size=8", "grpo.num_generations=2", "grpo.max_completion_length=4",
+                           f"grpo.rewards=[{reward}:seen]"))
+    assert result.code == 0, result.err
+    answers = [a for line in read_jsonl(tmp_path / "seen.jsonl") for a in line]
+    assert len(answers) == 3 * 8 * 2 and None not in answers
+    assert {a[0] for a in answers} == {"a", "b"}  # prompts from both sources, each with its own answer column
+    assert "data mixture: first" in (out / "train.log").read_text()

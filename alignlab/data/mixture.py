@@ -1,4 +1,4 @@
-"""Weighted data mixtures: `data.train` as a list of sources, sampled reproducibly (SFT and DPO).
+"""Weighted data mixtures: `data.train` as a list of sources, sampled reproducibly (SFT, DPO, GRPO prompts).
 
     data:
       train:

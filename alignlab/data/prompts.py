@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any, Union
 
 from alignlab.data.io import Row, read_rows, rename_columns, split_eval
+from alignlab.data.mixture import is_mixture, load_mixture
 from alignlab.data.sft import check_messages, check_text
 from alignlab.errors import DataError
 from alignlab.rewards.builtin import extract_gsm8k_answer
@@ -23,6 +24,7 @@ class PromptItem:
     prompt: Union[str, list[dict]]
     columns: dict[str, Any] = field(default_factory=dict)  # everything else in the row, for rewards
     where: str = ""
+    group: str = ""  # the data mixture source it came from (alignlab.data.mixture)
 
 
 def is_gsm8k(row: Row) -> bool:
@@ -71,6 +73,12 @@ def load_prompt_data(config) -> tuple[list[PromptItem], list[PromptItem]]:
     data = config.data
     if not data.train:
         raise DataError("no training prompts: set data.train to a prompt file (.jsonl/.json/.parquet/.csv) or dataset id")
+    if is_mixture(data.train):  # a weighted list of prompt sources (alignlab.data.mixture)
+        def read(source, split, columns):
+            return load_prompt_items(source, split=split, columns=columns, max_rows=data.max_rows,
+                                     skip_bad_rows=data.skip_bad_rows)[0]
+
+        return load_mixture(config, read, lambda items: items)
     options = dict(columns=data.columns, skip_bad_rows=data.skip_bad_rows)
     train, _ = load_prompt_items(data.train, split=data.split, max_rows=data.max_rows, **options)
     if data.eval:
