@@ -105,14 +105,14 @@ def test_sft_on_a_mixture_draws_by_weight_and_maps_columns_per_source(tmp_path, 
 
 def test_grpo_on_a_prompt_mixture_maps_each_sources_columns(tmp_path, tiny_model_dir, cli, monkeypatch):
     """GRPO prompts may come from weighted sources too; a source's column mapping reaches the rewards
-    (its `result` column arrives as `answer`)."""
+    (its `result` column arrives as `answer`), and the mean reward is logged per source."""
     reward = tmp_path / "seen.py"
     reward.write_text(
         "import json, os\n"
         "def seen(completions, answer=None, **_):\n"
         "    with open(os.environ['SEEN_LOG'], 'a') as handle:\n"
         "        handle.write(json.dumps(answer) + '\\n')\n"
-        "    return [0.0] * len(completions)\n"
+        "    return [1.0 if a.startswith('a') else 0.0 for a in answer]\n"
     )
     first = write_jsonl([{"prompt": f"{a}+1=?", "answer": f"a{a}"} for a in range(40)], tmp_path / "first.jsonl")
     second = write_jsonl([{"question": f"{a}*1=?", "result": f"b{a}"} for a in range(40)], tmp_path / "second.jsonl")
@@ -127,3 +127,7 @@ def test_grpo_on_a_prompt_mixture_maps_each_sources_columns(tmp_path, tiny_model
     assert len(answers) == 3 * 8 * 2 and None not in answers
     assert {a[0] for a in answers} == {"a", "b"}  # prompts from both sources, each with its own answer column
     assert "data mixture: first" in (out / "train.log").read_text()
+    # The mean reward per source: every completion of a first-source prompt scores 1, the others 0.
+    records = train_records(out)
+    assert all(r["reward/first"] == 1.0 and r["reward/second"] == 0.0 for r in records if "reward/first" in r)
+    assert any("reward/first" in r and "reward/second" in r for r in records)

@@ -66,6 +66,7 @@ class GRPOTrainer:
         self.templater = Templater(self.tokenizer, use_chat_template=config.data.chat_template, system_prompt=config.data.system_prompt)
         self.prompts, self.eval_prompts = load_prompt_data(config)
         self.prompt_ids = [self.templater.ids(self.templater.prompt_text(p.prompt)) for p in self.prompts]
+        self.sources = sorted({p.group for p in self.prompts} - {""})  # data mixture sources: reward/<source>
         # Metric names use a plugin's function name, not its file path.
         self.reward_fns = [(name.rsplit(":", 1)[-1], get_reward(name)) for name in self.grpo.rewards]
         self.weights = self.grpo.reward_weights or [1.0] * len(self.reward_fns)
@@ -112,6 +113,7 @@ class GRPOTrainer:
         indices = self.run.rank_slice(global_indices)
         rollout, per_fn, rewards = self._rollout(indices)
         stats = self._reward_stats(per_fn, rewards, rollout)
+        stats.update(self._source_rewards(indices, rewards))
         if self.grpo.skip_zero_std_groups:
             rollout, rewards = self._refill(rollout, rewards, count)
         all_rewards = self.run.accelerator.gather(rewards.to(self.run.device)).cpu()  # [processes * N]
@@ -143,6 +145,17 @@ class GRPOTrainer:
         merged = concat_rollouts(keep_rollouts, self.tokenizer.pad_token_id)
         rows = list(range(count * G))
         return merged.select(rows), torch.cat(keep_rewards)[rows]
+
+    def _source_rewards(self, indices: list[int], rewards: torch.Tensor) -> dict:
+        """Mean reward per data mixture source over every process's completions (same keys everywhere)."""
+        groups = [self.prompts[i].group for i in indices for _ in range(self.grpo.num_generations)]
+        out = {}
+        for name in self.sources:
+            picked = [r for g, r in zip(groups, rewards.tolist()) if g == name]
+            count = self.run.global_sum(len(picked))
+            if count:
+                out[f"reward/{name}"] = self.run.global_sum(sum(picked)) / count
+        return out
 
     def _reward_stats(self, per_fn: dict, rewards: torch.Tensor, rollout: Rollout) -> dict:
         grouped = rewards.view(-1, self.grpo.num_generations)  # [n, G]
