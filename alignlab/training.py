@@ -126,7 +126,11 @@ class TrainingRun:
         from accelerate import Accelerator
 
         self.command, self.config = command, config
-        self.accelerator = Accelerator(mixed_precision=config.train.mixed_precision, cpu=cpu_only_multiprocess())
+        # step_scheduler_with_optimizer=False: accelerate would otherwise step the LR schedule once per
+        # process at every optimizer step (it assumes a dataloader whose batches it split), running
+        # warmup and decay N times too fast; here one optimizer step is one schedule step.
+        self.accelerator = Accelerator(mixed_precision=config.train.mixed_precision, cpu=cpu_only_multiprocess(),
+                                       step_scheduler_with_optimizer=False)
         if launched_processes() > 1 and self.accelerator.num_processes == 1:
             raise AlignlabError(
                 f"launched as {launched_processes()} processes, but accelerate set up a single-process run "

@@ -42,8 +42,10 @@ def crc(completions, id=None, **_):
 
 @pytest.mark.slow
 def test_sft_two_processes_equal_one_and_resume(tmp_path, tiny_model_dir, sft_train, sft_eval):
-    """2 x 4 rows per step == 1 x 8; the 2-process run stops at step 2 and resumes to 4."""
-    common = ["train.lr=3e-3", "train.save_every=2", "train.eval_every=2", f"data.eval={sft_eval}"]
+    """2 x 4 rows per step == 1 x 8; the 2-process run stops at step 2 and resumes to 4. The learning
+    rate warms up and decays on the same schedule (one schedule step per optimizer step)."""
+    common = ["train.lr=3e-3", "train.save_every=2", "train.eval_every=2", f"data.eval={sft_eval}",
+              "train.warmup_steps=2"]
     one, two = tmp_path / "one", tmp_path / "two"
     run_ok(base_args("sft", tiny_model_dir, sft_train, one, "train.max_steps=4", "train.batch_size=8", *common))
     first = torchrun(base_args("sft", tiny_model_dir, sft_train, two, "train.max_steps=2", "train.batch_size=4", *common),
@@ -55,6 +57,7 @@ def test_sft_two_processes_equal_one_and_resume(tmp_path, tiny_model_dir, sft_tr
     a, b = train_records(one), train_records(two)
     assert_same(a, b, ("loss", "grad_norm", "lr"))
     assert a[-1]["loss"] < a[0]["loss"]  # it trained: equality is not trivial
+    assert [r["lr"] for r in b] == pytest.approx([1.5e-3, 3e-3, 3e-3, 3e-3])  # 2 warmup steps, then constant
     eval_one = [r["eval/loss"] for r in read_jsonl(one / "metrics.jsonl") if "eval/loss" in r]
     eval_two = [r["eval/loss"] for r in read_jsonl(two / "metrics.jsonl") if "eval/loss" in r]
     assert eval_two == pytest.approx(eval_one, rel=1e-5)
