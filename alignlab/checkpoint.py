@@ -136,26 +136,26 @@ def load_model_weights(model, model_dir: Path, *, sharded: bool = False) -> None
     from safetensors.torch import load_file
 
     adapter = model_dir / "adapter_model.safetensors"
-    if adapter.is_file() and sharded:
-        from alignlab.sharding import adapter_to_model_keys, load_model_state
-
-        state = adapter_to_model_keys(load_file(adapter), model.state_dict().keys(), model.active_adapter)
-        load_model_state(model, state, only_these=True)
-        return
-    if adapter.is_file():
+    if adapter.is_file() and not sharded:
         from peft import set_peft_model_state_dict
 
         set_peft_model_state_dict(model, load_file(adapter))
         return
-    state = {}
-    for shard in sorted(model_dir.glob("*.safetensors")):
-        state.update(load_file(shard))
+    if adapter.is_file():
+        from alignlab.sharding import adapter_to_model_keys
+
+        state = adapter_to_model_keys(load_file(adapter), model.state_dict().keys(), model.active_adapter)
+    else:
+        state = {}
+        for shard in sorted(model_dir.glob("*.safetensors")):
+            state.update(load_file(shard))
     if sharded:
         from alignlab.sharding import load_model_state
 
-        load_model_state(model, state)
-        return
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    tied = {"lm_head.weight"} if getattr(model.config, "tie_word_embeddings", False) else set()
-    if unexpected or set(missing) - tied:
+        missing, unexpected = load_model_state(model, state)
+    else:
+        missing, unexpected = model.load_state_dict(state, strict=False)
+    # A tied LM head is not saved; an adapter file holds only the adapter (the base stays as loaded).
+    tied = {k for k in missing if k.endswith("lm_head.weight")} if getattr(model.config, "tie_word_embeddings", False) else set()
+    if unexpected or (set(missing) - tied and not adapter.is_file()):
         raise RuntimeError(f"checkpoint {model_dir} does not match the model: missing {missing}, unexpected {unexpected}")

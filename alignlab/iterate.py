@@ -44,6 +44,7 @@ from alignlab.data.prompts import load_prompt_items
 from alignlab.data.ranked_pairs import PairStats, rank_pairs
 from alignlab.errors import AlignlabError, ConfigError
 from alignlab.tracking import read_jsonl, setup_logging
+from alignlab.training import resume_requested, resume_target
 
 log = logging.getLogger("alignlab")
 
@@ -54,20 +55,16 @@ def iterate_command(config_path: Optional[str], overrides: list[str], *, rounds:
 
 
 def _resuming(config) -> bool:
-    return config.train.resume not in (False, None, "", "false")
+    return resume_requested(config.train.resume)
 
 
 def _out_dir(config) -> Path:
-    resume = config.train.resume
-    if isinstance(resume, str) and resume not in ("", "false", "true"):
-        return Path(resume)
-    if config.train.output_dir:
-        out = Path(config.train.output_dir)
-    elif _resuming(config):
-        raise AlignlabError("train.resume=true needs train.output_dir (or pass the run directory: train.resume=<dir>)")
-    else:
-        out = Path("runs") / f"iterate_{datetime.datetime.now().strftime('%Y%m%d-%H%M%S')}"
-    if not _resuming(config) and ((out / "summary.json").exists() or (out / "round_1").exists()):
+    target = resume_target(config)
+    if target is not None:
+        return target
+    out = Path(config.train.output_dir) if config.train.output_dir else \
+        Path("runs") / f"iterate_{datetime.datetime.now().strftime('%Y%m%d-%H%M%S')}"
+    if (out / "summary.json").exists() or (out / "round_1").exists():
         raise AlignlabError(f"{out} already holds an iterate run. Continue it with train.resume=true, or choose "
                             "another train.output_dir.")
     return out

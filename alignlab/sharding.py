@@ -111,20 +111,13 @@ def load_optimizer_state(model, optimizer, state: dict, sharded: bool) -> None:
     set_optimizer_state_dict(model, optimizer, state, options=_options(sharded))
 
 
-def load_model_state(model, state: dict, *, only_these: bool = False) -> None:
+def load_model_state(model, state: dict) -> tuple[list[str], list[str]]:
     """Full weights (every process passes all of them) into a sharded model; each keeps its shard.
-    `only_these`: `state` is part of the model (an adapter); the rest stays as it is."""
+    Returns (missing keys, unexpected keys), as `load_state_dict` does."""
     from torch.distributed.checkpoint.state_dict import set_model_state_dict
 
     result = set_model_state_dict(model, state, options=_options(True, strict=False))
-    tied = {k for k in result.missing_keys if k.endswith("lm_head.weight")} if _ties_embeddings(model) else set()
-    if result.unexpected_keys or (set(result.missing_keys) - tied and not only_these):
-        raise AlignlabError(f"checkpoint does not match the model: missing {result.missing_keys}, "
-                            f"unexpected {result.unexpected_keys}")
-
-
-def _ties_embeddings(model) -> bool:
-    return bool(getattr(getattr(model, "config", None), "tie_word_embeddings", False))
+    return list(result.missing_keys), list(result.unexpected_keys)
 
 
 def adapter_to_model_keys(saved: dict, model_keys, adapter_name: str) -> dict:
@@ -154,8 +147,7 @@ def plain_copy(model, state: dict):
 
             copy = get_peft_model(copy, model.peft_config[model.active_adapter])
     copy.load_state_dict(state, strict=False, assign=True)
-    if _ties_embeddings(copy):
-        copy.tie_weights()
+    copy.tie_weights()  # re-ties embeddings and LM head when the config ties them; else nothing
     meta = [name for name, p in copy.named_parameters() if p.is_meta]
     if meta:
         raise AlignlabError(f"gathered weights are missing {meta[:3]}")

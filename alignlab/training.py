@@ -51,6 +51,23 @@ def default_run_dir(command: str, config) -> Path:
     return Path("runs") / f"{command}_{model_slug(config.model.name_or_path)}_lr{config.train.lr:.0e}_{stamp}"
 
 
+def resume_requested(resume) -> bool:
+    """train.resume: true / "true", or a run directory."""
+    return resume not in (False, None, "", "false")
+
+
+def resume_target(config) -> Optional[Path]:
+    """The directory to continue, when train.resume names it or says true (then train.output_dir)."""
+    resume = config.train.resume
+    if isinstance(resume, str) and resume not in ("", "false", "true"):
+        return Path(resume)
+    if not resume_requested(resume):
+        return None
+    if not config.train.output_dir:
+        raise AlignlabError("train.resume=true needs train.output_dir (or pass the run directory: train.resume=<dir>)")
+    return Path(config.train.output_dir)
+
+
 def resolve_run_dir(command: str, config) -> tuple[Path, bool]:
     """(run_dir, resuming). Never reuses an existing run unless resume was asked for."""
     resume = config.train.resume
@@ -59,10 +76,8 @@ def resolve_run_dir(command: str, config) -> tuple[Path, bool]:
     run_dir = Path(config.train.output_dir) if config.train.output_dir else default_run_dir(command, config)
     # A directory whose run failed before its first logged step (e.g. on bad data) may be reused.
     has_run = (run_dir / "metrics.jsonl").exists() or ckpt.latest_checkpoint(run_dir) is not None
-    if resume in (True, "true"):
-        if not config.train.output_dir:
-            raise AlignlabError("train.resume=true needs train.output_dir (or pass the run directory: train.resume=<dir>)")
-        return run_dir, has_run
+    if resume_requested(resume):
+        return resume_target(config), has_run
     if has_run:
         raise AlignlabError(
             f"{run_dir} already holds a run. Continue it with train.resume=true, or choose another train.output_dir."
@@ -117,6 +132,9 @@ def cpu_only_multiprocess() -> bool:
         return False
     accel = getattr(torch, "accelerator", None)
     return not (accel.is_available() if accel is not None else torch.cuda.is_available())
+
+
+GATHER = object()  # save()/save_final(): build the model to save (see TrainingRun.model_for_saving)
 
 
 class TrainingRun:
@@ -245,14 +263,16 @@ class TrainingRun:
         state = sharding.full_model_state(self.model)
         return sharding.plain_copy(self.unwrapped, state) if self.is_main else None
 
-    def save(self, extra_state: Optional[dict] = None, sampler: Optional[IndexSampler] = None) -> None:
+    def save(self, extra_state: Optional[dict] = None, sampler: Optional[IndexSampler] = None, model=GATHER) -> None:
+        """A checkpoint of this step; `model`: what `model_for_saving` returned, when the caller has it
+        (under FSDP that is None on all but the main process)."""
         self.accelerator.wait_for_everyone()
         per_process = None
         if self.num_processes > 1:
             from accelerate.utils import gather_object
 
             per_process = gather_object([{"rng": ckpt.rng_state(), "extra": extra_state}])
-        model = self.model_for_saving()
+        model = self.model_for_saving() if model is GATHER else model
         optimizer_state = None
         if self.sharded or self.is_main:  # gathering FSDP's shards takes every process
             optimizer_state = sharding.optimizer_state(self.unwrapped, self.optimizer.optimizer, self.sharded)
@@ -307,10 +327,10 @@ class TrainingRun:
         log.info("resumed from %s at step %d", latest, self.step)
         return extra
 
-    def save_final(self) -> None:
+    def save_final(self, model=GATHER) -> None:
         """final/: weights loadable by plain transformers (LoRA merged into the base)."""
         self.accelerator.wait_for_everyone()
-        model = self.model_for_saving()
+        model = self.model_for_saving() if model is GATHER else model
         if self.is_main:
             out = self.run_dir / "final"
             tmp = out.with_name("final.tmp")
@@ -411,8 +431,9 @@ class TrainingRun:
             final_eval = {f"eval/{k}": v for k, v in eval_fn(self.step).items()}
             self.tracker.log(self.step, final_eval)
             history.append({"step": self.step, **final_eval})
-        self.save(extra_state_fn() if extra_state_fn else None, sampler)
-        self.save_final()
+        model = self.model_for_saving()  # under FSDP a gather of the full weights: once for both saves
+        self.save(extra_state_fn() if extra_state_fn else None, sampler, model=model)
+        self.save_final(model=model)
         self.tracker.close()
         return history
 

@@ -8,6 +8,7 @@ launcher exports. Each run's train.log must say FSDP was on, so a silent fallbac
 
 from __future__ import annotations
 
+import json
 import shutil
 import sys
 from pathlib import Path
@@ -85,17 +86,11 @@ def test_fsdp_sft_full_weights_match_one_process_and_resume_anywhere(tmp_path, t
     assert_same_weights(one / "final", two / "final")
     from transformers import AutoModelForCausalLM
 
-    config = read_jsonl_json(two / "final" / "config.json")
+    config = json.loads((two / "final" / "config.json").read_text())
     assert config["architectures"] == ["Qwen2ForCausalLM"]  # not the FSDP wrapper's class name
     model = AutoModelForCausalLM.from_pretrained(two / "final")
     assert model.lm_head.weight.data_ptr() == model.model.embed_tokens.weight.data_ptr()  # still tied
     assert not any(p.is_meta for p in model.parameters())
-
-
-def read_jsonl_json(path: Path) -> dict:
-    import json
-
-    return json.loads(path.read_text())
 
 
 @pytest.mark.slow
