@@ -63,23 +63,26 @@ def save_checkpoint(
     step: int,
     *,
     save_model_fn,
-    optimizer_state: dict,
+    optimizer_state: Optional[dict],
     scheduler_state: dict,
     state: dict[str, Any],
     extra: Optional[dict] = None,
     keep: Optional[int] = None,
     per_process: Optional[list] = None,
+    prepared_tmp: bool = False,
 ) -> Path:
     """Write checkpoint-<step>/ atomically and record it in checkpoints.jsonl.
 
     `per_process`: with several processes, each one's {"rng": ..., "extra": ...} in process order
     (their samplers draw from their own RNG streams, and GRPO's rollout buffer is per process)."""
     final = Path(run_dir) / f"{CHECKPOINT_PREFIX}{step:06d}"
-    tmp = final.with_name(final.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
+    tmp = tmp_checkpoint_dir(run_dir, step)
+    if not prepared_tmp:  # else every process has written its part into it already (DeepSpeed)
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
     save_model_fn(tmp / "model")
-    torch.save(optimizer_state, tmp / "optimizer.pt")
+    if optimizer_state is not None:
+        torch.save(optimizer_state, tmp / "optimizer.pt")
     torch.save(scheduler_state, tmp / "scheduler.pt")
     saved = {"rng": rng_state(), "extra": extra}
     if per_process is not None:
@@ -94,6 +97,11 @@ def save_checkpoint(
         for old in checkpoint_dirs(run_dir)[:-keep]:
             remove_checkpoint(old)
     return final
+
+
+def tmp_checkpoint_dir(run_dir: Path, step: int) -> Path:
+    """Where checkpoint-<step> is assembled before it is renamed into place."""
+    return Path(run_dir) / f"{CHECKPOINT_PREFIX}{step:06d}.tmp"
 
 
 def remove_checkpoint(path: Path) -> None:
@@ -118,7 +126,8 @@ def load_checkpoint(
     whether this process's own RNG and extra state were found). They are not when the checkpoint was
     written by a different number of processes: then the main process's are returned."""
     load_model_fn(path / "model")
-    load_optimizer_fn(torch.load(path / "optimizer.pt", weights_only=False))
+    optimizer_file = path / "optimizer.pt"  # absent under DeepSpeed, which keeps its own (path / "deepspeed")
+    load_optimizer_fn(torch.load(optimizer_file, weights_only=False) if optimizer_file.is_file() else None)
     scheduler.load_state_dict(torch.load(path / "scheduler.pt", weights_only=False))
     saved = torch.load(path / "rng_and_extra.pt", weights_only=False)
     per_process = saved.get("per_process")

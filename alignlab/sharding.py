@@ -30,14 +30,43 @@ def fsdp_requested() -> bool:
     return os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true"
 
 
-def enable_on_cpu(accelerator) -> None:
-    """Use FSDP on a CPU-only multi-process run when the launcher asked for it."""
-    from accelerate.utils import DistributedType, FullyShardedDataParallelPlugin
+def deepspeed_requested() -> bool:
+    return os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true"
 
-    if accelerator.distributed_type != DistributedType.MULTI_CPU or not fsdp_requested():
+
+def enable_on_cpu(accelerator) -> None:
+    """Use FSDP or DeepSpeed on a CPU-only multi-process run when the launcher asked for it."""
+    from accelerate.utils import DeepSpeedPlugin, DistributedType, FullyShardedDataParallelPlugin
+
+    if accelerator.distributed_type != DistributedType.MULTI_CPU:
         return
-    accelerator.state.fsdp_plugin = FullyShardedDataParallelPlugin()  # reads the FSDP_* variables
-    accelerator.state.distributed_type = DistributedType.FSDP
+    if fsdp_requested():
+        accelerator.state.fsdp_plugin = FullyShardedDataParallelPlugin()  # reads the FSDP_* variables
+        accelerator.state.distributed_type = DistributedType.FSDP
+    elif deepspeed_requested():
+        plugin = DeepSpeedPlugin()  # reads the ACCELERATE_DEEPSPEED_* variables
+        plugin.set_mixed_precision(accelerator.state.mixed_precision)
+        plugin.select(_from_accelerator_state=True)
+        accelerator.state.deepspeed_plugins = plugin
+        accelerator.state.distributed_type = DistributedType.DEEPSPEED
+
+
+def is_deepspeed(accelerator) -> bool:
+    return distributed_name(accelerator) == "DEEPSPEED"
+
+
+def configure_deepspeed(accelerator, train) -> None:
+    """Fill DeepSpeed's batch and clipping settings from the alignlab config (accelerate leaves them
+    "auto" when no dataloader is prepared). Its accumulation count is ours: the trainer marks the
+    last micro-batch of every optimizer step as the boundary where DeepSpeed steps."""
+    config = accelerator.state.deepspeed_plugin.deepspeed_config
+    config.update(
+        train_micro_batch_size_per_gpu=train.batch_size,
+        gradient_accumulation_steps=train.grad_accum,
+        train_batch_size=train.batch_size * train.grad_accum * accelerator.num_processes,
+        gradient_clipping=train.max_grad_norm,
+        zero_allow_untested_optimizer=True,  # torch's AdamW, as in every other mode
+    )
 
 
 def quiet_view_warning() -> None:
@@ -49,14 +78,13 @@ def quiet_view_warning() -> None:
 
 
 def check_supported(accelerator) -> None:
-    """DeepSpeed and FSDP version 1 stop here with what to use instead."""
+    """DeepSpeed ZeRO-3 and FSDP version 1 stop here with what to use instead."""
     name = distributed_name(accelerator)
-    if name == "DEEPSPEED":
+    if name == "DEEPSPEED" and accelerator.state.deepspeed_plugin.zero_stage >= 3:
         raise AlignlabError(
-            "launched with DeepSpeed, which alignlab's trainers do not support: under DeepSpeed accelerate steps the "
-            "optimizer inside backward, once per micro-batch, while alignlab accumulates micro-batches itself. Shard "
-            "with FSDP instead (accelerate launch --config_file configs/accelerate/fsdp.yaml -m alignlab ...), or use "
-            "data parallelism (configs/accelerate/ddp.yaml)."
+            "launched with DeepSpeed ZeRO-3, which alignlab's trainers do not support: ZeRO-3 partitions the LM head, "
+            "which the chunked log-prob code uses after the model's forward. Use ZeRO-2 "
+            "(configs/accelerate/deepspeed_zero2.yaml), or FSDP to shard the weights too (configs/accelerate/fsdp.yaml)."
         )
     if name == "FSDP" and getattr(accelerator.state.fsdp_plugin, "fsdp_version", 1) != 2:
         raise AlignlabError(

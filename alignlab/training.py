@@ -158,6 +158,7 @@ class TrainingRun:
         sharding.enable_on_cpu(self.accelerator)
         sharding.check_supported(self.accelerator)
         self.sharded = sharding.is_sharded(self.accelerator)  # FSDP: every process holds a shard
+        self.deepspeed = sharding.is_deepspeed(self.accelerator)  # ZeRO-2: optimizer state and gradients sharded
         if self.sharded:
             sharding.quiet_view_warning()
         self.is_main = self.accelerator.is_main_process
@@ -168,8 +169,9 @@ class TrainingRun:
         self.accelerator.wait_for_everyone()
         setup_logging(self.run_dir / "train.log" if self.is_main else None, console=self.is_main)
         if self.num_processes > 1:
-            log.info("%d processes (%s)", self.num_processes,
-                     "FSDP: weights, gradients and optimizer state sharded" if self.sharded else "data parallel")
+            mode = ("FSDP: weights, gradients and optimizer state sharded" if self.sharded else
+                    "DeepSpeed ZeRO-2: gradients and optimizer state sharded" if self.deepspeed else "data parallel")
+            log.info("%d processes (%s)", self.num_processes, mode)
         self.tracker = Tracker(self.run_dir, config.train.report_to, to_dict(config), enabled=self.is_main)
         seed_everything(config.train.seed)
         self.model = self.optimizer = self.scheduler = self.tokenizer = None
@@ -200,6 +202,8 @@ class TrainingRun:
         )
         name = "constant_with_warmup" if train.lr_scheduler == "constant" else train.lr_scheduler
         scheduler = get_scheduler(name, optimizer, num_warmup_steps=train.warmup_steps, num_training_steps=train.max_steps)
+        if self.deepspeed:
+            sharding.configure_deepspeed(self.accelerator, train)
         self.model, self.optimizer, self.scheduler = self.accelerator.prepare(model, optimizer, scheduler)
         self.tokenizer = tokenizer
         # Every process built the same model from the same seed; from here on each draws from its own
@@ -232,7 +236,9 @@ class TrainingRun:
         chunks = [items[i : i + size] for i in range(0, len(items), size)]
         for index, chunk in enumerate(chunks):
             last = index == len(chunks) - 1
-            with contextlib.nullcontext() if last else self.accelerator.no_sync(self.model):
+            if self.deepspeed:  # DeepSpeed reduces and steps (inside backward) only at the step's last micro-batch
+                self.accelerator.gradient_state._set_sync_gradients(last)
+            with contextlib.nullcontext() if last or self.deepspeed else self.accelerator.no_sync(self.model):
                 yield chunk
 
     def global_sum(self, value: float) -> float:
@@ -242,8 +248,10 @@ class TrainingRun:
 
     def backward(self, loss: torch.Tensor) -> None:
         # DDP averages gradients over processes; our losses are already normalised by the global
-        # count, so scale back up to make the average a sum.
-        self.accelerator.backward(loss * self.num_processes)
+        # count, so scale back up to make the average a sum. DeepSpeed also divides by its
+        # accumulation count, which our normalisation has already done.
+        scale = self.num_processes * (self.config.train.grad_accum if self.deepspeed else 1)
+        self.accelerator.backward(loss * scale)
 
     def mean_over_processes(self, metrics: dict) -> dict:
         if self.num_processes == 1 or not metrics:
@@ -274,7 +282,17 @@ class TrainingRun:
             per_process = gather_object([{"rng": ckpt.rng_state(), "extra": extra_state}])
         model = self.model_for_saving() if model is GATHER else model
         optimizer_state = None
-        if self.sharded or self.is_main:  # gathering FSDP's shards takes every process
+        if self.deepspeed:  # every process writes its own partition of the optimizer state
+            tmp = ckpt.tmp_checkpoint_dir(self.run_dir, self.step)
+            if self.is_main:
+                import shutil
+
+                shutil.rmtree(tmp, ignore_errors=True)
+                tmp.mkdir(parents=True)
+            self.accelerator.wait_for_everyone()
+            self.model.save_checkpoint(str(tmp / "deepspeed"), tag="state")
+            self.accelerator.wait_for_everyone()
+        elif self.sharded or self.is_main:  # gathering FSDP's shards takes every process
             optimizer_state = sharding.optimizer_state(self.unwrapped, self.optimizer.optimizer, self.sharded)
         if self.is_main:
             path = ckpt.save_checkpoint(
@@ -287,6 +305,7 @@ class TrainingRun:
                 extra=extra_state,
                 keep=self.config.train.save_total_limit,
                 per_process=per_process,
+                prepared_tmp=self.deepspeed,
             )
             log.info("saved %s", path)
         self.accelerator.wait_for_everyone()
@@ -303,9 +322,8 @@ class TrainingRun:
         index = self.accelerator.process_index
         state, extra, own = ckpt.load_checkpoint(
             latest,
-            load_model_fn=lambda d: ckpt.load_model_weights(self.unwrapped, d, sharded=self.sharded),
-            load_optimizer_fn=lambda saved: sharding.load_optimizer_state(
-                self.unwrapped, self.optimizer.optimizer, saved, self.sharded),
+            load_model_fn=lambda d: self._load_weights(d),
+            load_optimizer_fn=lambda saved: self._load_optimizer(saved, latest),
             scheduler=self.scheduler,
             process_index=index,
             num_processes=self.num_processes,
@@ -326,6 +344,18 @@ class TrainingRun:
         self.tracker.truncate_after(self.step)
         log.info("resumed from %s at step %d", latest, self.step)
         return extra
+
+    def _load_weights(self, model_dir: Path) -> None:
+        if not self.deepspeed:  # DeepSpeed restores the weights with its optimizer's own copy of them
+            ckpt.load_model_weights(self.unwrapped, model_dir, sharded=self.sharded)
+
+    def _load_optimizer(self, saved: Optional[dict], checkpoint: Path) -> None:
+        if self.deepspeed:
+            self.model.load_checkpoint(str(checkpoint / "deepspeed"), tag="state", load_module_strict=False)
+        elif saved is None:
+            raise AlignlabError(f"{checkpoint} has no optimizer.pt: it was written under DeepSpeed; resume it there")
+        else:
+            sharding.load_optimizer_state(self.unwrapped, self.optimizer.optimizer, saved, self.sharded)
 
     def save_final(self, model=GATHER) -> None:
         """final/: weights loadable by plain transformers (LoRA merged into the base)."""
@@ -350,6 +380,11 @@ class TrainingRun:
         """Clip, check for non-finite gradients, step. Returns (grad_norm, stepped)."""
         grad_norm = self.accelerator.clip_grad_norm_(self.model.parameters(), self.config.train.max_grad_norm)
         grad_norm = float(grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm)  # FSDP: a DTensor
+        if self.deepspeed:  # it clipped and stepped inside the last backward; this is the norm it saw
+            if not math.isfinite(grad_norm):
+                self._stop_after_bad_deepspeed_step(grad_norm)
+            self.scheduler.step()  # ours, not DeepSpeed's: it moves the learning rate of the optimizer DeepSpeed steps
+            return grad_norm, True
         if not math.isfinite(grad_norm):
             self.optimizer.zero_grad(set_to_none=True)
             return grad_norm, False
@@ -437,7 +472,16 @@ class TrainingRun:
         self.tracker.close()
         return history
 
+    def _stop_after_bad_deepspeed_step(self, value: float) -> None:
+        raise AlignlabError(
+            f"step {self.step + 1}: non-finite loss or gradient ({value}) under DeepSpeed, which steps the optimizer "
+            f"inside backward, so the step cannot be skipped; stopping. The last good checkpoint is in {self.run_dir}. "
+            "Try a lower train.lr or train.max_grad_norm."
+        )
+
     def _bad_step(self, loss: float, grad_norm: float) -> None:
+        if self.deepspeed:
+            self._stop_after_bad_deepspeed_step(loss)
         self.bad_steps += 1
         self.skipped_steps += 1
         self.optimizer.zero_grad(set_to_none=True)
