@@ -19,15 +19,15 @@ from torch.utils.checkpoint import checkpoint
 CHUNK_BUDGET_BYTES = 256 * 2**20
 
 
-def _chunk_logps(hidden: torch.Tensor, weight: torch.Tensor, bias, targets: torch.Tensor, softcap) -> torch.Tensor:
-    logits = F.linear(hidden, weight, bias).float()  # [n, V]
+def _chunk_logps(project, hidden: torch.Tensor, targets: torch.Tensor, softcap) -> torch.Tensor:
+    logits = project(hidden).float()  # [n, V]
     if softcap:
         logits = torch.tanh(logits / softcap) * softcap
     return torch.gather(logits.log_softmax(-1), 1, targets[:, None]).squeeze(1)  # [n]
 
 
-def _chunk_logps_and_entropy(hidden, weight, bias, targets, softcap):
-    logits = F.linear(hidden, weight, bias).float()  # [n, V]
+def _chunk_logps_and_entropy(project, hidden, targets, softcap):
+    logits = project(hidden).float()  # [n, V]
     if softcap:
         logits = torch.tanh(logits / softcap) * softcap
     logp_all = logits.log_softmax(-1)
@@ -36,12 +36,15 @@ def _chunk_logps_and_entropy(hidden, weight, bias, targets, softcap):
 
 
 def output_layer(model):
-    """(weight, bias, softcap) of the LM head, looking through PEFT and accelerate wrappers."""
+    """(LM head module, vocabulary size, softcap), looking through PEFT and accelerate wrappers.
+
+    The head is called as a module (not as F.linear on its weight): under DeepSpeed ZeRO-3 the module
+    call is what gathers its partitioned weight, in forward and again in backward."""
     inner = model.module if hasattr(model, "module") else model
     head = inner.get_output_embeddings()
-    config = inner.config
-    softcap = getattr(config, "final_logit_softcapping", None)
-    return head.weight, getattr(head, "bias", None), softcap
+    softcap = getattr(inner.config, "final_logit_softcapping", None)
+    vocab_size = getattr(head.weight, "ds_shape", head.weight.shape)[0]  # ds_shape: ZeRO-3's full shape
+    return head, vocab_size, softcap
 
 
 def token_logps(
@@ -86,20 +89,20 @@ def token_logps(
 
 def score_rows(model, rows: torch.Tensor, targets: torch.Tensor, chunk_size: int, with_entropy: bool = False):
     """Log-probs [N] (and entropies [N], detached) of `targets` given final hidden states `rows` [N, H]."""
-    weight, bias, softcap = output_layer(model)
+    project, vocab_size, softcap = output_layer(model)
     if chunk_size <= 0:
         # A chunk's logits, log-softmax and gradient are about 3 [chunk, V] float32 buffers.
-        chunk_size = max(16, CHUNK_BUDGET_BYTES // (3 * 4 * weight.shape[0]))
+        chunk_size = max(16, CHUNK_BUDGET_BYTES // (3 * 4 * vocab_size))
     pieces, entropies = [], []
     for start in range(0, rows.shape[0], chunk_size):
         h, y = rows[start : start + chunk_size], targets[start : start + chunk_size]
         if with_entropy:
-            lp, ent = checkpoint(_chunk_logps_and_entropy, h, weight, bias, y, softcap, use_reentrant=False)
+            lp, ent = checkpoint(_chunk_logps_and_entropy, project, h, y, softcap, use_reentrant=False)
             entropies.append(ent.detach())
         elif torch.is_grad_enabled():
-            lp = checkpoint(_chunk_logps, h, weight, bias, y, softcap, use_reentrant=False)
+            lp = checkpoint(_chunk_logps, project, h, y, softcap, use_reentrant=False)
         else:
-            lp = _chunk_logps(h, weight, bias, y, softcap)
+            lp = _chunk_logps(project, h, y, softcap)
         pieces.append(lp)
     empty = rows.new_zeros(0, dtype=torch.float32)
     return (torch.cat(pieces) if pieces else empty), (torch.cat(entropies) if entropies else empty)

@@ -36,30 +36,45 @@ def deepspeed_requested() -> bool:
 
 def enable_on_cpu(accelerator) -> None:
     """Use FSDP or DeepSpeed on a CPU-only multi-process run when the launcher asked for it."""
+    from accelerate.state import PartialState
     from accelerate.utils import DeepSpeedPlugin, DistributedType, FullyShardedDataParallelPlugin
 
     if accelerator.distributed_type != DistributedType.MULTI_CPU:
         return
     if fsdp_requested():
         accelerator.state.fsdp_plugin = FullyShardedDataParallelPlugin()  # reads the FSDP_* variables
-        accelerator.state.distributed_type = DistributedType.FSDP
+        kind = DistributedType.FSDP
     elif deepspeed_requested():
         plugin = DeepSpeedPlugin()  # reads the ACCELERATE_DEEPSPEED_* variables
         plugin.set_mixed_precision(accelerator.state.mixed_precision)
         plugin.select(_from_accelerator_state=True)
         accelerator.state.deepspeed_plugins = plugin
-        accelerator.state.distributed_type = DistributedType.DEEPSPEED
+        accelerator.deepspeed_engine_wrapped = None  # set by Accelerator() only when it chose DeepSpeed itself
+        kind = DistributedType.DEEPSPEED
+    else:
+        return
+    # Both shared states: accelerate re-reads the process-level one whenever it builds an
+    # AcceleratorState (prepare does), which would quietly switch it back to plain data parallel.
+    accelerator.state.distributed_type = kind
+    PartialState._shared_state["distributed_type"] = kind
 
 
 def is_deepspeed(accelerator) -> bool:
     return distributed_name(accelerator) == "DEEPSPEED"
 
 
+def zero_stage(accelerator) -> int:
+    """DeepSpeed's ZeRO stage (0 when not under DeepSpeed)."""
+    return accelerator.state.deepspeed_plugin.zero_stage if is_deepspeed(accelerator) else 0
+
+
 def configure_deepspeed(accelerator, train) -> None:
-    """Fill DeepSpeed's batch and clipping settings from the alignlab config (accelerate leaves them
-    "auto" when no dataloader is prepared). Its accumulation count is ours: the trainer marks the
-    last micro-batch of every optimizer step as the boundary where DeepSpeed steps."""
+    """Fill DeepSpeed's batch and clipping settings from the alignlab config: they are train.*'s, not
+    the accelerate config's (accelerate leaves them "auto" when it prepares no dataloader). The
+    trainer marks the last micro-batch of each optimizer step as DeepSpeed's accumulation boundary,
+    so the accumulation count only sets how DeepSpeed scales the loss (TrainingRun.backward)."""
     config = accelerator.state.deepspeed_plugin.deepspeed_config
+    accelerator.gradient_accumulation_steps = train.grad_accum  # else accelerate warns that they differ
     config.update(
         train_micro_batch_size_per_gpu=train.batch_size,
         gradient_accumulation_steps=train.grad_accum,
@@ -67,6 +82,19 @@ def configure_deepspeed(accelerator, train) -> None:
         gradient_clipping=train.max_grad_norm,
         zero_allow_untested_optimizer=True,  # torch's AdamW, as in every other mode
     )
+    zero = config.setdefault("zero_optimization", {})
+    if zero.get("stage", 0) >= 3:
+        zero["stage3_gather_16bit_weights_on_model_save"] = True  # checkpoints hold full weights
+
+
+def load_models_whole() -> None:
+    """Under ZeRO-3 accelerate tells transformers to build every model already partitioned
+    (deepspeed.zero.Init). alignlab loads whole models and lets DeepSpeed partition the trained one
+    when it is prepared, as under FSDP: frozen copies (reference models) and the meta-device copies
+    used for saving stay plain modules."""
+    from transformers.integrations import unset_hf_deepspeed_config
+
+    unset_hf_deepspeed_config()
 
 
 def quiet_view_warning() -> None:
@@ -78,14 +106,8 @@ def quiet_view_warning() -> None:
 
 
 def check_supported(accelerator) -> None:
-    """DeepSpeed ZeRO-3 and FSDP version 1 stop here with what to use instead."""
+    """FSDP version 1 stops here with what to use instead."""
     name = distributed_name(accelerator)
-    if name == "DEEPSPEED" and accelerator.state.deepspeed_plugin.zero_stage >= 3:
-        raise AlignlabError(
-            "launched with DeepSpeed ZeRO-3, which alignlab's trainers do not support: ZeRO-3 partitions the LM head, "
-            "which the chunked log-prob code uses after the model's forward. Use ZeRO-2 "
-            "(configs/accelerate/deepspeed_zero2.yaml), or FSDP to shard the weights too (configs/accelerate/fsdp.yaml)."
-        )
     if name == "FSDP" and getattr(accelerator.state.fsdp_plugin, "fsdp_version", 1) != 2:
         raise AlignlabError(
             "launched with FSDP version 1; alignlab supports FSDP version 2 (per-parameter sharding, which mixes frozen "

@@ -18,6 +18,7 @@ import logging
 import math
 import os
 import random
+import shutil
 import time
 from pathlib import Path
 from typing import Callable, Optional
@@ -134,7 +135,8 @@ def cpu_only_multiprocess() -> bool:
     return not (accel.is_available() if accel is not None else torch.cuda.is_available())
 
 
-GATHER = object()  # save()/save_final(): build the model to save (see TrainingRun.model_for_saving)
+GATHER = object()
+DEEPSPEED_DIR, DEEPSPEED_TAG = "deepspeed", "state"  # checkpoint-N/deepspeed/state/: the engine's own files  # save()/save_final(): build the model to save (see TrainingRun.model_for_saving)
 
 
 class TrainingRun:
@@ -158,9 +160,15 @@ class TrainingRun:
         sharding.enable_on_cpu(self.accelerator)
         sharding.check_supported(self.accelerator)
         self.sharded = sharding.is_sharded(self.accelerator)  # FSDP: every process holds a shard
-        self.deepspeed = sharding.is_deepspeed(self.accelerator)  # ZeRO-2: optimizer state and gradients sharded
+        self.deepspeed = sharding.is_deepspeed(self.accelerator)  # the model is a DeepSpeed engine
+        self.zero_stage = sharding.zero_stage(self.accelerator)
+        # FSDP and ZeRO-3 gather weights from every process in each forward, so all processes must
+        # run the same number of forwards (generation, evaluation).
+        self.lockstep_forwards = self.sharded or self.zero_stage >= 3
         if self.sharded:
             sharding.quiet_view_warning()
+        if self.deepspeed:
+            sharding.load_models_whole()
         self.is_main = self.accelerator.is_main_process
         self.run_dir, self.resuming = resolve_run_dir(command, config)
         if self.is_main:
@@ -170,7 +178,7 @@ class TrainingRun:
         setup_logging(self.run_dir / "train.log" if self.is_main else None, console=self.is_main)
         if self.num_processes > 1:
             mode = ("FSDP: weights, gradients and optimizer state sharded" if self.sharded else
-                    "DeepSpeed ZeRO-2: gradients and optimizer state sharded" if self.deepspeed else "data parallel")
+                    f"DeepSpeed ZeRO-{self.zero_stage}" if self.deepspeed else "data parallel")
             log.info("%d processes (%s)", self.num_processes, mode)
         self.tracker = Tracker(self.run_dir, config.train.report_to, to_dict(config), enabled=self.is_main)
         seed_everything(config.train.seed)
@@ -250,7 +258,7 @@ class TrainingRun:
         # DDP averages gradients over processes; our losses are already normalised by the global
         # count, so scale back up to make the average a sum. DeepSpeed also divides by its
         # accumulation count, which our normalisation has already done.
-        scale = self.num_processes * (self.config.train.grad_accum if self.deepspeed else 1)
+        scale = self.num_processes * (self.model.gradient_accumulation_steps() if self.deepspeed else 1)
         self.accelerator.backward(loss * scale)
 
     def mean_over_processes(self, metrics: dict) -> dict:
@@ -266,9 +274,12 @@ class TrainingRun:
     def model_for_saving(self):
         """The model whose weights get saved: the live one, or under FSDP a plain copy holding the
         gathered weights, built on the main process (None elsewhere). A collective under FSDP."""
-        if not self.sharded:
+        if self.zero_stage >= 3:
+            state = self.accelerator.get_state_dict(self.model)  # the full weights, on the main process
+        elif self.sharded:
+            state = sharding.full_model_state(self.model)
+        else:
             return self.unwrapped
-        state = sharding.full_model_state(self.model)
         return sharding.plain_copy(self.unwrapped, state) if self.is_main else None
 
     def save(self, extra_state: Optional[dict] = None, sampler: Optional[IndexSampler] = None, model=GATHER) -> None:
@@ -285,12 +296,11 @@ class TrainingRun:
         if self.deepspeed:  # every process writes its own partition of the optimizer state
             tmp = ckpt.tmp_checkpoint_dir(self.run_dir, self.step)
             if self.is_main:
-                import shutil
-
                 shutil.rmtree(tmp, ignore_errors=True)
                 tmp.mkdir(parents=True)
             self.accelerator.wait_for_everyone()
-            self.model.save_checkpoint(str(tmp / "deepspeed"), tag="state")
+            # Trainable weights and their optimizer state only: the full weights are in model/.
+            self.model.save_checkpoint(str(tmp / DEEPSPEED_DIR), tag=DEEPSPEED_TAG, exclude_frozen_parameters=True)
             self.accelerator.wait_for_everyone()
         elif self.sharded or self.is_main:  # gathering FSDP's shards takes every process
             optimizer_state = sharding.optimizer_state(self.unwrapped, self.optimizer.optimizer, self.sharded)
@@ -346,14 +356,21 @@ class TrainingRun:
         return extra
 
     def _load_weights(self, model_dir: Path) -> None:
-        if not self.deepspeed:  # DeepSpeed restores the weights with its optimizer's own copy of them
+        if not self.deepspeed:  # DeepSpeed restores the trained weights with its optimizer state
             ckpt.load_model_weights(self.unwrapped, model_dir, sharded=self.sharded)
 
     def _load_optimizer(self, saved: Optional[dict], checkpoint: Path) -> None:
+        engine_state = checkpoint / DEEPSPEED_DIR
         if self.deepspeed:
-            self.model.load_checkpoint(str(checkpoint / "deepspeed"), tag="state", load_module_strict=False)
+            if not engine_state.is_dir():
+                raise AlignlabError(f"{checkpoint} was written without DeepSpeed (no {DEEPSPEED_DIR}/ in it): resume "
+                                    "it the way it was launched, or start a new run from its weights (model.name)")
+            loaded, _ = self.model.load_checkpoint(str(engine_state), tag=DEEPSPEED_TAG, load_module_strict=False)
+            if loaded is None:
+                raise AlignlabError(f"DeepSpeed could not load its state from {engine_state}")
         elif saved is None:
-            raise AlignlabError(f"{checkpoint} has no optimizer.pt: it was written under DeepSpeed; resume it there")
+            raise AlignlabError(f"{checkpoint} was written under DeepSpeed (its optimizer state is in {DEEPSPEED_DIR}/): "
+                                "resume it under DeepSpeed with the same number of processes")
         else:
             sharding.load_optimizer_state(self.unwrapped, self.optimizer.optimizer, saved, self.sharded)
 
@@ -364,8 +381,6 @@ class TrainingRun:
         if self.is_main:
             out = self.run_dir / "final"
             tmp = out.with_name("final.tmp")
-            import shutil
-
             shutil.rmtree(tmp, ignore_errors=True)
             (save_merged if is_peft(model) else save_model)(model, self.tokenizer, tmp)
             shutil.rmtree(out, ignore_errors=True)
@@ -378,13 +393,17 @@ class TrainingRun:
 
     def optimizer_step(self) -> tuple[float, bool]:
         """Clip, check for non-finite gradients, step. Returns (grad_norm, stepped)."""
+        if self.deepspeed:
+            # The engine clipped and stepped inside the step's last backward, or skipped the step (and
+            # dropped its gradients) when their norm was not finite, as is done here otherwise.
+            grad_norm = self.model.get_global_grad_norm()
+            grad_norm = float("nan") if grad_norm is None else float(grad_norm)
+            if not self.model.was_step_applied():
+                return grad_norm, False
+            self.scheduler.step()  # ours, not the engine's: it sets the learning rate of the optimizer the engine steps
+            return grad_norm, True
         grad_norm = self.accelerator.clip_grad_norm_(self.model.parameters(), self.config.train.max_grad_norm)
         grad_norm = float(grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm)  # FSDP: a DTensor
-        if self.deepspeed:  # it clipped and stepped inside the last backward; this is the norm it saw
-            if not math.isfinite(grad_norm):
-                self._stop_after_bad_deepspeed_step(grad_norm)
-            self.scheduler.step()  # ours, not DeepSpeed's: it moves the learning rate of the optimizer DeepSpeed steps
-            return grad_norm, True
         if not math.isfinite(grad_norm):
             self.optimizer.zero_grad(set_to_none=True)
             return grad_norm, False
@@ -423,7 +442,10 @@ class TrainingRun:
                 tick = time.perf_counter()
                 metrics = step_fn(self.step)
                 loss = metrics.get("loss", 0.0)
-                grad_norm, stepped = self.optimizer_step() if math.isfinite(loss) else (float("nan"), False)
+                # Under DeepSpeed the engine has already stepped or skipped; ask it which.
+                stepped_by_engine = self.deepspeed
+                grad_norm, stepped = (self.optimizer_step() if math.isfinite(loss) or stepped_by_engine
+                                      else (float("nan"), False))
                 if not stepped:
                     self._bad_step(loss, grad_norm)
                     continue
@@ -472,16 +494,7 @@ class TrainingRun:
         self.tracker.close()
         return history
 
-    def _stop_after_bad_deepspeed_step(self, value: float) -> None:
-        raise AlignlabError(
-            f"step {self.step + 1}: non-finite loss or gradient ({value}) under DeepSpeed, which steps the optimizer "
-            f"inside backward, so the step cannot be skipped; stopping. The last good checkpoint is in {self.run_dir}. "
-            "Try a lower train.lr or train.max_grad_norm."
-        )
-
     def _bad_step(self, loss: float, grad_norm: float) -> None:
-        if self.deepspeed:
-            self._stop_after_bad_deepspeed_step(loss)
         self.bad_steps += 1
         self.skipped_steps += 1
         self.optimizer.zero_grad(set_to_none=True)

@@ -197,7 +197,7 @@ def log_samples(run: TrainingRun, config, pairs, step: int) -> None:
         return
     tokenizer = run.tokenizer
     rollout = generate(run.unwrapped, tokenizer, [p.prompt_ids for p in prompts], greedy=True,
-                       max_new_tokens=config.dpo.sample_max_new_tokens, device=run.device, synced=run.sharded)
+                       max_new_tokens=config.dpo.sample_max_new_tokens, device=run.device, synced=run.lockstep_forwards)
     if not run.is_main:
         return
     decode = lambda ids: tokenizer.decode(ids, skip_special_tokens=True)  # noqa: E731

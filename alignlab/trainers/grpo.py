@@ -93,7 +93,7 @@ class GRPOTrainer:
             model, self.tokenizer, [self.prompt_ids[i] for i in indices],
             num_generations=self.grpo.num_generations, max_new_tokens=self.grpo.max_completion_length,
             temperature=self.grpo.temperature, top_p=self.grpo.top_p, top_k=self.grpo.top_k, device=self.run.device,
-            synced=self.run.sharded,
+            synced=self.run.lockstep_forwards,
         )
         columns = self._columns(indices, self.prompts, self.grpo.num_generations)
         columns["completion_lengths"] = rollout.completion_mask.sum(1).tolist()
@@ -286,7 +286,7 @@ class GRPOTrainer:
         result = evaluate_prompts(
             self.run.unwrapped, self.tokenizer, self.templater, prompts, self.reward_fns, self.weights,
             max_new_tokens=self.grpo.max_completion_length, batch_size=max(self.train.eval_batch_size, 64),
-            synced=self.run.sharded,
+            synced=self.run.lockstep_forwards,
         )
         if self.run.is_main:
             for sample in result.samples[: self.grpo.num_samples_logged]:
