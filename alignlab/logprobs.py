@@ -47,6 +47,11 @@ def output_layer(model):
     return head, vocab_size, softcap
 
 
+def partitioned(module) -> bool:
+    """Whether DeepSpeed ZeRO-3 holds this module's weights partitioned (gathered only during its calls)."""
+    return any(hasattr(p, "ds_shape") for p in module.parameters(recurse=False))
+
+
 def token_logps(
     model,
     input_ids: torch.Tensor,
@@ -90,6 +95,9 @@ def token_logps(
 def score_rows(model, rows: torch.Tensor, targets: torch.Tensor, chunk_size: int, with_entropy: bool = False):
     """Log-probs [N] (and entropies [N], detached) of `targets` given final hidden states `rows` [N, H]."""
     project, vocab_size, softcap = output_layer(model)
+    # The recomputation check compares the saved tensors' shapes after the call, when ZeRO-3 has
+    # partitioned the head's weight again (it gathers it anew for backward); skip it there.
+    check = "none" if partitioned(project) else "default"
     if chunk_size <= 0:
         # A chunk's logits, log-softmax and gradient are about 3 [chunk, V] float32 buffers.
         chunk_size = max(16, CHUNK_BUDGET_BYTES // (3 * 4 * vocab_size))
@@ -97,10 +105,11 @@ def score_rows(model, rows: torch.Tensor, targets: torch.Tensor, chunk_size: int
     for start in range(0, rows.shape[0], chunk_size):
         h, y = rows[start : start + chunk_size], targets[start : start + chunk_size]
         if with_entropy:
-            lp, ent = checkpoint(_chunk_logps_and_entropy, project, h, y, softcap, use_reentrant=False)
+            lp, ent = checkpoint(_chunk_logps_and_entropy, project, h, y, softcap, use_reentrant=False,
+                                 determinism_check=check)
             entropies.append(ent.detach())
         elif torch.is_grad_enabled():
-            lp = checkpoint(_chunk_logps, project, h, y, softcap, use_reentrant=False)
+            lp = checkpoint(_chunk_logps, project, h, y, softcap, use_reentrant=False, determinism_check=check)
         else:
             lp = _chunk_logps(project, h, y, softcap)
         pieces.append(lp)

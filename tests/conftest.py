@@ -137,6 +137,17 @@ def base_args(command: str, model_dir, train_file, output_dir, *extra) -> list[s
 
 
 @pytest.fixture
+def poison(monkeypatch):
+    """`poison(steps)`: NaN gradients on those optimizer-step attempts (tests/poison.py), undone
+    after the test (or by `monkeypatch.undo()`)."""
+    from alignlab.training import TrainingRun
+    from poison import install
+
+    monkeypatch.setattr(TrainingRun, "backward", TrainingRun.backward)
+    return install
+
+
+@pytest.fixture
 def cli(capsys):
     return lambda argv: run_cli(argv, capsys)
 

@@ -15,6 +15,12 @@ from conftest import read_jsonl, run_cli, train_records
 FSDP_ENV = {"ACCELERATE_USE_FSDP": "true", "FSDP_VERSION": "2", "FSDP_AUTO_WRAP_POLICY": "TRANSFORMER_BASED_WRAP"}
 
 
+def deepspeed_env(stage: int) -> dict:
+    """What `accelerate launch` with configs/accelerate/deepspeed_zero<stage>.yaml exports."""
+    return {"ACCELERATE_USE_DEEPSPEED": "true", "ACCELERATE_DEEPSPEED_ZERO_STAGE": str(stage),
+            "ACCELERATE_DEEPSPEED_ZERO3_INIT": "false"}
+
+
 def clean_env(env_extra: dict | None) -> dict:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
            **(env_extra or {})}
@@ -30,10 +36,11 @@ def launch(command: list, cwd: Path, env_extra: dict | None = None) -> str:
     return output
 
 
-def torchrun(argv: list, cwd: Path, env_extra: dict | None = None) -> str:
-    """`torchrun --standalone --nproc_per_node 2 -m alignlab <argv>`; returns its output."""
+def torchrun(argv: list, cwd: Path, env_extra: dict | None = None, script: Path | None = None) -> str:
+    """`torchrun --standalone --nproc_per_node 2 -m alignlab <argv>` (or `<script> <argv>`); returns its output."""
+    entry = [str(script)] if script else ["-m", "alignlab"]
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-               "-m", "alignlab", *[str(a) for a in argv]]
+               *entry, *[str(a) for a in argv]]
     return launch(command, cwd, env_extra)
 
 
@@ -59,3 +66,21 @@ def assert_written_once(run_dir: Path, steps: int):
     assert (run_dir / "config.yaml").read_text().startswith("# alignlab ")
 
 
+
+
+def safetensors_of(model_dir: Path) -> dict:
+    from safetensors.torch import load_file
+
+    state = {}
+    for shard in sorted(model_dir.glob("*.safetensors")):
+        state.update(load_file(shard))
+    return state
+
+
+def assert_same_weights(a: Path, b: Path, atol=1e-4) -> None:
+    import torch
+
+    left, right = safetensors_of(a), safetensors_of(b)
+    assert sorted(left) == sorted(right)
+    for key in left:
+        torch.testing.assert_close(right[key], left[key], atol=atol, rtol=0, msg=key)

@@ -18,7 +18,7 @@ import pytest
 import torch
 
 from conftest import base_args, read_jsonl, train_records
-from launch import FSDP_ENV, assert_same, assert_written_once, launch, run_ok, torchrun
+from launch import FSDP_ENV, assert_same, assert_same_weights, assert_written_once, launch, run_ok, torchrun
 
 ROOT = Path(__file__).resolve().parent.parent
 FSDP_LOG_LINE = "2 processes (FSDP: weights, gradients and optimizer state sharded)"
@@ -39,22 +39,6 @@ def accelerate_fsdp(argv: list, cwd: Path) -> str:
 
 def assert_fsdp(run_dir: Path) -> None:
     assert FSDP_LOG_LINE in (run_dir / "train.log").read_text()
-
-
-def safetensors_of(model_dir: Path) -> dict:
-    from safetensors.torch import load_file
-
-    state = {}
-    for shard in sorted(model_dir.glob("*.safetensors")):
-        state.update(load_file(shard))
-    return state
-
-
-def assert_same_weights(a: Path, b: Path, atol=1e-4) -> None:
-    left, right = safetensors_of(a), safetensors_of(b)
-    assert sorted(left) == sorted(right)
-    for key in left:
-        torch.testing.assert_close(right[key], left[key], atol=atol, rtol=0, msg=key)
 
 
 @pytest.mark.slow
@@ -154,7 +138,7 @@ def test_fsdp_grpo_matches_data_parallel(tmp_path, tiny_model_dir, prompts):
     assert_written_once(fsdp, 4)
 
 
-def test_deepspeed_and_fsdp1_are_refused_with_what_to_use():
+def test_fsdp1_is_refused_with_what_to_use():
     from accelerate.utils import DistributedType
 
     from alignlab.errors import AlignlabError
@@ -163,11 +147,10 @@ def test_deepspeed_and_fsdp1_are_refused_with_what_to_use():
     def accelerator(kind, version=2):
         return SimpleNamespace(distributed_type=kind, state=SimpleNamespace(fsdp_plugin=SimpleNamespace(fsdp_version=version)))
 
-    with pytest.raises(AlignlabError, match="fsdp.yaml"):
-        check_supported(accelerator(DistributedType.DEEPSPEED))
     with pytest.raises(AlignlabError, match="fsdp_version: 2"):
         check_supported(accelerator(DistributedType.FSDP, version=1))
-    for kind in (DistributedType.NO, DistributedType.MULTI_CPU, DistributedType.MULTI_GPU, DistributedType.FSDP):
+    for kind in (DistributedType.NO, DistributedType.MULTI_CPU, DistributedType.MULTI_GPU, DistributedType.FSDP,
+                 DistributedType.DEEPSPEED):
         check_supported(accelerator(kind))
 
 
