@@ -1,16 +1,17 @@
-"""Per-process peak memory and speed of 2-process training: data parallel (DDP) vs FSDP2, on CPU.
+"""Per-process peak memory and speed of 2-process training on CPU: data parallel (DDP) against
+FSDP2 and DeepSpeed ZeRO-2 / ZeRO-3, all through accelerate.
 
 Model: random-init, Qwen2.5-0.5B's shape (hidden 896, 14 heads / 2 KV heads, intermediate 4864,
 vocabulary 151,936, tied embeddings) with fewer layers (default 8 of 24) so that two DDP processes
 with full AdamW state fit in this machine's memory. Work: `alignlab sft` on data/addition_sft.jsonl,
 full fine-tuning and LoRA (r=16, all linear layers), 2 processes x batch 8, fp32.
 
-Each run is a real `torchrun --nproc_per_node 2` (gloo); the FSDP runs get the variables
-`accelerate launch --config_file configs/accelerate/fsdp.yaml` exports. Every process reports its
+Each run is a real `torchrun --nproc_per_node 2` (gloo); the sharded runs get the variables
+`accelerate launch --config_file configs/accelerate/{fsdp,deepspeed_zero2,deepspeed_zero3}.yaml` exports. Every process reports its
 own peak RSS (VmHWM) at exit, which includes saving (gathering the full weights and optimizer state
 to the main process under FSDP); the main process's peak while training is read from its last
 `memory/peak_rss_mib` in metrics.jsonl. Step time: median `step_seconds` after the first 2 steps.
-Run from the repository root:  python bench/fsdp_memory.py [--layers 8] [--steps 8]
+Run from the repository root:  python bench/sharding_memory.py [--layers 8] [--steps 8] [--modes ddp,fsdp,zero2,zero3]
 """
 
 from __future__ import annotations
@@ -30,6 +31,12 @@ import common  # noqa: E402
 
 SCRIPT = Path(__file__).resolve()
 FSDP_ENV = {"ACCELERATE_USE_FSDP": "true", "FSDP_VERSION": "2", "FSDP_AUTO_WRAP_POLICY": "TRANSFORMER_BASED_WRAP"}
+MODES = {  # mode: (environment, what train.log must say)
+    "ddp": ({}, "data parallel"),
+    "fsdp": (FSDP_ENV, "FSDP"),
+    **{f"zero{stage}": ({"ACCELERATE_USE_DEEPSPEED": "true", "ACCELERATE_DEEPSPEED_ZERO_STAGE": str(stage),
+                         "ACCELERATE_DEEPSPEED_ZERO3_INIT": "false"}, f"DeepSpeed ZeRO-{stage}") for stage in (2, 3)},
+}
 
 
 def write_model(out_dir: Path, layers: int) -> dict:
@@ -78,7 +85,8 @@ def run(mode: str, lora: bool, model_dir: Path, workdir: Path, steps: int, src: 
     if lora:
         args += ["lora.enabled=true", "lora.r=16"]
     env = common.worker_env(workdir, threads=threads, src=str(src))
-    env.update(PROBE_DIR=str(probe_dir), **(FSDP_ENV if mode == "fsdp" else {}))
+    mode_env, expected = MODES[mode]
+    env.update(PROBE_DIR=str(probe_dir), **mode_env)
     for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
         env.pop(name, None)
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(SCRIPT),
@@ -88,7 +96,6 @@ def run(mode: str, lora: bool, model_dir: Path, workdir: Path, steps: int, src: 
     if proc.returncode != 0:
         raise RuntimeError(f"{tag} failed; see {workdir / f'{tag}.log'}")
     train_log = (probe_dir / "run" / "train.log").read_text()
-    expected = "FSDP" if mode == "fsdp" else "data parallel"
     assert expected in train_log, f"{tag}: train.log does not say {expected}"
     ranks = [json.loads((probe_dir / f"rank{r}.json").read_text()) for r in (0, 1)]
     if any(r["code"] != 0 for r in ranks):
@@ -116,9 +123,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--layers", type=int, default=8)
     parser.add_argument("--steps", type=int, default=8)
-    common.add_run_args(parser, "fsdp_memory")
+    parser.add_argument("--modes", default=",".join(MODES), help="comma-separated, from " + ", ".join(MODES))
+    common.add_run_args(parser, "sharding_memory")
     options = parser.parse_args()
-    workdir, src = common.start(options, "2-process training on CPU: DDP vs FSDP2, per-process peak memory")
+    modes = options.modes.split(",")
+    unknown = [m for m in modes if m not in MODES]
+    if unknown or "ddp" not in modes:
+        parser.error(f"--modes must include ddp (the baseline) and name only {', '.join(MODES)}")
+    workdir, src = common.start(options, f"2-process training on CPU: {' vs '.join(modes)}, per-process peak memory")
     model_dir = workdir / f"model-{options.layers}layers"
     if not (model_dir / "config.json").is_file():
         made = subprocess.run([sys.executable, str(SCRIPT), "--write-model", str(model_dir), str(options.layers)],
@@ -131,14 +143,16 @@ def main() -> None:
           f"{options.steps} steps, {options.threads} thread(s) per process\n", flush=True)
     rows = []
     for lora in (False, True):
-        results = {mode: run(mode, lora, model_dir, workdir, options.steps, src, options.threads) for mode in ("ddp", "fsdp")}
+        results = {mode: run(mode, lora, model_dir, workdir, options.steps, src, options.threads) for mode in modes}
         for mode, r in results.items():
             rows.append([r["tag"], r["training_peak_mib"], max(r["peak_rss_mib"]), r["step_s"], r["tokens_per_s"],
                          r["final_loss"]])
-        ddp, fsdp = results["ddp"], results["fsdp"]
-        rows.append([f"DDP / FSDP ({'lora' if lora else 'full'})", ddp["training_peak_mib"] / fsdp["training_peak_mib"],
-                     max(ddp["peak_rss_mib"]) / max(fsdp["peak_rss_mib"]), ddp["step_s"] / fsdp["step_s"],
-                     float("nan"), float("nan")])
+        ddp = results["ddp"]
+        for mode in modes[1:]:
+            other = results[mode]
+            rows.append([f"DDP / {mode} ({'lora' if lora else 'full'})", ddp["training_peak_mib"] / other["training_peak_mib"],
+                         max(ddp["peak_rss_mib"]) / max(other["peak_rss_mib"]), ddp["step_s"] / other["step_s"],
+                         float("nan"), float("nan")])
     print(common.table(["run", "training peak, main (MiB)", "peak incl. save, max proc (MiB)", "step s", "tokens/s",
                         "final loss"], rows))
 
