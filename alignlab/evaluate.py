@@ -50,7 +50,7 @@ def evaluate_prompts(
     synced: bool = False,
 ) -> EvalResult:
     """Generate for each prompt item (greedy, or `num_samples` samples) and score with the rewards
-    (`synced`: under FSDP, every process evaluates the same items together)."""
+    (`synced`: under FSDP or ZeRO-3, every process evaluates the same items together)."""
     prompt_ids = [templater.ids(templater.prompt_text(item.prompt)) for item in items]
     k = 1 if greedy else num_samples
     rollout = generate(

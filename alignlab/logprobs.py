@@ -11,6 +11,8 @@ Imports only torch.
 
 from __future__ import annotations
 
+from functools import partial
+
 import torch
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
@@ -36,15 +38,19 @@ def _chunk_logps_and_entropy(project, hidden, targets, softcap):
 
 
 def output_layer(model):
-    """(LM head module, vocabulary size, softcap), looking through PEFT and accelerate wrappers.
+    """(project, vocabulary size, softcap) of the LM head, looking through PEFT and accelerate
+    wrappers: `project(hidden)` gives the logits.
 
-    The head is called as a module (not as F.linear on its weight): under DeepSpeed ZeRO-3 the module
-    call is what gathers its partitioned weight, in forward and again in backward."""
+    Normally `project` is F.linear on the weight taken now, which a recomputed chunk reuses in
+    backward (FSDP2 may have swapped the module's attribute for its shard by then). Under DeepSpeed
+    ZeRO-3 the weight here is only a partition: `project` is the module itself, whose call gathers
+    the weight, in forward and again in backward."""
     inner = model.module if hasattr(model, "module") else model
     head = inner.get_output_embeddings()
     softcap = getattr(inner.config, "final_logit_softcapping", None)
-    vocab_size = getattr(head.weight, "ds_shape", head.weight.shape)[0]  # ds_shape: ZeRO-3's full shape
-    return head, vocab_size, softcap
+    if partitioned(head):
+        return head, head.weight.ds_shape[0], softcap
+    return partial(F.linear, weight=head.weight, bias=getattr(head, "bias", None)), head.weight.shape[0], softcap
 
 
 def partitioned(module) -> bool:
@@ -97,7 +103,7 @@ def score_rows(model, rows: torch.Tensor, targets: torch.Tensor, chunk_size: int
     project, vocab_size, softcap = output_layer(model)
     # The recomputation check compares the saved tensors' shapes after the call, when ZeRO-3 has
     # partitioned the head's weight again (it gathers it anew for backward); skip it there.
-    check = "none" if partitioned(project) else "default"
+    check = "none" if isinstance(project, torch.nn.Module) else "default"
     if chunk_size <= 0:
         # A chunk's logits, log-softmax and gradient are about 3 [chunk, V] float32 buffers.
         chunk_size = max(16, CHUNK_BUDGET_BYTES // (3 * 4 * vocab_size))

@@ -67,7 +67,7 @@ def generate(
     """G completions per prompt, grouped: rows [i*G, (i+1)*G) belong to prompts[i].
 
     `batch_size` bounds the completions decoded together. Each prompt is encoded once; its keys
-    and values are repeated for its G completions in the cache. `synced` (FSDP, where every forward
+    and values are repeated for its G completions in the cache. `synced` (FSDP or ZeRO-3, where every forward
     is a collective): every process calls this together and decodes until all are done.
     """
     device = device or next(model.parameters()).device

@@ -1,15 +1,18 @@
-"""FSDP (version 2, through accelerate): what the training loop does differently when every process
-holds only a shard of the weights and optimizer state.
+"""Sharded training through accelerate: FSDP (version 2) and DeepSpeed ZeRO-2/3, and what the
+training loop does differently when processes hold only shards of the weights or optimizer state.
 
-- Every forward is a collective (layers are all-gathered on the fly), so all processes must run the
-  same number of forwards: generation stops only when every process is done (`all_done`), and work
-  split across processes is padded to equal shares.
-- Saving gathers the full weights and optimizer state to the main process (a collective), which
-  moves the weights into a plain copy of the model built on the meta device (no second load) and
-  saves that: checkpoints look exactly like unsharded ones, and any number of processes resumes them.
-- accelerate sets FSDP up only on accelerators; on CPU (gloo) it ignores the FSDP settings of
-  `accelerate launch` and runs DDP. `fully_shard` itself works on CPU, so `enable_on_cpu` switches
-  accelerate's state to FSDP there: the same code path runs in CI on two CPU processes.
+- Under FSDP and ZeRO-3 every forward is a collective (weights are all-gathered on the fly), so all
+  processes must run the same number of forwards: generation stops only when every process is done
+  (`all_done`), and work split across processes is padded to equal shares.
+- FSDP: saving gathers the full weights and optimizer state to the main process (a collective),
+  which moves the weights into a plain copy of the model built on the meta device (no second load)
+  and saves that: checkpoints look exactly like unsharded ones, and any number of processes resumes them.
+- DeepSpeed: the engine steps inside the backward of a step's last micro-batch, and keeps its own
+  partitioned optimizer state, saved and loaded by the engine (training.py). Weights are saved as
+  under FSDP (ZeRO-3 gathers them first).
+- accelerate sets FSDP and DeepSpeed up only on accelerators; on CPU (gloo) it ignores them and runs
+  DDP. Both work on CPU, so `enable_on_cpu` switches accelerate's state there: the same code paths
+  run in CI on two CPU processes.
 """
 
 from __future__ import annotations

@@ -135,8 +135,8 @@ def cpu_only_multiprocess() -> bool:
     return not (accel.is_available() if accel is not None else torch.cuda.is_available())
 
 
-GATHER = object()
-DEEPSPEED_DIR, DEEPSPEED_TAG = "deepspeed", "state"  # checkpoint-N/deepspeed/state/: the engine's own files  # save()/save_final(): build the model to save (see TrainingRun.model_for_saving)
+GATHER = object()  # save()/save_final(): build the model to save (see TrainingRun.model_for_saving)
+DEEPSPEED_DIR, DEEPSPEED_TAG = "deepspeed", "state"  # checkpoint-N/deepspeed/state/: the engine's own files
 
 
 class TrainingRun:
@@ -244,7 +244,9 @@ class TrainingRun:
         chunks = [items[i : i + size] for i in range(0, len(items), size)]
         for index, chunk in enumerate(chunks):
             last = index == len(chunks) - 1
-            if self.deepspeed:  # DeepSpeed reduces and steps (inside backward) only at the step's last micro-batch
+            if self.deepspeed:
+                # accelerate's backward passes this flag to the engine as its accumulation boundary,
+                # where it reduces, clips and steps (what accelerate.accumulate() sets; our own loop).
                 self.accelerator.gradient_state._set_sync_gradients(last)
             with contextlib.nullcontext() if last or self.deepspeed else self.accelerator.no_sync(self.model):
                 yield chunk
@@ -272,8 +274,8 @@ class TrainingRun:
     # ------------------------------------------------------------ checkpoints
 
     def model_for_saving(self):
-        """The model whose weights get saved: the live one, or under FSDP a plain copy holding the
-        gathered weights, built on the main process (None elsewhere). A collective under FSDP."""
+        """The model whose weights get saved: the live one, or under FSDP and ZeRO-3 a plain copy
+        holding the gathered weights, built on the main process (None elsewhere). A collective there."""
         if self.zero_stage >= 3:
             state = self.accelerator.get_state_dict(self.model)  # the full weights, on the main process
         elif self.sharded:
@@ -442,9 +444,8 @@ class TrainingRun:
                 tick = time.perf_counter()
                 metrics = step_fn(self.step)
                 loss = metrics.get("loss", 0.0)
-                # Under DeepSpeed the engine has already stepped or skipped; ask it which.
-                stepped_by_engine = self.deepspeed
-                grad_norm, stepped = (self.optimizer_step() if math.isfinite(loss) or stepped_by_engine
+                # Under DeepSpeed the engine has already stepped or skipped: ask it which.
+                grad_norm, stepped = (self.optimizer_step() if math.isfinite(loss) or self.deepspeed
                                       else (float("nan"), False))
                 if not stepped:
                     self._bad_step(loss, grad_norm)

@@ -216,11 +216,12 @@ def versions() -> dict:
     from importlib.metadata import PackageNotFoundError, version
 
     out = {}
-    for name in ("torch", "transformers", "trl", "accelerate", "datasets", "alignlab"):
+    for name in ("torch", "transformers", "trl", "accelerate", "datasets", "deepspeed", "alignlab"):
         try:
             out[name] = version(name)
         except PackageNotFoundError:
-            out[name] = "?"
+            if name != "deepspeed":  # optional
+                out[name] = "?"
     return out
 
 

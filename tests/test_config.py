@@ -208,3 +208,15 @@ def test_every_shipped_config_loads_for_its_command_and_names_existing_files():
                 value = getattr(section, field_name, None)
                 if isinstance(value, str) and value.startswith("data/"):
                     assert (root / value).is_file(), f"{path.name}: {field_name}={value} is not in the repository"
+
+
+def test_readme_set_up_commands_are_what_ci_runs():
+    """README's second set-up command (install and test) is the command `.ci/run` ends with, so CI
+    proves the documented one; the first one runs the demo."""
+    root = Path(__file__).resolve().parent.parent
+    readme = (root / "README.md").read_text()
+    block = readme.split("## Set-up: two commands", 1)[1].split("```bash\n", 1)[1].split("```", 1)[0]
+    commands = [line.split("  #", 1)[0].strip() for line in block.splitlines() if line.strip()]
+    assert len(commands) == 2 and commands[0].endswith("alignlab demo")
+    ci = (root / ".ci" / "run").read_text().strip().splitlines()
+    assert ci[-1].strip() == commands[1]

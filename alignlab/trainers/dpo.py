@@ -84,7 +84,7 @@ def resolve_reference(config, model) -> str:
 
 def reference_by_shares(run: TrainingRun, config, pairs) -> torch.Tensor:
     """[N, 2] reference log-probs, each process scoring an equal contiguous share of the pairs (the
-    last share padded with copies of the last pair: under FSDP all must run as many forwards)."""
+    last share padded with copies of the last pair: under FSDP or ZeRO-3 all must run as many forwards)."""
     share = math.ceil(len(pairs) / run.num_processes)
     padded = pairs + [pairs[-1]] * (share * run.num_processes - len(pairs))
     index = run.accelerator.process_index

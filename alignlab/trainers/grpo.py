@@ -134,7 +134,7 @@ class GRPOTrainer:
                 keep_rewards.append(rewards[rows])
             have = sum(len(r) for r in keep_rewards) // G
             # Decided for all processes at once: each draws the next prompts from the same global
-            # order (and under FSDP every rollout is a collective), so all must sample as often.
+            # order (and under FSDP or ZeRO-3 every rollout is a collective), so all must sample as often.
             if self.run.global_sum(float(have < count)) == 0 or round_ == self.grpo.max_resample_rounds:
                 break
             rollout, _, rewards = self._rollout(self.run.rank_slice(self.sampler.take(count * self.run.num_processes)))
