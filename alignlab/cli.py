@@ -10,7 +10,7 @@ import importlib
 import os
 import sys
 
-from alignlab.errors import AlignlabError
+from alignlab.errors import AlignlabError, Interrupted
 
 TRAIN_HELP = """key=value overrides, e.g. train.lr=1e-4 lora.enabled=true report_to=[tensorboard].
 Keys are the config's sections and fields (see `alignlab show-config`)."""
@@ -217,6 +217,10 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     try:
         run(args)
+    except Interrupted as exc:
+        if os.environ.get("RANK", "0") == "0":  # every process stopped; one says how to resume
+            print(f"alignlab {args.command}: {exc}", file=sys.stderr)
+        return 130
     except AlignlabError as exc:
         print(f"alignlab {args.command}: error: {exc}", file=sys.stderr)
         return 2

@@ -11,3 +11,7 @@ class DataError(AlignlabError):
 
 class ConfigError(AlignlabError):
     """A config key or value is invalid."""
+
+
+class Interrupted(AlignlabError):
+    """Ctrl-C during training, after the checkpoint was saved: the CLI exits with 130, as shells do."""

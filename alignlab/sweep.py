@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Optional
 
 from alignlab.config import load_config, parse_overrides
-from alignlab.errors import AlignlabError, ConfigError
+from alignlab.errors import AlignlabError, ConfigError, Interrupted
 from alignlab.tracking import read_jsonl
 
 log = logging.getLogger("alignlab")
@@ -166,6 +166,10 @@ def sweep_command(config_path: Optional[str], overrides: list[str], *, command: 
         try:
             _train(command, config)
             run.status = "ok"
+        except Interrupted:  # Ctrl-C stops the sweep (the run saved a checkpoint and says how to resume it)
+            run.status, run.seconds = "interrupted", time.perf_counter() - start
+            write_summary(sweep_dir, runs, metric, mode)
+            raise
         except Exception as exc:  # one failed run is reported; the others still run
             run.status, run.error = "failed", f"{type(exc).__name__}: {exc}" if not isinstance(exc, AlignlabError) else str(exc)
             print(f"[{index}/{len(runs)}] {run.name} failed: {run.error}", flush=True)

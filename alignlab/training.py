@@ -19,6 +19,8 @@ import math
 import os
 import random
 import shutil
+import signal
+import threading
 import time
 from pathlib import Path
 from typing import Callable, Optional
@@ -29,7 +31,7 @@ import torch
 from alignlab import checkpoint as ckpt
 from alignlab import sharding
 from alignlab.config import to_dict, to_yaml
-from alignlab.errors import AlignlabError
+from alignlab.errors import AlignlabError, Interrupted
 from alignlab.models import is_peft, model_slug, save_merged, save_model
 from alignlab.tracking import Tracker, setup_logging
 
@@ -439,8 +441,16 @@ class TrainingRun:
         # eval is in metrics.jsonl already, and logging it again would duplicate it.
         finished = self.resuming and self.step >= train.max_steps
         self.model.train()
+        ctrl_c = CtrlC()
         try:
             while self.step < train.max_steps:
+                if self._any_process(ctrl_c.pressed):  # checked between steps, by every process alike
+                    bar.close()
+                    self.save(extra_state_fn() if extra_state_fn else None, sampler)
+                    raise Interrupted(
+                        f"interrupted at step {self.step}; checkpoint saved. Resume with: "
+                        f"alignlab {self.command} -c {self.run_dir / 'config.yaml'} train.resume={self.run_dir}"
+                    )
                 tick = time.perf_counter()
                 metrics = step_fn(self.step)
                 loss = metrics.get("loss", 0.0)
@@ -465,8 +475,7 @@ class TrainingRun:
                     record.update({f"eval/{k}": v for k, v in eval_fn(self.step).items()})
                     self.model.train()
                     stop = bool(stop_fn and stop_fn(record))
-                    if self.num_processes > 1:  # the main process decides, so no process trains on alone
-                        stop = self.global_sum(float(stop and self.is_main)) > 0
+                    stop = self._any_process(stop and self.is_main)  # the main process decides for all
                 if self.step % train.log_every == 0 or self.step == train.max_steps:
                     self.tracker.log(self.step, record)
                 history.append({"step": self.step, **record})
@@ -477,13 +486,8 @@ class TrainingRun:
                 if stop:
                     log.info("stopping at step %d: the stop condition was met", self.step)
                     break
-        except KeyboardInterrupt:
-            bar.close()
-            self.save(extra_state_fn() if extra_state_fn else None, sampler)
-            raise AlignlabError(
-                f"interrupted at step {self.step}; checkpoint saved. Resume with: "
-                f"alignlab {self.command} -c {self.run_dir / 'config.yaml'} train.resume={self.run_dir}"
-            ) from None
+        finally:
+            ctrl_c.restore()
         bar.close()
         if eval_fn and not finished:
             final_eval = {f"eval/{k}": v for k, v in eval_fn(self.step).items()}
@@ -495,6 +499,10 @@ class TrainingRun:
         self.tracker.close()
         return history
 
+    def _any_process(self, flag: bool) -> bool:
+        """Whether `flag` is set on any process (a collective when there are several)."""
+        return self.global_sum(float(flag)) > 0 if self.num_processes > 1 else flag
+
     def _bad_step(self, loss: float, grad_norm: float) -> None:
         self.bad_steps += 1
         self.skipped_steps += 1
@@ -505,6 +513,28 @@ class TrainingRun:
                 f"{self.bad_steps} steps in a row had a non-finite loss or gradient; stopping. The last good checkpoint "
                 f"is in {self.run_dir}. Try a lower train.lr, train.max_grad_norm, or float32 (model.dtype=float32)."
             )
+
+
+class CtrlC:
+    """While training, the first Ctrl-C (SIGINT) only asks the loop to stop after the current step:
+    a checkpoint taken mid-step would hold a sampler, RNG and rollout state already advanced into
+    that step, and the resumed run would differ. A second Ctrl-C stops at once, without a checkpoint."""
+
+    def __init__(self):
+        self.pressed = False
+        self.previous = None
+        if threading.current_thread() is threading.main_thread():  # only there can Python take signals
+            self.previous = signal.signal(signal.SIGINT, self._handle)
+
+    def _handle(self, signum, frame):
+        if self.pressed:
+            raise KeyboardInterrupt
+        self.pressed = True
+        log.warning("Ctrl-C: saving a checkpoint after this step (Ctrl-C again to stop now, without one)")
+
+    def restore(self) -> None:
+        if self.previous is not None:
+            signal.signal(signal.SIGINT, self.previous)
 
 
 def peak_memory() -> dict:

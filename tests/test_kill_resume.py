@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import re
 import signal
 import subprocess
 import sys
@@ -151,3 +152,71 @@ def test_sigkill_at_random_moments_then_resume_matches_uninterrupted(tmp_path, t
     from transformers import AutoModelForCausalLM
 
     AutoModelForCausalLM.from_pretrained(killed / "final")
+
+
+def test_ctrl_c_saves_a_checkpoint_and_prints_how_to_resume(tmp_path, tiny_model_dir, sft_train):
+    """SIGINT mid-run: a checkpoint of the last finished step, exit code 130, no traceback, and a
+    resume command that, run as printed, finishes with the uninterrupted run's numbers."""
+    import shlex
+
+    def args(out):
+        return base_args("sft", tiny_model_dir, sft_train, out, "train.max_steps=40", "train.save_every=0",
+                         "train.batch_size=4", "train.lr=3e-3")
+
+    straight, stopped = tmp_path / "straight", tmp_path / "stopped"
+    assert run_cli(args(straight)).code == 0
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    proc = subprocess.Popen([sys.executable, "-m", "alignlab", *args(stopped)], cwd=tmp_path, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    metrics, give_up = stopped / "metrics.jsonl", time.monotonic() + LAUNCH_LIMIT_S
+    while proc.poll() is None and time.monotonic() < give_up:
+        if metrics.exists() and len(metrics.read_text().splitlines()) >= 3:
+            break
+        time.sleep(0.002)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=LAUNCH_LIMIT_S)
+
+    assert proc.returncode == 130, err[-3000:]
+    assert "Traceback" not in err
+    found = re.search(r"interrupted at step (\d+); checkpoint saved\. Resume with: (alignlab .+)$", err, re.M)
+    assert found, err[-3000:]
+    step = int(found.group(1))
+    assert 3 <= step < 40
+    assert check_parseable(stopped) == [step]
+    assert [r["step"] for r in train_records(stopped)] == list(range(1, step + 1))
+
+    resume = shlex.split(found.group(2))
+    assert resume[:2] == ["alignlab", "sft"]
+    assert run_cli(resume[1:]).code == 0
+    a, b = train_records(straight), train_records(stopped)
+    assert [r["step"] for r in b] == list(range(1, 41))
+    assert [r["loss"] for r in b] == pytest.approx([r["loss"] for r in a], abs=1e-6, rel=1e-6)
+
+
+@pytest.mark.slow
+def test_ctrl_c_under_torchrun_stops_every_process_at_the_same_step(tmp_path, tiny_model_dir, sft_train):
+    """A terminal's Ctrl-C reaches the launcher and both workers. The workers agree to stop between
+    the same two steps (else one would wait forever in the other's collective), save one checkpoint
+    together, and the resume command is printed once."""
+    out = tmp_path / "run"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+        env.pop(name, None)
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "alignlab",
+               *base_args("sft", tiny_model_dir, sft_train, out, "train.max_steps=200", "train.save_every=0",
+                          "train.batch_size=4")]
+    proc = subprocess.Popen(command, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)  # its own process group, as a terminal's foreground job
+    metrics, give_up = out / "metrics.jsonl", time.monotonic() + LAUNCH_LIMIT_S
+    while proc.poll() is None and time.monotonic() < give_up:
+        if metrics.exists() and len(metrics.read_text().splitlines()) >= 3:
+            break
+        time.sleep(0.002)
+    os.killpg(proc.pid, signal.SIGINT)
+    output, _ = proc.communicate(timeout=LAUNCH_LIMIT_S)
+
+    assert output.count("checkpoint saved. Resume with:") == 1, output[-3000:]
+    step = int(re.search(r"interrupted at step (\d+)", output).group(1))
+    assert 3 <= step < 200
+    assert check_parseable(out) == [step]
+    assert [r["step"] for r in train_records(out)] == list(range(1, step + 1))

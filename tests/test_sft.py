@@ -279,7 +279,7 @@ def test_length_sorted_micro_batches_keep_the_gradient_and_cut_padding(tmp_path,
         run = TrainingRun.__new__(TrainingRun)
         run.config = SimpleNamespace(train=SimpleNamespace(sort_by_length=sort))
         run.accelerator = SimpleNamespace(no_sync=lambda model: contextlib.nullcontext())
-        run.model = None
+        run.model, run.deepspeed = None, False
         lengths = [len(r["prompt"]) + len(r["completion"]) for r in rows[:16]]
         micro = list(run.micro_batches(list(range(16)), 4, length=lambda i: lengths[i]))
         assert sorted(i for m in micro for i in m) == list(range(16))  # every example once
