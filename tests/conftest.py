@@ -136,6 +136,43 @@ def base_args(command: str, model_dir, train_file, output_dir, *extra) -> list[s
     ]
 
 
+# A reward with spread inside nearly every group (distinct completions score differently), so every
+# GRPO step has non-zero advantages and a real gradient to compare.
+CRC_REWARD = """
+import zlib
+
+def crc(completions, **_):
+    return [float(zlib.crc32(c.encode()) % 1000) / 1000 for c in completions]
+"""
+
+
+@pytest.fixture(scope="session")
+def crc_reward(tmp_path_factory):
+    path = tmp_path_factory.mktemp("rewards") / "crc_reward.py"
+    path.write_text(CRC_REWARD)
+    return f"{path}:crc"
+
+
+@pytest.fixture(scope="session")
+def sharded_grpo_args(crc_reward, prompts) -> list[str]:
+    """GRPO settings the sharded runs (FSDP, ZeRO-3) are compared with DDP on: full fine-tuning with a
+    KL term (a frozen reference copy), two updates per rollout, evaluation with generation."""
+    return ["train.lr=3e-3", "train.max_steps=4", "train.save_every=2", "train.batch_size=2", "grpo.num_generations=4",
+            "grpo.max_completion_length=8", "grpo.beta=0.04", "grpo.num_iterations=2", "grpo.eval_max_prompts=8",
+            f"grpo.rewards=[{crc_reward}]", f"data.eval={prompts}", "train.eval_every=2"]
+
+
+@pytest.fixture(scope="session")
+def grpo_ddp_run(tmp_path_factory, tiny_model_dir, prompts, sharded_grpo_args) -> Path:
+    """A 2-process DDP GRPO run with `sharded_grpo_args`, shared by the tests that compare with it."""
+    from launch import torchrun
+
+    root = tmp_path_factory.mktemp("grpo_ddp")
+    torchrun(base_args("grpo", tiny_model_dir, prompts, root / "ddp", *sharded_grpo_args), root)
+    assert "data parallel" in (root / "ddp" / "train.log").read_text()
+    return root / "ddp"
+
+
 @pytest.fixture
 def poison(monkeypatch):
     """`poison(steps)`: NaN gradients on those optimizer-step attempts (tests/poison.py), undone

@@ -23,12 +23,6 @@ pytest.importorskip("deepspeed", reason="DeepSpeed tests need `pip install --no-
 ROOT = Path(__file__).resolve().parent.parent
 TESTS = Path(__file__).resolve().parent
 
-CRC_REWARD = """
-import zlib
-
-def crc(completions, **_):
-    return [float(zlib.crc32(c.encode()) % 1000) / 1000 for c in completions]
-"""
 
 
 def assert_zero(run_dir: Path, stage: int) -> None:
@@ -107,18 +101,12 @@ def test_zero3_dpo_lora_matches_one_process_and_resumes(tmp_path, tiny_model_dir
 
 
 @pytest.mark.slow
-def test_zero3_grpo_matches_data_parallel(tmp_path, tiny_model_dir, prompts):
+def test_zero3_grpo_matches_data_parallel(tmp_path, tiny_model_dir, prompts, sharded_grpo_args, grpo_ddp_run):
     """GRPO, full fine-tuning with a KL term (frozen reference copy, not partitioned) and two updates
     per rollout: ZeRO-3 == DDP with the same seed. Every forward gathers weights from both
     processes, so generation and evaluation decode in lockstep; the completions must still be DDP's."""
-    reward = tmp_path / "crc_reward.py"
-    reward.write_text(CRC_REWARD)
-    common = ["train.lr=3e-3", "train.max_steps=4", "train.save_every=2", "train.batch_size=2", "grpo.num_generations=4",
-              "grpo.max_completion_length=8", "grpo.beta=0.04", "grpo.num_iterations=2", "grpo.eval_max_prompts=8",
-              f"grpo.rewards=[{reward}:crc]", f"data.eval={prompts}", "train.eval_every=2"]
-    ddp, zero3 = tmp_path / "ddp", tmp_path / "zero3"
-    torchrun(base_args("grpo", tiny_model_dir, prompts, ddp, *common), tmp_path)
-    torchrun(base_args("grpo", tiny_model_dir, prompts, zero3, *common), tmp_path, deepspeed_env(3))
+    ddp, zero3 = grpo_ddp_run, tmp_path / "zero3"
+    torchrun(base_args("grpo", tiny_model_dir, prompts, zero3, *sharded_grpo_args), tmp_path, deepspeed_env(3))
     assert_zero(zero3, 3)
     keys = ("loss", "grad_norm", "reward", "reward_std", "kl", "completions/mean_length", "entropy")
     assert_same(train_records(ddp), train_records(zero3), keys)

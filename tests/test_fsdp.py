@@ -23,12 +23,6 @@ from launch import FSDP_ENV, assert_same, assert_same_weights, assert_written_on
 ROOT = Path(__file__).resolve().parent.parent
 FSDP_LOG_LINE = "2 processes (FSDP: weights, gradients and optimizer state sharded)"
 
-CRC_REWARD = """
-import zlib
-
-def crc(completions, **_):
-    return [float(zlib.crc32(c.encode()) % 1000) / 1000 for c in completions]
-"""
 
 
 def accelerate_fsdp(argv: list, cwd: Path) -> str:
@@ -115,21 +109,14 @@ def test_fsdp_dpo_lora_matches_one_process_and_resumes(tmp_path, tiny_model_dir,
 
 
 @pytest.mark.slow
-def test_fsdp_grpo_matches_data_parallel(tmp_path, tiny_model_dir, prompts):
+def test_fsdp_grpo_matches_data_parallel(tmp_path, tiny_model_dir, prompts, sharded_grpo_args, grpo_ddp_run):
     """GRPO, full fine-tuning with a KL term (frozen reference copy) and two updates per rollout:
     2-process FSDP == 2-process DDP with the same seed, so each process sampled the same groups.
     Under FSDP every decoding step is a collective: the processes keep decoding until all have
     finished, and the completions must still be the ones DDP sampled."""
-    reward = tmp_path / "crc_reward.py"
-    reward.write_text(CRC_REWARD)
-    common = ["train.lr=3e-3", "train.max_steps=4", "train.save_every=2", "train.batch_size=2", "grpo.num_generations=4",
-              "grpo.max_completion_length=8", "grpo.beta=0.04", "grpo.num_iterations=2", "grpo.eval_max_prompts=8",
-              f"grpo.rewards=[{reward}:crc]", f"data.eval={prompts}", "train.eval_every=2"]
-    ddp, fsdp = tmp_path / "ddp", tmp_path / "fsdp"
-    torchrun(base_args("grpo", tiny_model_dir, prompts, ddp, *common), tmp_path)
-    torchrun(base_args("grpo", tiny_model_dir, prompts, fsdp, *common), tmp_path, FSDP_ENV)
+    ddp, fsdp = grpo_ddp_run, tmp_path / "fsdp"
+    torchrun(base_args("grpo", tiny_model_dir, prompts, fsdp, *sharded_grpo_args), tmp_path, FSDP_ENV)
     assert_fsdp(fsdp)
-    assert "data parallel" in (ddp / "train.log").read_text()
     keys = ("loss", "grad_norm", "reward", "reward_std", "kl", "completions/mean_length", "entropy")
     assert_same(train_records(ddp), train_records(fsdp), keys)
     assert any(r["kl"] > 0 for r in train_records(fsdp)) and all(r["grad_norm"] > 0 for r in train_records(fsdp))

@@ -11,21 +11,6 @@ import torch
 import alignlab.trainers.grpo as grpo_module
 from conftest import base_args, read_jsonl, run_cli, train_records
 
-# A reward with spread inside nearly every group (distinct completions score differently), so every
-# GRPO step has non-zero advantages and a real gradient to compare.
-CRC_REWARD = """
-import zlib
-
-def crc(completions, **_):
-    return [float(zlib.crc32(c.encode()) % 1000) / 1000 for c in completions]
-"""
-
-
-@pytest.fixture(scope="module")
-def crc_reward(tmp_path_factory):
-    path = tmp_path_factory.mktemp("rewards") / "crc_reward.py"
-    path.write_text(CRC_REWARD)
-    return f"{path}:crc"
 
 
 def run_ok(argv):
