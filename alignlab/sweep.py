@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
-from alignlab.config import load_config, parse_overrides
+from alignlab.config import load_config
 from alignlab.errors import AlignlabError, ConfigError, Interrupted
 from alignlab.tracking import read_jsonl
 

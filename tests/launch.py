@@ -84,3 +84,14 @@ def assert_same_weights(a: Path, b: Path, atol=1e-4) -> None:
     assert sorted(left) == sorted(right)
     for key in left:
         torch.testing.assert_close(right[key], left[key], atol=atol, rtol=0, msg=key)
+
+
+def assert_grpo_like_ddp(ddp: Path, other: Path) -> None:
+    """A sharded GRPO run logged DDP's numbers and sampled DDP's completions, with a real KL term
+    and gradient, and wrote every step and checkpoint once."""
+    keys = ("loss", "grad_norm", "reward", "reward_std", "kl", "completions/mean_length", "entropy")
+    assert_same(train_records(ddp), train_records(other), keys)
+    assert any(r["kl"] > 0 for r in train_records(other)) and all(r["grad_norm"] > 0 for r in train_records(other))
+    samples = lambda d: [(s["step"], s["completion"]) for s in read_jsonl(d / "samples.jsonl")]  # noqa: E731
+    assert samples(other) == samples(ddp) and samples(other)
+    assert_written_once(other, 4)

@@ -18,7 +18,7 @@ import pytest
 import torch
 
 from conftest import base_args, read_jsonl, train_records
-from launch import FSDP_ENV, assert_same, assert_same_weights, assert_written_once, launch, run_ok, torchrun
+from launch import FSDP_ENV, assert_grpo_like_ddp, assert_same, assert_same_weights, assert_written_once, launch, run_ok, torchrun
 
 ROOT = Path(__file__).resolve().parent.parent
 FSDP_LOG_LINE = "2 processes (FSDP: weights, gradients and optimizer state sharded)"
@@ -117,12 +117,7 @@ def test_fsdp_grpo_matches_data_parallel(tmp_path, tiny_model_dir, prompts, shar
     ddp, fsdp = grpo_ddp_run, tmp_path / "fsdp"
     torchrun(base_args("grpo", tiny_model_dir, prompts, fsdp, *sharded_grpo_args), tmp_path, FSDP_ENV)
     assert_fsdp(fsdp)
-    keys = ("loss", "grad_norm", "reward", "reward_std", "kl", "completions/mean_length", "entropy")
-    assert_same(train_records(ddp), train_records(fsdp), keys)
-    assert any(r["kl"] > 0 for r in train_records(fsdp)) and all(r["grad_norm"] > 0 for r in train_records(fsdp))
-    samples = lambda d: [(s["step"], s["completion"]) for s in read_jsonl(d / "samples.jsonl")]  # noqa: E731
-    assert samples(fsdp) == samples(ddp) and samples(fsdp)
-    assert_written_once(fsdp, 4)
+    assert_grpo_like_ddp(ddp, fsdp)
 
 
 def test_fsdp1_is_refused_with_what_to_use():
