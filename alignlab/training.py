@@ -368,7 +368,7 @@ class TrainingRun:
         if self.deepspeed:
             if not engine_state.is_dir():
                 raise AlignlabError(f"{checkpoint} was written without DeepSpeed (no {DEEPSPEED_DIR}/ in it): resume "
-                                    "it the way it was launched, or start a new run from its weights (model.name)")
+                                    "it the way it was launched, or start a new run from its weights")
             loaded, _ = self.model.load_checkpoint(str(engine_state), tag=DEEPSPEED_TAG, load_module_strict=False)
             if loaded is None:
                 raise AlignlabError(f"DeepSpeed could not load its state from {engine_state}")
