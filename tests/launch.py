@@ -29,19 +29,20 @@ def clean_env(env_extra: dict | None) -> dict:
     return env
 
 
-def launch(command: list, cwd: Path, env_extra: dict | None = None) -> str:
+def launch(command: list, cwd: Path, env_extra: dict | None = None, ok: bool = True) -> str:
+    """Run `command`; it must succeed (or, with ok=False, fail). Returns its output."""
     proc = subprocess.run(command, cwd=cwd, env=clean_env(env_extra), capture_output=True, text=True, timeout=300)
     output = proc.stdout + proc.stderr
-    assert proc.returncode == 0, output[-4000:]
+    assert (proc.returncode == 0) == ok, output[-4000:]
     return output
 
 
-def torchrun(argv: list, cwd: Path, env_extra: dict | None = None, script: Path | None = None) -> str:
+def torchrun(argv: list, cwd: Path, env_extra: dict | None = None, script: Path | None = None, ok: bool = True) -> str:
     """`torchrun --standalone --nproc_per_node 2 -m alignlab <argv>` (or `<script> <argv>`); returns its output."""
     entry = [str(script)] if script else ["-m", "alignlab"]
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
                *entry, *[str(a) for a in argv]]
-    return launch(command, cwd, env_extra)
+    return launch(command, cwd, env_extra, ok=ok)
 
 
 def run_ok(argv):

@@ -66,9 +66,14 @@ def test_zero2_sft_accumulates_like_one_process_and_resumes(tmp_path, tiny_model
     assert_same(train_records(two), train_records(resumed), keys, tol=1e-6)
     assert_same_weights(two / "final", resumed / "final", atol=1e-6)
 
+    # Across launch kinds, either way, a resume stops with what to do.
     elsewhere = cli(base_args("sft", tiny_model_dir, sft_train, resumed, "train.batch_size=4", "train.resume=true",
                               *common[:2], "train.max_steps=6"))
     assert elsewhere.code != 0 and "written under DeepSpeed" in elsewhere.err
+    plain = without_last_checkpoint(one, tmp_path / "plain", "checkpoint-000004")
+    output = torchrun(base_args("sft", tiny_model_dir, sft_train, plain, "train.batch_size=2", "train.resume=true",
+                                *common), tmp_path, deepspeed_env(2), ok=False)
+    assert "was written without DeepSpeed" in output
 
 
 @pytest.mark.slow
