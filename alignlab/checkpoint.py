@@ -76,10 +76,8 @@ def save_checkpoint(
     `per_process`: with several processes, each one's {"rng": ..., "extra": ...} in process order
     (their samplers draw from their own RNG streams, and GRPO's rollout buffer is per process)."""
     final = Path(run_dir) / f"{CHECKPOINT_PREFIX}{step:06d}"
-    tmp = tmp_checkpoint_dir(run_dir, step)
-    if not prepared_tmp:  # else every process has written its part into it already (DeepSpeed)
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
+    # prepared_tmp: every process has already written its part into it (DeepSpeed).
+    tmp = tmp_checkpoint_dir(run_dir, step) if prepared_tmp else start_checkpoint(run_dir, step)
     save_model_fn(tmp / "model")
     if optimizer_state is not None:
         torch.save(optimizer_state, tmp / "optimizer.pt")
@@ -102,6 +100,14 @@ def save_checkpoint(
 def tmp_checkpoint_dir(run_dir: Path, step: int) -> Path:
     """Where checkpoint-<step> is assembled before it is renamed into place."""
     return Path(run_dir) / f"{CHECKPOINT_PREFIX}{step:06d}.tmp"
+
+
+def start_checkpoint(run_dir: Path, step: int) -> Path:
+    """An empty checkpoint-<step>.tmp/ (a leftover of a killed save is dropped)."""
+    tmp = tmp_checkpoint_dir(run_dir, step)
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    return tmp
 
 
 def remove_checkpoint(path: Path) -> None:

@@ -44,7 +44,7 @@ from alignlab.data.prompts import load_prompt_items
 from alignlab.data.ranked_pairs import PairStats, rank_pairs
 from alignlab.errors import AlignlabError, ConfigError
 from alignlab.tracking import read_jsonl, setup_logging
-from alignlab.training import resume_requested, resume_target
+from alignlab.run_dir import resume_requested, resume_target
 
 log = logging.getLogger("alignlab")
 

@@ -13,7 +13,6 @@ processes: 1x8 and 8x1 then give the same gradient, not just the same expected g
 from __future__ import annotations
 
 import contextlib
-import datetime
 import logging
 import math
 import os
@@ -32,7 +31,8 @@ from alignlab import checkpoint as ckpt
 from alignlab import sharding
 from alignlab.config import to_dict, to_yaml
 from alignlab.errors import AlignlabError, Interrupted
-from alignlab.models import is_peft, model_slug, save_merged, save_model
+from alignlab.models import is_peft, save_merged, save_model
+from alignlab.run_dir import resolve_run_dir
 from alignlab.tracking import Tracker, setup_logging
 
 log = logging.getLogger("alignlab")
@@ -47,45 +47,6 @@ def seed_everything(seed: int) -> None:
 def process_seed(seed: int, process_index: int) -> int:
     """The seed of process `process_index`'s own RNG stream (process 0 keeps `seed`)."""
     return seed + 1_000_003 * process_index
-
-
-def default_run_dir(command: str, config) -> Path:
-    stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
-    return Path("runs") / f"{command}_{model_slug(config.model.name_or_path)}_lr{config.train.lr:.0e}_{stamp}"
-
-
-def resume_requested(resume) -> bool:
-    """train.resume: true / "true", or a run directory."""
-    return resume not in (False, None, "", "false")
-
-
-def resume_target(config) -> Optional[Path]:
-    """The directory to continue, when train.resume names it or says true (then train.output_dir)."""
-    resume = config.train.resume
-    if isinstance(resume, str) and resume not in ("", "false", "true"):
-        return Path(resume)
-    if not resume_requested(resume):
-        return None
-    if not config.train.output_dir:
-        raise AlignlabError("train.resume=true needs train.output_dir (or pass the run directory: train.resume=<dir>)")
-    return Path(config.train.output_dir)
-
-
-def resolve_run_dir(command: str, config) -> tuple[Path, bool]:
-    """(run_dir, resuming). Never reuses an existing run unless resume was asked for."""
-    resume = config.train.resume
-    if isinstance(resume, str) and resume not in ("", "false", "true"):
-        return Path(resume), True
-    run_dir = Path(config.train.output_dir) if config.train.output_dir else default_run_dir(command, config)
-    # A directory whose run failed before its first logged step (e.g. on bad data) may be reused.
-    has_run = (run_dir / "metrics.jsonl").exists() or ckpt.latest_checkpoint(run_dir) is not None
-    if resume_requested(resume):
-        return resume_target(config), has_run
-    if has_run:
-        raise AlignlabError(
-            f"{run_dir} already holds a run. Continue it with train.resume=true, or choose another train.output_dir."
-        )
-    return run_dir, False
 
 
 class IndexSampler:
@@ -298,11 +259,10 @@ class TrainingRun:
         model = self.model_for_saving() if model is GATHER else model
         optimizer_state = None
         if self.deepspeed:  # every process writes its own partition of the optimizer state
-            tmp = ckpt.tmp_checkpoint_dir(self.run_dir, self.step)
             if self.is_main:
-                shutil.rmtree(tmp, ignore_errors=True)
-                tmp.mkdir(parents=True)
+                ckpt.start_checkpoint(self.run_dir, self.step)
             self.accelerator.wait_for_everyone()
+            tmp = ckpt.tmp_checkpoint_dir(self.run_dir, self.step)
             # Trainable weights and their optimizer state only: the full weights are in model/.
             self.model.save_checkpoint(str(tmp / DEEPSPEED_DIR), tag=DEEPSPEED_TAG, exclude_frozen_parameters=True)
             self.accelerator.wait_for_everyone()
