@@ -216,8 +216,14 @@ class TrainingRun:
 
     def global_sum(self, value: float) -> float:
         """Sum of a number over all processes (e.g. the loss tokens in this optimizer step)."""
-        tensor = torch.tensor([float(value)], device=self.device)
-        return float(self.accelerator.reduce(tensor, reduction="sum").item())
+        return self.global_sums([value])[0]
+
+    def global_sums(self, values: list[float]) -> list[float]:
+        """Element-wise sums over all processes, in one collective."""
+        if self.num_processes == 1:
+            return [float(v) for v in values]
+        tensor = torch.tensor([float(v) for v in values], dtype=torch.float64, device=self.device)
+        return self.accelerator.reduce(tensor, reduction="sum").tolist()
 
     def backward(self, loss: torch.Tensor) -> None:
         # DDP averages gradients over processes; our losses are already normalised by the global

@@ -149,13 +149,15 @@ class GRPOTrainer:
     def _source_rewards(self, indices: list[int], rewards: torch.Tensor) -> dict:
         """Mean reward per data mixture source over every process's completions (same keys everywhere)."""
         groups = [self.prompts[i].group for i in indices for _ in range(self.grpo.num_generations)]
-        out = {}
-        for name in self.sources:
-            picked = [r for g, r in zip(groups, rewards.tolist()) if g == name]
-            count = self.run.global_sum(len(picked))
-            if count:
-                out[f"reward/{name}"] = self.run.global_sum(sum(picked)) / count
-        return out
+        picked = [[r for g, r in zip(groups, rewards.tolist()) if g == name] for name in self.sources]
+        means = self._global_means(picked)
+        return {f"reward/{name}": mean for name, mean in zip(self.sources, means) if mean is not None}
+
+    def _global_means(self, value_lists) -> list:
+        """Mean of each list over every process (None where no process has a value), in one collective."""
+        value_lists = list(value_lists)
+        totals = self.run.global_sums([x for values in value_lists for x in (sum(values), len(values))])
+        return [total / count if count else None for total, count in zip(totals[0::2], totals[1::2])]
 
     def _reward_stats(self, per_fn: dict, rewards: torch.Tensor, rollout: Rollout) -> dict:
         grouped = rewards.view(-1, self.grpo.num_generations)  # [n, G]
@@ -168,12 +170,11 @@ class GRPOTrainer:
             "completions/mean_length": float(lengths.mean()),
             "completions/clipped_ratio": float((~rollout.ended).float().mean()),
         }
-        for name, values in per_fn.items():
-            # Over every process's scored completions: a failed reward (None) leaves counts unequal,
-            # so a mean of per-process means would weigh them wrongly.
-            scored = [v for v in values if v is not None]
-            count = self.run.global_sum(len(scored))
-            stats[f"rewards/{name}/mean"] = self.run.global_sum(sum(scored)) / count if count else float("nan")
+        # Over every process's scored completions: a failed reward (None) leaves counts unequal, so a
+        # mean of per-process means would weigh them wrongly.
+        means = self._global_means([v for v in values if v is not None] for values in per_fn.values())
+        for name, mean in zip(per_fn, means):
+            stats[f"rewards/{name}/mean"] = float("nan") if mean is None else mean
         return stats
 
     # ------------------------------------------------------------ update
