@@ -225,12 +225,23 @@ class TrainingRun:
         tensor = torch.tensor([float(v) for v in values], dtype=torch.float64, device=self.device)
         return self.accelerator.reduce(tensor, reduction="sum").tolist()
 
+    def autocast(self):
+        """The run's mixed precision (`train.mixed_precision`) for work outside the prepared model's
+        forward, which accelerate already wraps: the chunked LM head of `alignlab.logprobs` (it runs on
+        the hidden states the forward returns, which accelerate upcasts to float32), frozen reference
+        copies, and DPO's reference pass before training. Without it the head of a bf16 model would meet
+        float32 hidden states, and a float32 model's head would run in float32 under bf16 training,
+        unlike the model's own head. The loop runs every step and eval under it."""
+        return self.accelerator.autocast()
+
     def backward(self, loss: torch.Tensor) -> None:
         # DDP averages gradients over processes; our losses are already normalised by the global
         # count, so scale back up to make the average a sum. DeepSpeed also divides by its
         # accumulation count, which our normalisation has already done.
         scale = self.num_processes * (self.model.gradient_accumulation_steps() if self.deepspeed else 1)
-        self.accelerator.backward(loss * scale)
+        # Backward outside autocast, as torch advises; recomputed chunks restore the forward's autocast.
+        with torch.autocast(self.device.type, enabled=False):
+            self.accelerator.backward(loss * scale)
 
     def mean_over_processes(self, metrics: dict) -> dict:
         if self.num_processes == 1 or not metrics:
@@ -418,7 +429,8 @@ class TrainingRun:
                         f"alignlab {self.command} -c {self.run_dir / 'config.yaml'} train.resume={self.run_dir}"
                     )
                 tick = time.perf_counter()
-                metrics = step_fn(self.step)
+                with self.autocast():
+                    metrics = step_fn(self.step)
                 loss = metrics.get("loss", 0.0)
                 # Under DeepSpeed the engine has already stepped or skipped: ask it which.
                 grad_norm, stepped = (self.optimizer_step() if math.isfinite(loss) or self.deepspeed
@@ -438,7 +450,8 @@ class TrainingRun:
                     record["tokens_per_second"] = self.global_sum(metrics[tokens_key]) / max(seconds, 1e-9)
                 stop = False
                 if eval_fn and train.eval_every and self.step % train.eval_every == 0 and self.step < train.max_steps:
-                    record.update({f"eval/{k}": v for k, v in eval_fn(self.step).items()})
+                    with self.autocast():
+                        record.update({f"eval/{k}": v for k, v in eval_fn(self.step).items()})
                     self.model.train()
                     stop = bool(stop_fn and stop_fn(record))
                     stop = self._any_process(stop and self.is_main)  # the main process decides for all
@@ -456,7 +469,8 @@ class TrainingRun:
             ctrl_c.restore()
         bar.close()
         if eval_fn and not finished:
-            final_eval = {f"eval/{k}": v for k, v in eval_fn(self.step).items()}
+            with self.autocast():
+                final_eval = {f"eval/{k}": v for k, v in eval_fn(self.step).items()}
             self.tracker.log(self.step, final_eval)
             history.append({"step": self.step, **final_eval})
         model = self.model_for_saving()  # under FSDP a gather of the full weights: once for both saves

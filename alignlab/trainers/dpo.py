@@ -89,7 +89,7 @@ def reference_by_shares(run: TrainingRun, config, pairs) -> torch.Tensor:
     padded = pairs + [pairs[-1]] * (share * run.num_processes - len(pairs))
     index = run.accelerator.process_index
     model = run.unwrapped
-    with model.disable_adapter() if is_peft(model) else contextlib.nullcontext():
+    with model.disable_adapter() if is_peft(model) else contextlib.nullcontext(), run.autocast():
         mine = compute_all(
             model, padded[index * share : (index + 1) * share], run.tokenizer.pad_token_id, run.device,
             batch_size=max(config.train.eval_batch_size, config.train.batch_size),
