@@ -117,6 +117,7 @@ class GRPOConfig:
     num_iterations: int = 1  # mu: policy updates per rollout batch
     skip_zero_std_groups: bool = False  # dynamic sampling (DAPO)
     max_resample_rounds: int = 3
+    rollout_batch_size: int = 512  # completions decoded together: bounds the KV cache's peak memory
     eval_max_prompts: int = 200
     num_samples_logged: int = 4
 

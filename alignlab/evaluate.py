@@ -12,6 +12,8 @@ Definitions (what the numbers mean):
 
 from __future__ import annotations
 
+import math
+
 from dataclasses import dataclass, field
 from typing import Optional
 
@@ -63,7 +65,7 @@ def evaluate_prompts(
     scores = score_completions(reward_fns, weights, rollout.texts, columns, on_error="none")
     n = len(rollout.texts)
     metrics = {
-        "reward": sum(scores.total) / n,
+        "reward": _mean([t for t in scores.total if not math.isnan(t)]),  # unscorable completions left out
         "mean_length": float(rollout.completion_mask.sum(1).float().mean()),
         "prompts": len(items),
     }
@@ -105,3 +107,7 @@ def preference_accuracy(model, tokenizer, pairs, *, ref_logps: Optional[torch.Te
         metrics["rewards/chosen"] = float(beta * ratios[:, 0].mean())
         metrics["rewards/rejected"] = float(beta * ratios[:, 1].mean())
     return metrics
+
+
+def _mean(values: list[float]) -> float:
+    return sum(values) / len(values) if values else float("nan")
