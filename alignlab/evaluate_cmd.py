@@ -125,7 +125,8 @@ def load_eval_pairs(config, templater):
     from alignlab.data.preference_encode import encode_pairs
 
     data = config.data
-    rows = rename_columns(read_rows(data.pairs, split=data.split, max_rows=data.max_rows), data.columns)
+    rows = rename_columns(read_rows(data.pairs, split=data.split, max_rows=data.max_rows, skip_bad_rows=data.skip_bad_rows),
+                          data.columns)
     examples, _ = load_preference_rows(rows, skip_bad_rows=data.skip_bad_rows)
     return encode_pairs(examples, templater, max_length=config.eval.max_length, on_long="truncate")
 

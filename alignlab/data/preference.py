@@ -22,7 +22,7 @@ import re
 from dataclasses import dataclass
 from typing import Union
 
-from alignlab.data.io import Row
+from alignlab.data.io import Row, check_readable
 from alignlab.data.sft import check_messages, check_text
 from alignlab.errors import DataError
 
@@ -193,6 +193,7 @@ def _implicit_hh(row: Row) -> tuple[list[dict], str, str]:
 
 def normalize_preference_row(row: Row) -> PreferenceExample:
     """One row in any accepted format -> PreferenceExample; DataError naming file, row and field."""
+    check_readable(row)
     values = row.values
     for name in ("chosen", "rejected"):
         if name not in values:

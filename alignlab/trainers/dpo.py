@@ -47,7 +47,8 @@ def load_pairs(config, templater):
         raise DataError("no training data: set data.train to a preference file (.jsonl/.json/.parquet/.csv) or dataset id")
 
     def read(source, split, columns=None):
-        rows = rename_columns(read_rows(source, split=split, max_rows=data.max_rows), data.columns if columns is None else columns)
+        rows = rename_columns(read_rows(source, split=split, max_rows=data.max_rows, skip_bad_rows=data.skip_bad_rows),
+                              data.columns if columns is None else columns)
         examples, skipped = load_preference_rows(rows, skip_bad_rows=data.skip_bad_rows)
         templater.stats.skipped_bad += skipped
         return examples
