@@ -7,7 +7,8 @@ Definitions (what the numbers mean):
 - reward: mean weighted total reward; rewards/<fn>/mean: each function's mean;
 - mean_length: mean completion length in tokens (EOS included);
 - preference_accuracy: share of held-out pairs where the chosen response gets the higher implicit
-  reward, beta * (log pi - log ref); without a reference, the higher log-prob.
+  reward, beta * (log pi - log ref); without a reference, the higher log-prob (a different
+  quantity: `alignlab eval` reports that one as reference_free/accuracy and reference_free/margin).
 """
 
 from __future__ import annotations

@@ -5,6 +5,11 @@ Accepted row formats (after column renaming):
 1. explicit strings      {"prompt": str, "chosen": str, "rejected": str}
 2. conversational        {"prompt": [messages ending with a user turn],
                           "chosen": [one assistant message] or str, "rejected": likewise}
+2b. prompt + whole        {"prompt": str or [messages], "chosen": [full conversation],
+    conversations         "rejected": [full conversation]}  (UltraFeedback-binarized's columns)
+                          The prompt is the conversations' shared turns, as in 3, which the prompt
+                          column must agree with: a string must equal the last shared user turn, a
+                          message list must equal the shared turns.
 3. implicit, messages    {"chosen": [full conversation], "rejected": [full conversation]}
                          (UltraFeedback-binarized style: both share every message before their
                          final assistant reply, which is the prompt)
@@ -22,7 +27,7 @@ import re
 from dataclasses import dataclass
 from typing import Union
 
-from alignlab.data.io import Row
+from alignlab.data.io import Row, check_readable
 from alignlab.data.sft import check_messages, check_text
 from alignlab.errors import DataError
 
@@ -114,9 +119,9 @@ def _reply_after_prompt(row: Row, name: str) -> str:
     messages = check_messages(row, name, need_assistant=False)
     if len(messages) != 1:
         raise DataError(
-            f"{row.where(name)}: has {len(messages)} messages; with a 'prompt' column, chosen and rejected "
-            "must each be a single assistant message (or a string). To give whole conversations, drop the "
-            "prompt column and put the full dialogue in both chosen and rejected."
+            f"{row.where(name)}: has {len(messages)} messages starting with an assistant turn; with a 'prompt' "
+            "column, chosen and rejected must each be a single assistant message (or a string), or each the "
+            "whole conversation: the prompt's turns followed by the assistant reply."
         )
     message = messages[0]
     if message["role"] != "assistant":
@@ -170,6 +175,55 @@ def _implicit_messages(row: Row) -> tuple[list[dict], str, str]:
     return prompt, chosen_reply, rejected_reply
 
 
+def _is_conversation(value) -> bool:
+    """A chosen/rejected list that holds the prompt's turns too, not only the reply: more than one
+    message, the first not the assistant's (UltraFeedback-binarized's chosen/rejected columns)."""
+    return (isinstance(value, list) and len(value) > 1 and isinstance(value[0], dict)
+            and value[0].get("role") != "assistant")
+
+
+def _same_turn(a: dict, b: dict) -> bool:
+    return a["role"] == b["role"] and a["content"].strip() == b["content"].strip()
+
+
+def _check_prompt_agrees(row: Row, prompt: Prompt, shared: list[dict]) -> None:
+    """The prompt column must say what the conversations' shared turns say (DataError on field 'prompt')."""
+    if isinstance(prompt, str):
+        last = shared[-1]["content"]  # shared ends with a user turn (_check_prompt_messages)
+        if prompt.strip() != last.strip():
+            raise DataError(
+                f"{row.where('prompt')}: does not match the conversations in chosen and rejected: the prompt is "
+                f"{_snippet(prompt)} but the user turn they answer (message {len(shared) - 1}) is {_snippet(last)}"
+            )
+        return
+    for turn, (a, b) in enumerate(zip(prompt, shared)):
+        if not _same_turn(a, b):
+            raise DataError(
+                f"{row.where('prompt')}: does not match the conversations in chosen and rejected at message {turn}: "
+                f"the prompt has {a['role']} {_snippet(a['content'])}, they have {b['role']} {_snippet(b['content'])}"
+            )
+    if len(prompt) != len(shared):
+        raise DataError(
+            f"{row.where('prompt')}: has {len(prompt)} messages but chosen and rejected share {len(shared)} before "
+            "their final reply; the prompt must be all of the shared turns"
+        )
+
+
+def _conversations_after_prompt(row: Row, prompt: Prompt) -> tuple[list[dict], str, str]:
+    """chosen and rejected as whole conversations beside a prompt column (format 2b): like TRL's prompt
+    extraction, the prompt is the turns both share before their final replies."""
+    chosen, rejected = row.values["chosen"], row.values["rejected"]
+    if not (_is_conversation(chosen) and _is_conversation(rejected)):
+        whole, single = ("chosen", "rejected") if _is_conversation(chosen) else ("rejected", "chosen")
+        raise DataError(
+            f"{row.where(single)}: {whole} is a whole conversation (prompt turns and reply) but {single} is not; "
+            "give both as whole conversations, or both as the reply alone"
+        )
+    shared, chosen_reply, rejected_reply = _implicit_messages(row)
+    _check_prompt_agrees(row, prompt, shared)
+    return shared, chosen_reply, rejected_reply
+
+
 def _parse_hh(row: Row, name: str) -> list[dict]:
     text = check_text(row, name)
     try:
@@ -193,6 +247,7 @@ def _implicit_hh(row: Row) -> tuple[list[dict], str, str]:
 
 def normalize_preference_row(row: Row) -> PreferenceExample:
     """One row in any accepted format -> PreferenceExample; DataError naming file, row and field."""
+    check_readable(row)
     values = row.values
     for name in ("chosen", "rejected"):
         if name not in values:
@@ -200,8 +255,11 @@ def normalize_preference_row(row: Row) -> PreferenceExample:
 
     if "prompt" in values:
         prompt = _check_prompt(row)
-        chosen = _reply_after_prompt(row, "chosen")
-        rejected = _reply_after_prompt(row, "rejected")
+        if _is_conversation(values["chosen"]) or _is_conversation(values["rejected"]):
+            prompt, chosen, rejected = _conversations_after_prompt(row, prompt)
+        else:
+            chosen = _reply_after_prompt(row, "chosen")
+            rejected = _reply_after_prompt(row, "rejected")
     else:
         chosen_value, rejected_value = values["chosen"], values["rejected"]
         if isinstance(chosen_value, list) and isinstance(rejected_value, list):

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Union
 
-from alignlab.data.io import Row, read_rows, rename_columns, split_eval
+from alignlab.data.io import Row, check_readable, read_rows, rename_columns, split_eval
 from alignlab.data.mixture import is_mixture, load_mixture
 from alignlab.data.sft import check_messages, check_text
 from alignlab.errors import DataError
@@ -33,6 +33,7 @@ def is_gsm8k(row: Row) -> bool:
 
 
 def prompt_item(row: Row, *, gsm8k_instruction: str = GSM8K_INSTRUCTION) -> PromptItem:
+    check_readable(row)
     values = dict(row.values)
     if is_gsm8k(row):
         try:
@@ -55,7 +56,7 @@ def prompt_item(row: Row, *, gsm8k_instruction: str = GSM8K_INSTRUCTION) -> Prom
 
 
 def load_prompt_items(source: str, *, split: str = "train", columns=None, max_rows=None, skip_bad_rows=False):
-    rows = rename_columns(read_rows(source, split=split, max_rows=max_rows), columns or {})
+    rows = rename_columns(read_rows(source, split=split, max_rows=max_rows, skip_bad_rows=skip_bad_rows), columns or {})
     items, skipped = [], 0
     for row in rows:
         try:

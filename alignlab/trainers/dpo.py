@@ -24,10 +24,9 @@ from pathlib import Path
 
 import torch
 
-from alignlab.data.io import read_rows, rename_columns, split_eval
 from alignlab.data.mixture import finish_per_source, is_mixture, load_mixture, per_source_sums, source_names
-from alignlab.data.preference import load_preference_rows
 from alignlab.data.preference_encode import encode_pairs, pairs_fingerprint
+from alignlab.data.preference_sets import read_preference_examples, split_preference_examples
 from alignlab.data.templates import Templater
 from alignlab.errors import AlignlabError, ConfigError, DataError
 from alignlab.losses.dpo import DPO_LOSSES, nll_loss
@@ -47,19 +46,15 @@ def load_pairs(config, templater):
         raise DataError("no training data: set data.train to a preference file (.jsonl/.json/.parquet/.csv) or dataset id")
 
     def read(source, split, columns=None):
-        rows = rename_columns(read_rows(source, split=split, max_rows=data.max_rows), data.columns if columns is None else columns)
-        examples, skipped = load_preference_rows(rows, skip_bad_rows=data.skip_bad_rows)
+        examples, skipped = read_preference_examples(data, source, split, columns)
         templater.stats.skipped_bad += skipped
         return examples
 
     options = dict(max_length=train.max_length, on_long=data.on_long)
     if is_mixture(data.train):  # a weighted list of sources (alignlab.data.mixture)
         return load_mixture(config, read, lambda examples: encode_pairs(examples, templater, **options))
-    train_examples = read(data.train, data.split)
-    if data.eval:
-        eval_examples = read(data.eval, data.eval_split or data.split)
-    else:
-        train_examples, eval_examples = split_eval(train_examples, data.eval_fraction, train.seed)
+    # `alignlab eval RUN` finds a run's held-out pairs through the same function (alignlab.data.preference_sets).
+    train_examples, eval_examples = split_preference_examples(config, read)
     train_pairs = encode_pairs(train_examples, templater, **options)
     log.info("DPO train data: %s", templater.stats.summary())
     eval_pairs = encode_pairs(eval_examples, templater, **options) if eval_examples else []
