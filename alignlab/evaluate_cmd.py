@@ -245,7 +245,9 @@ def format_table(result: dict) -> str:
                 continue
             label = LABELS.get(name, name)
             percent = name in PERCENT or name.startswith("pass@")
-            text = f"{100 * value:.1f}%" if percent else (f"{value}" if isinstance(value, int) else f"{value:.4f}")
+            count = isinstance(value, int) or (name in ("prompts", "pairs", "skipped_rows")
+                                               and float(value).is_integer())  # 32, not 32.0000
+            text = f"{100 * value:.1f}%" if percent else (f"{int(value)}" if count else f"{value:.4f}")
             lines.append(f"    {label:<34}{text:>12}")
     return "\n".join(lines)
 
