@@ -383,12 +383,22 @@ class TrainingRun:
                 return grad_norm, False
             self.scheduler.step()  # ours, not the engine's: it sets the learning rate of the optimizer the engine steps
             return grad_norm, True
-        grad_norm = self.accelerator.clip_grad_norm_(self.model.parameters(), self.config.train.max_grad_norm)
+        # max_grad_norm 0 means no clipping (as under DeepSpeed and HF Trainer): an infinite bound still
+        # measures the norm (and unscales fp16 gradients) but scales nothing.
+        max_norm = self.config.train.max_grad_norm if self.config.train.max_grad_norm > 0 else float("inf")
+        grad_norm = self.accelerator.clip_grad_norm_(self.model.parameters(), max_norm)
         grad_norm = float(grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm)  # FSDP: a DTensor
         if not math.isfinite(grad_norm):
+            if self.accelerator.scaler is not None:
+                # fp16: the scaler has unscaled these gradients and found inf. Its step skips the update
+                # and its update lowers the loss scale; without them the next step's unscale raises.
+                self.optimizer.step()
             self.optimizer.zero_grad(set_to_none=True)
             return grad_norm, False
         self.optimizer.step()
+        if self.accelerator.optimizer_step_was_skipped:  # fp16 overflow the norm did not show
+            self.optimizer.zero_grad(set_to_none=True)
+            return grad_norm, False
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
         return grad_norm, True
@@ -417,6 +427,7 @@ class TrainingRun:
         # Resumed from the checkpoint written at the very end, after the final eval was logged: that
         # eval is in metrics.jsonl already, and logging it again would duplicate it.
         finished = self.resuming and self.step >= train.max_steps
+        evaluated_at = None  # the step of the last in-loop eval: an early stop's eval is the final one
         self.model.train()
         ctrl_c = CtrlC()
         try:
@@ -452,6 +463,7 @@ class TrainingRun:
                 if eval_fn and train.eval_every and self.step % train.eval_every == 0 and self.step < train.max_steps:
                     with self.autocast():
                         record.update({f"eval/{k}": v for k, v in eval_fn(self.step).items()})
+                    evaluated_at = self.step
                     self.model.train()
                     stop = bool(stop_fn and stop_fn(record))
                     stop = self._any_process(stop and self.is_main)  # the main process decides for all
@@ -468,7 +480,7 @@ class TrainingRun:
         finally:
             ctrl_c.restore()
         bar.close()
-        if eval_fn and not finished:
+        if eval_fn and not finished and evaluated_at != self.step:
             with self.autocast():
                 final_eval = {f"eval/{k}": v for k, v in eval_fn(self.step).items()}
             self.tracker.log(self.step, final_eval)
