@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
+import warnings
 import shutil
 from pathlib import Path
 from typing import Optional
@@ -108,7 +110,9 @@ def load_model(model_cfg, lora_cfg=None, *, for_training: bool = True, gradient_
     if model.generation_config.pad_token_id is None:
         model.generation_config.pad_token_id = model.generation_config.eos_token_id
     if gradient_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        # transformers 5.24 renamed it activation checkpointing; older 5.x has only the first name.
+        enable = getattr(model, "activation_checkpointing_enable", None) or model.gradient_checkpointing_enable
+        enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.config.use_cache = False
     if lora_cfg is not None and lora_cfg.enabled and for_training:
         model = apply_lora(model, lora_cfg, quantized=model_cfg.load_in_4bit)
@@ -140,16 +144,26 @@ def lora_targets(model, configured: Optional[list[str]]) -> list[str] | str:
 def apply_lora(model, lora_cfg, *, quantized: bool = False):
     from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
 
-    if quantized:
-        model = prepare_model_for_kbit_training(model)
-    config = LoraConfig(
-        r=lora_cfg.r,
-        lora_alpha=lora_cfg.alpha,
-        lora_dropout=lora_cfg.dropout,
-        target_modules=lora_targets(model, lora_cfg.target_modules),
-        task_type="CAUSAL_LM",
-    )
-    return get_peft_model(model, config)
+    with quiet_peft_deprecations():
+        if quantized:
+            model = prepare_model_for_kbit_training(model)
+        config = LoraConfig(
+            r=lora_cfg.r,
+            lora_alpha=lora_cfg.alpha,
+            lora_dropout=lora_cfg.dropout,
+            target_modules=lora_targets(model, lora_cfg.target_modules),
+            task_type="CAUSAL_LM",
+        )
+        return get_peft_model(model, config)
+
+
+@contextlib.contextmanager
+def quiet_peft_deprecations():
+    """peft reads transformers' `is_gradient_checkpointing`, which transformers 5.24 deprecates: the
+    warning is about peft's code, not the user's, so it is not shown."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+        yield
 
 
 def is_peft(model) -> bool:
@@ -163,13 +177,33 @@ def save_model(model, tokenizer, out_dir: Path) -> None:
     tokenizer.save_pretrained(out_dir)
 
 
-def save_merged(model, tokenizer, out_dir: Path) -> None:
-    """Weights loadable by plain transformers: LoRA merged into a copy of the base."""
-    import copy
+def save_merged(model, tokenizer, out_dir: Path, model_cfg=None) -> None:
+    """Weights loadable by plain transformers: the LoRA adapter merged into the base.
 
-    if is_peft(model):
-        model = copy.deepcopy(model).merge_and_unload()
-    save_model(model, tokenizer, out_dir)
+    With `model_cfg` (the run's model section) the base is loaded afresh on the CPU, unquantised
+    (bfloat16 for a QLoRA run, else the run's dtype), and the trained adapter is merged there: the
+    live model on the GPU is neither copied (which doubled its memory at the end of a run) nor, for
+    QLoRA, merged into 4-bit weights that would be re-quantised and saved as a bitsandbytes
+    checkpoint. Without it (a model that is a copy already) the adapter is merged in place."""
+    if not is_peft(model):
+        save_model(model, tokenizer, out_dir)
+        return
+    if model_cfg is None:
+        save_model(model.merge_and_unload(), tokenizer, out_dir)
+        return
+    from dataclasses import replace
+
+    from peft import get_peft_model, get_peft_model_state_dict, set_peft_model_state_dict
+
+    adapter = {name: tensor.detach().to("cpu") for name, tensor in get_peft_model_state_dict(model).items()}
+    dtype = "bfloat16" if model_cfg.load_in_4bit else model_cfg.dtype
+    base = load_model(replace(model_cfg, load_in_4bit=False, dtype=dtype), None, for_training=False)
+    with quiet_peft_deprecations():
+        fresh = get_peft_model(base, model.peft_config["default"])
+    set_peft_model_state_dict(fresh, adapter)
+    merged = fresh.merge_and_unload()
+    merged.generation_config = model.generation_config
+    save_model(merged, tokenizer, out_dir)
 
 
 def count_parameters(model) -> tuple[int, int]:

@@ -363,7 +363,11 @@ class TrainingRun:
             out = self.run_dir / "final"
             tmp = out.with_name("final.tmp")
             shutil.rmtree(tmp, ignore_errors=True)
-            (save_merged if is_peft(model) else save_model)(model, self.tokenizer, tmp)
+            if is_peft(model):
+                # The live model: merged into a fresh CPU copy of the base. A gathered copy (FSDP, ZeRO-3): in place.
+                save_merged(model, self.tokenizer, tmp, self.config.model if model is self.unwrapped else None)
+            else:
+                save_model(model, self.tokenizer, tmp)
             shutil.rmtree(out, ignore_errors=True)
             tmp.rename(out)
             log.info("final model (loadable with AutoModelForCausalLM.from_pretrained): %s", out)
