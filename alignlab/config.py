@@ -29,6 +29,7 @@ class ModelConfig:
     trust_remote_code: bool = False
     load_in_4bit: bool = False  # QLoRA (bitsandbytes NF4, CUDA only)
     attn_implementation: Optional[str] = None
+    revision: Optional[str] = None  # a hub model's branch, tag or commit
 
 
 @dataclass
@@ -90,7 +91,9 @@ class DPOConfig:
     loss_type: str = "sigmoid"  # a key of alignlab.losses.dpo.DPO_LOSSES
     label_smoothing: float = 0.0
     sft_weight: float = 0.0  # RPO: weight of the NLL term on chosen
-    length_normalize: bool = False  # use per-token mean log-probs (IPO / SimPO style)
+    # Per-token mean log-probs instead of sums. None = on for IPO (its 1/(2 beta) target is set for
+    # per-token margins, as TRL and the IPO authors do), off for the other losses.
+    length_normalize: Optional[bool] = None
     reference: str = "auto"  # auto | adapter | copy | none (reference-free, SimPO style)
     precompute_ref: bool = True
     ref_cache_dir: Optional[str] = None  # None = <runs root>/.ref_cache

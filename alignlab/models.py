@@ -93,6 +93,8 @@ def load_model(model_cfg, lora_cfg=None, *, for_training: bool = True, gradient_
 
     path = resolve_model_path(ensure_tiny_model(model_cfg.name_or_path))
     kwargs = dict(dtype=DTYPES[model_cfg.dtype], trust_remote_code=model_cfg.trust_remote_code)
+    if model_cfg.revision:
+        kwargs["revision"] = model_cfg.revision
     if model_cfg.attn_implementation:
         kwargs["attn_implementation"] = model_cfg.attn_implementation
     if model_cfg.load_in_4bit:

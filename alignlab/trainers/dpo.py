@@ -3,7 +3,8 @@
 Choices, named:
 - Loss: picked by name from `alignlab.losses.dpo.DPO_LOSSES` (`dpo.loss_type`: sigmoid, robust,
   hinge, ipo), with `dpo.label_smoothing` (cDPO / rDPO) and an optional RPO NLL term on chosen
-  (`dpo.sft_weight`). `dpo.length_normalize` feeds per-token mean log-probs instead of sums.
+  (`dpo.sft_weight`). `dpo.length_normalize` feeds per-token mean log-probs instead of sums; by
+  default it is on for IPO only (see `alignlab.losses.dpo`).
 - Reference (`dpo.reference`): `auto` = precomputed when `dpo.precompute_ref` (default), else the
   adapter-disabled policy for LoRA and a frozen copy for full fine-tuning; `none` is reference-free.
   Precomputed log-probs are cached across runs (see `alignlab.pair_logps`).
@@ -30,7 +31,7 @@ from alignlab.data.preference_sets import read_preference_examples, split_prefer
 from alignlab.data.templates import Templater
 from alignlab.errors import AlignlabError, ConfigError, DataError
 from alignlab.losses.dpo import DPO_LOSSES, nll_loss
-from alignlab.models import count_parameters, is_peft, load_model, load_tokenizer, resolve_model_path
+from alignlab.models import count_parameters, is_peft, load_model, load_tokenizer
 from alignlab.pair_logps import ReferenceCache, cache_key, compute_all, model_fingerprint, pair_logps
 from alignlab.rollout import generate
 from alignlab.tracking import append_jsonl
@@ -95,12 +96,27 @@ def reference_by_shares(run: TrainingRun, config, pairs) -> torch.Tensor:
     return run.accelerator.gather(mine.to(run.device)).cpu()[: len(pairs)]  # in process order = pair order
 
 
+def resolved_length_normalize(dpo) -> bool:
+    return dpo.length_normalize if dpo.length_normalize is not None else dpo.loss_type == "ipo"
+
+
+def reference_settings(config) -> dict:
+    """Every setting that changes the reference's log-probs beyond the token ids and the weights: a
+    stale cached reference would silently make DPO optimise, e.g., quantisation error."""
+    model, train = config.model, config.train
+    return {
+        "max_length": train.max_length, "template": config.data.chat_template, "dtype": model.dtype,
+        "load_in_4bit": model.load_in_4bit, "mixed_precision": train.mixed_precision,
+        "attn_implementation": model.attn_implementation, "chunk_size": config.dpo.logprob_chunk_size,
+    }
+
+
 def precompute_reference(run: TrainingRun, config, pairs, name: str) -> torch.Tensor:
     """[N, 2] reference log-probs: from the shared cache, or computed now (shared by all processes)."""
     dpo = config.dpo
     cache = ReferenceCache(Path(dpo.ref_cache_dir) if dpo.ref_cache_dir else run.run_dir.parent / ".ref_cache")
-    settings = {"max_length": config.train.max_length, "dtype": config.model.dtype, "template": config.data.chat_template}
-    key = cache_key(pairs_fingerprint(pairs), model_fingerprint(resolve_model_path(config.model.name_or_path)), settings)
+    key = cache_key(pairs_fingerprint(pairs), model_fingerprint(config.model.name_or_path, config.model.revision),
+                    reference_settings(config))
     # The main process decides between cache and computing, and tells the others: were each to look
     # for itself, a slower one could find the file the main process has just written and skip work
     # (and collectives) the others do.
@@ -129,8 +145,7 @@ class DPOStep:
     def __init__(self, run: TrainingRun, config, reference: str, ref_model=None):
         self.run, self.config, self.reference, self.ref_model = run, config, reference, ref_model
         self.loss_fn = DPO_LOSSES[config.dpo.loss_type]
-        # transformers turns the KV cache off under gradient checkpointing; then run prompts twice.
-        self.share_prompt = not config.train.gradient_checkpointing
+        self.length_normalize = resolved_length_normalize(config.dpo)
         self.sources: list[str] = []  # data mixture source names: rewards/accuracies/<source> is logged per source
 
     def reference_logps(self, pairs, cached):
@@ -148,16 +163,16 @@ class DPOStep:
         return self._normalise(ref.chosen, ref.chosen_tokens), self._normalise(ref.rejected, ref.rejected_tokens)
 
     def _normalise(self, logps, lengths):
-        return logps / lengths.clamp(min=1) if self.config.dpo.length_normalize else logps
+        return logps / lengths.clamp(min=1) if self.length_normalize else logps
 
     def __call__(self, pairs, cached_ref=None):
         """(sum of per-pair losses, metric sums) for these pairs; the caller normalises."""
         dpo = self.config.dpo
         policy = pair_logps(self.run.model, pairs, self.run.tokenizer.pad_token_id, self.run.device,
-                            chunk_size=dpo.logprob_chunk_size, share_prompt=self.share_prompt)
+                            chunk_size=dpo.logprob_chunk_size)
         chosen = self._normalise(policy.chosen, policy.chosen_tokens)  # [B]
         rejected = self._normalise(policy.rejected, policy.rejected_tokens)  # [B]
-        if cached_ref is not None and dpo.length_normalize:
+        if cached_ref is not None and self.length_normalize:
             cached_ref = cached_ref / torch.stack([policy.chosen_tokens, policy.rejected_tokens], 1).cpu().clamp(min=1)
         ref_chosen, ref_rejected = self.reference_logps(pairs, cached_ref)
         out = self.loss_fn(chosen, rejected, ref_chosen, ref_rejected, beta=dpo.beta, label_smoothing=dpo.label_smoothing)
