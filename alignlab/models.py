@@ -83,6 +83,28 @@ def load_tokenizer(name_or_path: str, *, trust_remote_code: bool = False):
     return tokenizer
 
 
+def stop_token_ids(tokenizer, generation_config=None) -> list[int]:
+    """Every id that ends a response: the tokenizer's EOS plus the generation config's `eos_token_id`
+    (one id or several: Qwen2.5-Instruct stops at <|im_end|> and <|endoftext|>, Llama 3 at
+    <|eot_id|> and <|end_of_text|>)."""
+    ids = {tokenizer.eos_token_id}
+    configured = getattr(generation_config, "eos_token_id", None)
+    ids.update(configured if isinstance(configured, (list, tuple)) else [configured])
+    return sorted(i for i in ids if i is not None)
+
+
+def model_stop_ids(model_cfg, tokenizer) -> list[int]:
+    """`stop_token_ids` for a model not loaded yet (data is encoded first), from its generation config."""
+    from transformers import GenerationConfig
+
+    path = resolve_model_path(ensure_tiny_model(model_cfg.name_or_path))
+    try:
+        config = GenerationConfig.from_pretrained(path, revision=model_cfg.revision)
+    except (OSError, ValueError):  # none saved: the tokenizer's EOS is all there is
+        config = None
+    return stop_token_ids(tokenizer, config)
+
+
 def _is_adapter_dir(path: str) -> bool:
     return (Path(path) / "adapter_config.json").is_file()
 

@@ -15,6 +15,7 @@ import torch
 
 from alignlab.data.collate import pad_left
 from alignlab.logprobs import returned_cache
+from alignlab.models import stop_token_ids
 from alignlab.sharding import all_done
 
 
@@ -43,17 +44,6 @@ class Rollout:
             [self.texts[i] for i in rows], self.ended[rows],
             self.sampling_logps[rows] if self.sampling_logps is not None else None,
         )
-
-
-def stop_token_ids(tokenizer, model=None) -> list[int]:
-    """Every id that ends a completion: the tokenizer's EOS plus the model's generation config's
-    `eos_token_id` (one id or several: Qwen2.5-Instruct stops at <|im_end|> and <|endoftext|>,
-    Llama 3 at <|eot_id|> and <|end_of_text|>)."""
-    ids = {tokenizer.eos_token_id}
-    config = getattr(model, "generation_config", None) if model is not None else None
-    configured = getattr(config, "eos_token_id", None)
-    ids.update(configured if isinstance(configured, (list, tuple)) else [configured])
-    return sorted(i for i in ids if i is not None)
 
 
 def completion_mask(completion_ids: torch.Tensor, stop_ids) -> tuple[torch.Tensor, torch.Tensor]:
@@ -94,7 +84,7 @@ def generate(
     and the model's generation config's EOS ids, `stop_token_ids`).
     """
     device = device or next(model.parameters()).device
-    stop_ids = stop_ids or stop_token_ids(tokenizer, model)
+    stop_ids = stop_ids or stop_token_ids(tokenizer, getattr(model, "generation_config", None))
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else stop_ids[0]
     per_chunk = max(1, batch_size // num_generations)
     was_training = model.training

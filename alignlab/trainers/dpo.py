@@ -31,7 +31,7 @@ from alignlab.data.preference_sets import read_preference_examples, split_prefer
 from alignlab.data.templates import Templater
 from alignlab.errors import AlignlabError, ConfigError, DataError
 from alignlab.losses.dpo import DPO_LOSSES, nll_loss
-from alignlab.models import count_parameters, is_peft, load_model, load_tokenizer
+from alignlab.models import count_parameters, is_peft, load_model, load_tokenizer, model_stop_ids
 from alignlab.pair_logps import ReferenceCache, cache_key, compute_all, model_fingerprint, pair_logps
 from alignlab.rollout import generate
 from alignlab.tracking import append_jsonl
@@ -226,7 +226,8 @@ def train_dpo(config) -> TrainingRun:
         raise ConfigError("dpo.label_smoothing must be in [0, 0.5) for the robust loss")
     run = TrainingRun("dpo", config)
     tokenizer = load_tokenizer(config.model.name_or_path, trust_remote_code=config.model.trust_remote_code)
-    templater = Templater(tokenizer, use_chat_template=config.data.chat_template, system_prompt=config.data.system_prompt)
+    templater = Templater(tokenizer, use_chat_template=config.data.chat_template, system_prompt=config.data.system_prompt,
+                          stop_ids=model_stop_ids(config.model, tokenizer))
     train_pairs, eval_pairs = load_pairs(config, templater)
     model = load_model(config.model, config.lora, gradient_checkpointing=config.train.gradient_checkpointing)
     reference = resolve_reference(config, model)

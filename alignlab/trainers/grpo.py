@@ -51,7 +51,7 @@ from alignlab.evaluate import evaluate_prompts
 from alignlab.logprobs import shared_prefix_token_logps, token_logps
 from alignlab.losses.grpo import (ADVANTAGE_SCALINGS, LOSS_AGGREGATIONS, constant_groups, group_advantages,
                                   grpo_loss, nan_std)
-from alignlab.models import count_parameters, is_peft, load_model, load_tokenizer
+from alignlab.models import count_parameters, is_peft, load_model, load_tokenizer, model_stop_ids
 from alignlab.rewards import RewardScores, get_reward, score_completions
 from alignlab.rollout import Rollout, concat_rollouts, generate
 from alignlab.tracking import append_jsonl
@@ -79,7 +79,9 @@ class GRPOTrainer:
         self.config, self.grpo, self.train = config, config.grpo, config.train
         self.run = TrainingRun("grpo", config)
         self.tokenizer = load_tokenizer(config.model.name_or_path, trust_remote_code=config.model.trust_remote_code)
-        self.templater = Templater(self.tokenizer, use_chat_template=config.data.chat_template, system_prompt=config.data.system_prompt)
+        self.templater = Templater(self.tokenizer, use_chat_template=config.data.chat_template,
+                                   system_prompt=config.data.system_prompt,
+                                   stop_ids=model_stop_ids(config.model, self.tokenizer))
         self.prompts, self.eval_prompts = load_prompt_data(config)
         self.prompts, self.prompt_ids = self._fit_prompts(
             self.prompts, [self.templater.ids(self.templater.prompt_text(p.prompt)) for p in self.prompts])
