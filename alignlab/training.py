@@ -368,8 +368,10 @@ class TrainingRun:
                 save_merged(model, self.tokenizer, tmp, self.config.model if model is self.unwrapped else None)
             else:
                 save_model(model, self.tokenizer, tmp)
+            ckpt.sync_tree(tmp)
             shutil.rmtree(out, ignore_errors=True)
             tmp.rename(out)
+            ckpt.sync_dir(self.run_dir)
             log.info("final model (loadable with AutoModelForCausalLM.from_pretrained): %s", out)
         # No process returns (and exits, closing its connections) while the main one still writes.
         self.accelerator.wait_for_everyone()
