@@ -405,3 +405,17 @@ def test_unscorable_and_failed_rows_are_counted(tmp_path, tiny_model_dir, prompt
     assert seen_unscorable > 0
     messages = [line for line in result.err.splitlines() if "the first error" in line]
     assert len(messages) == 1 and "even length" in messages[0]
+
+
+def test_length_penalty_follows_max_completion_length(tmp_path, tiny_model_dir, prompts):
+    """In GRPO the length penalty's limit is grpo.max_completion_length in tokens (it was 512 characters
+    whatever the setting): completions cut at the limit score -1."""
+    out = tmp_path / "length"
+    assert run_cli(base_args(
+        "grpo", tiny_model_dir, prompts, out, "grpo.num_generations=2", "grpo.max_completion_length=3",
+        "train.max_steps=1", "train.batch_size=4", "grpo.rewards=[length_penalty]",
+    )).code == 0
+    record = train_records(out)[0]
+    clipped = record["completions/clipped_ratio"]
+    assert clipped > 0
+    assert record["rewards/length_penalty/mean"] <= -clipped  # every cut completion scores -1

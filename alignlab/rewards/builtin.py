@@ -355,9 +355,10 @@ def think_format(completions: list, **_: Any) -> list[float | None]:
 @_builtin("length_penalty", -1.0, 0.0)
 def length_penalty(
     completions: list,
-    max_length: Any = 512,
-    cache_length: Any = 128,
+    max_length: Any = None,
+    cache_length: Any = None,
     completion_lengths: list | None = None,
+    max_completion_length: Any = None,
     **_: Any,
 ) -> list[float | None]:
     """Soft over-length penalty (DAPO, Yu et al. 2025). Range: [-1, 0].
@@ -366,8 +367,11 @@ def length_penalty(
     falling linearly to -1 at ``L == max_length``, and -1 beyond. Length is counted
     in characters unless a ``completion_lengths`` column (e.g. token counts) is
     given; a ``None`` entry in it falls back to characters. ``max_length`` and
-    ``cache_length`` may be numbers or per-row columns. Raises ``ValueError`` if
-    ``max_length <= 0`` or ``cache_length`` is outside ``[0, max_length]``.
+    ``cache_length`` may be numbers or per-row columns. Defaults: ``max_length`` is the
+    ``max_completion_length`` column when given (GRPO passes grpo.max_completion_length
+    with token counts in ``completion_lengths``), else 512; ``cache_length`` is a quarter
+    of ``max_length``. Raises ``ValueError`` if ``max_length <= 0`` or ``cache_length``
+    is outside ``[0, max_length]``.
 
     >>> length_penalty(["a" * 10, "a" * 14, "a" * 16, "a" * 30, ""], max_length=16, cache_length=4)
     [0.0, -0.5, -1.0, -1.0, 0.0]
@@ -375,10 +379,17 @@ def length_penalty(
     [-0.5, 0.0]
     >>> length_penalty(["a" * 17], max_length=16, cache_length=0)
     [-1.0]
+    >>> length_penalty(["x", "y"], completion_lengths=[6, 8], max_completion_length=[8, 8])  # GRPO's columns
+    [0.0, -1.0]
     """
     n = len(completions)
+    if max_length is None:
+        max_length = max_completion_length if max_completion_length is not None else 512
     maxes = _aligned("max_length", max_length, n)
-    caches = _aligned("cache_length", cache_length, n)
+    if cache_length is None:  # a quarter of each max_length (bad ones are reported by the check below)
+        caches = [m / 4 if isinstance(m, (int, float)) and not isinstance(m, bool) else 0 for m in maxes]
+    else:
+        caches = _aligned("cache_length", cache_length, n)
     lengths = _aligned("completion_lengths", completion_lengths, n)
     scores: list[float | None] = []
     for completion, max_len, cache, length in zip(completions, maxes, caches, lengths, strict=True):

@@ -139,7 +139,8 @@ class GRPOTrainer:
             synced=self.run.lockstep_forwards, batch_size=self.grpo.rollout_batch_size,
         )
         columns = self._columns(indices, self.prompts, self.grpo.num_generations)
-        columns["completion_lengths"] = rollout.completion_mask.sum(1).tolist()
+        columns["completion_lengths"] = rollout.completion_mask.sum(1).tolist()  # tokens, for length rewards
+        columns["max_completion_length"] = [self.grpo.max_completion_length] * len(rollout.texts)
         scores = score_completions(self.reward_fns, self.weights, rollout.texts, columns, on_error=self.grpo.reward_errors)
         if scores.errors and not self.reward_error_logged:
             log.warning("a reward function failed and its rows score None (grpo.reward_errors=none); the first error: "
