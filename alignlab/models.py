@@ -135,8 +135,10 @@ def load_model(model_cfg, lora_cfg=None, *, for_training: bool = True, gradient_
         model.generation_config.pad_token_id = model.generation_config.eos_token_id
     if gradient_checkpointing:
         # transformers 5.24 renamed it activation checkpointing; older 5.x has only the first name.
-        enable = getattr(model, "activation_checkpointing_enable", None) or model.gradient_checkpointing_enable
-        enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        if hasattr(model, "activation_checkpointing_enable"):
+            model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+        else:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.config.use_cache = False
     if lora_cfg is not None and lora_cfg.enabled and for_training:
         model = apply_lora(model, lora_cfg, quantized=model_cfg.load_in_4bit)

@@ -98,6 +98,21 @@ def cpu_only_multiprocess() -> bool:
     return not (accel.is_available() if accel is not None else torch.cuda.is_available())
 
 
+def check_precision(config) -> None:
+    """Refuse precision settings that cannot train, before any work."""
+    dtype, mixed = config.model.dtype, config.train.mixed_precision
+    if mixed == "fp16" and not torch.cuda.is_available():
+        raise AlignlabError("train.mixed_precision=fp16 needs a CUDA GPU (loss scaling); on this machine use bf16 or 'no'")
+    trains_weights = not (config.lora.enabled or config.model.load_in_4bit)
+    if mixed == "fp16" and dtype == "float16" and trains_weights:
+        raise AlignlabError("model.dtype=float16 with train.mixed_precision=fp16 cannot train the full model: the "
+                            "loss scaler cannot unscale float16 gradients. Load float32 weights (model.dtype=float32) "
+                            "for mixed precision, or use LoRA (its adapters are float32)")
+    if mixed == "bf16" and dtype == "float16":
+        raise AlignlabError("model.dtype=float16 with train.mixed_precision=bf16 mixes two half-precision formats: "
+                            "use model.dtype=bfloat16 (or float32)")
+
+
 GATHER = object()  # save()/save_final(): build the model to save (see TrainingRun.model_for_saving)
 DEEPSPEED_DIR, DEEPSPEED_TAG = "deepspeed", "state"  # checkpoint-N/deepspeed/state/: the engine's own files
 
@@ -107,8 +122,13 @@ class TrainingRun:
 
     def __init__(self, command: str, config):
         from accelerate import Accelerator
+        from accelerate.state import AcceleratorState
 
         self.command, self.config = command, config
+        check_precision(config)
+        # Runs started one after another in one process (the demo, iterate, tests) may differ in mixed
+        # precision, which accelerate keeps in a process-wide state; the process group (PartialState) stays.
+        AcceleratorState._reset_state()
         # step_scheduler_with_optimizer=False: accelerate would otherwise step the LR schedule once per
         # process at every optimizer step (it assumes a dataloader whose batches it split), running
         # warmup and decay N times too fast; here one optimizer step is one schedule step.
