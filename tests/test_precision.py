@@ -96,3 +96,21 @@ def test_combinations_that_cannot_train_are_refused(tmp_path, tiny_model_dir, sf
     result = cli(base_args("sft", tiny_model_dir, sft_train, out, f"model.dtype={dtype}",
                            f"train.mixed_precision={mixed}"))
     assert result.code == 2 and message in result.err
+
+
+@pytest.mark.parametrize("command, extra, key", [
+    ("grpo", ["grpo.beta=0.1", "grpo.num_generations=2", "grpo.max_completion_length=4"], "kl"),
+    ("dpo", ["dpo.reference=copy"], "rewards/margins"),
+    ("dpo", ["dpo.precompute_ref=true"], "rewards/margins"),
+])
+def test_reference_runs_in_the_policys_precision(tmp_path, tiny_model_dir, prefs, prompts, command, extra, key):
+    """At the first step the policy is the reference: under bf16 mixed precision with float32 weights
+    the frozen copy (and DPO's precomputed pass) must run under the same autocast as the policy, or
+    KL and reward margins start away from 0 by the bf16-vs-float32 rounding."""
+    data = prompts if command == "grpo" else prefs
+    out = tmp_path / "run"
+    assert run_cli(base_args(command, tiny_model_dir, data, out, "train.max_steps=1", "train.batch_size=2",
+                             "train.mixed_precision=bf16", f"dpo.ref_cache_dir={tmp_path / 'cache'}" if command == "dpo"
+                             else "grpo.temperature=1.0", *extra)).code == 0
+    (record,) = train_records(out)
+    assert abs(record[key]) < 1e-9  # exactly 0 when both run alike; ~7e-7 KL when the copy ran in float32
