@@ -68,6 +68,13 @@ def test_boxed_correct_math_equivalence(completion, gold, expected):
     assert answer_correct([tagged], answer=[gold]) == [2 * expected]
 
 
+def test_a_whole_solution_as_gold_is_read_as_its_last_box():
+    """A MATH row mapped by hand (data.columns.answer=solution) gives the whole solution as the gold."""
+    solution = r"Half of 1 is $\frac{1}{2}$, so the answer is $\boxed{\frac{1}{2}}$."
+    assert boxed_correct([r"\boxed{0.5}", r"\boxed{2}"], answer=[solution, solution]) == [1.0, 0.0]
+    assert answer_correct(["<answer>1/2</answer>"], answer=[solution]) == [2.0]
+
+
 def test_plain_numbers_keep_the_exact_fast_path(monkeypatch):
     def no_verifier(*_):
         raise AssertionError("the verifier was called for plain numbers")

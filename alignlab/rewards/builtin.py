@@ -181,13 +181,16 @@ def extract_boxed_answer(solution: str) -> str:
 def _gold(gold: Any) -> tuple[Decimal | None, str]:
     """Normalise a gold answer to (number or None, stripped string form).
 
-    A string containing ``####`` is treated as a full GSM8K solution.
+    A string containing ``####`` is treated as a full GSM8K solution, one containing
+    ``\\boxed{...}`` as a full MATH solution (its last box is the answer).
     """
     if isinstance(gold, str) and "####" in gold:
         try:
             gold = extract_gsm8k_answer(gold)
         except ValueError:
             pass
+    elif isinstance(gold, str) and last_boxed(gold) is not None:
+        gold = last_boxed(gold)
     return parse_number(gold), str(gold).strip()
 
 
@@ -276,7 +279,7 @@ def answer_correct(completions: list, answer: list, **_: Any) -> list[float | No
     not a plain number) is checked for mathematical equivalence by math-verify
     (:func:`alignlab.rewards.math_answers.math_equal`); a gold answer of words is compared
     as a stripped string. A gold string containing ``####`` is read as a full GSM8K
-    solution. A ``None`` gold gives ``None`` (row not applicable), and so does a check
+    solution, one containing a ``\\boxed{}`` as a full MATH solution (its last box). A ``None`` gold gives ``None`` (row not applicable), and so does a check
     the verifier could not finish in time. Range: [0, 2].
 
     >>> answer_correct(
