@@ -257,6 +257,9 @@ def test_a_row_in_no_format_lists_the_formats_and_the_columns():
     for title in ("prompt/chosen/rejected", "Stanford SHP", "WebGPT comparisons", "UltraFeedback ratings"):
         assert title in message
     assert "data.columns.chosen=<your column>" in message and "data.format=<name>" in message
+    ranked = {"prompt": "2+2?", "responses": ["4", "5"], "scores": [1, 0]}
+    with pytest.raises(DataError, match="alignlab pairs IN OUT"):
+        load([ranked])
 
 
 def test_data_format_forces_a_format():

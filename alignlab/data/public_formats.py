@@ -274,9 +274,12 @@ def no_format_error(row: Row, kind: str, missing: str) -> DataError:
     """A row in none of the formats: name the column most likely missing, list the formats and the columns found."""
     found = ", ".join(sorted(row.values)) or "(none)"
     listing = "; ".join(f"{f.title} [{f.name}]: {f.layout}" for f in formats_of(kind))
+    ranked = " Rows of responses with scores or ranks become pairs with `alignlab pairs IN OUT`." \
+        if kind == "preference" and "responses" in row.values else ""
     return DataError(
         f"{row.where(missing)}: missing; columns found: {found}. They match none of the recognised {kind} formats "
         f"({listing}). Map yours with data.columns.{missing}=<your column>, or name a format with data.format=<name>."
+        + ranked
     )
 
 
