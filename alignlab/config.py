@@ -54,6 +54,13 @@ class DataConfig:
     on_long: str = "drop"  # rows longer than train.max_length: drop (with a warning) | truncate | error
     skip_bad_rows: bool = False  # count and skip malformed rows instead of failing
     max_rows: Optional[int] = None
+    format: str = "auto"  # auto (detected from the columns) | one of DATA_FORMATS (alignlab/data/public_formats.py)
+    min_score_ratio: Optional[float] = None  # Stanford SHP: keep pairs whose score_ratio is at least this
+
+
+# data.format's values: the table of alignlab/data/public_formats.py (a test keeps the two lists equal).
+DATA_FORMATS = ("auto", "preference", "shp", "webgpt", "ultrafeedback",
+                "prompt", "gsm8k", "math-answer", "math", "math-messages")
 
 
 @dataclass
@@ -339,6 +346,10 @@ def validate(config) -> None:
         raise ConfigError(f"train.mixed_precision must be no, bf16 or fp16, got '{train.mixed_precision}'")
     if config.data.on_long not in ("drop", "truncate", "error"):
         raise ConfigError(f"data.on_long must be drop, truncate or error, got '{config.data.on_long}'")
+    if config.data.format not in DATA_FORMATS:
+        raise ConfigError(f"data.format must be one of {', '.join(DATA_FORMATS)}, got '{config.data.format}'")
+    if config.data.min_score_ratio is not None and config.data.min_score_ratio <= 0:
+        raise ConfigError(f"data.min_score_ratio must be positive (or null), got {config.data.min_score_ratio}")
     if not 0.0 <= config.data.eval_fraction < 1.0:
         raise ConfigError(f"data.eval_fraction must be in [0, 1), got {config.data.eval_fraction}")
     if config.model.dtype not in ("float32", "bfloat16", "float16", "auto"):

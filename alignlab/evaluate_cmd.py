@@ -141,7 +141,7 @@ def task_metrics(loaded, config) -> tuple[dict, list[dict]]:
 
     data, ev = config.data, config.eval
     items, skipped = load_prompt_items(data.prompts, split=data.split, columns=data.columns, max_rows=data.max_rows,
-                                       skip_bad_rows=data.skip_bad_rows)
+                                       skip_bad_rows=data.skip_bad_rows, label=f"data.prompts ({data.prompts})")
     reward_fns = [(name.rsplit(":", 1)[-1], get_reward(name)) for name in ev.rewards]
     options = dict(max_new_tokens=ev.max_new_tokens, batch_size=ev.batch_size)
     greedy = evaluate_prompts(loaded.model, loaded.tokenizer, loaded.templater, items, reward_fns, None, **options)
@@ -167,7 +167,8 @@ def load_eval_pairs(config, templater, examples=None):
     data = config.data
     if examples is None:
         rows = read_rows(data.pairs, split=data.split, max_rows=data.max_rows, skip_bad_rows=data.skip_bad_rows)
-        examples, _ = load_preference_rows(rename_columns(rows, data.columns), skip_bad_rows=data.skip_bad_rows)
+        examples, _ = load_preference_rows(rename_columns(rows, data.columns), skip_bad_rows=data.skip_bad_rows,
+                                           label=f"data.pairs ({data.pairs})")
     elif data.max_rows:
         examples = examples[: data.max_rows]
     return encode_pairs(examples, templater, max_length=config.eval.max_length, on_long="truncate")

@@ -149,7 +149,8 @@ def test_answer_format_ignores_unknown_columns():
         ("<answer>7</answer> no wait <answer>42</answer>", "42", 2.0),
         ("<answer>42</answer> no wait <answer>7</answer>", "42", 0.0),
         ("<answer>42</answer> then <answer>7", "42", 2.0),  # unclosed last tag is not an answer
-        ("<answer>12 apples</answer>", "12", 0.0),
+        ("<answer>12 apples</answer>", "12", 2.0),  # math-verify drops the unit, as MATH graders do
+        ("<answer>13 apples</answer>", "12", 0.0),
         ("42", "42", 0.0),
         ("", "42", 0.0),
         ("<answer></answer>", "42", 0.0),
@@ -191,7 +192,8 @@ def test_answer_correct_misaligned_column_raises():
         (r"\boxed{-3}", "-3", 1.0),
         (r"\boxed{\frac{1}{2}}", r"\frac{1}{2}", 1.0),
         (r"\boxed{\frac{\sqrt{3}}{2}}", r"\frac{\sqrt{3}}{2}", 1.0),
-        (r"\boxed{\frac{1}{2}}", "0.5", 0.0),
+        (r"\boxed{\frac{1}{2}}", "0.5", 1.0),  # math equivalence, not string equality (math-verify)
+        (r"\boxed{\frac{1}{3}}", "0.5", 0.0),
         (r"\boxed{1} hmm \boxed{2}", "2", 1.0),
         (r"\boxed{2} hmm \boxed{1}", "2", 0.0),
         (r"\boxed{2} hmm \boxed{1", "2", 0.0),  # last box is unclosed

@@ -16,6 +16,11 @@ Accepted row formats (after column renaming):
 4. implicit, HH-RLHF     {"chosen": "\\n\\nHuman: ...\\n\\nAssistant: ...", "rejected": "..."}
                          (Anthropic transcripts, parsed into messages, then as in 3)
 
+Public sets whose chosen and rejected follow from a label or scores in the row (Stanford SHP, WebGPT
+comparisons, raw UltraFeedback ratings) are recognised from their columns and read by
+`alignlab.data.public_formats`; `load_preference_source` detects a source's format (or takes
+`data.format`), reads every row in it and reports what was dropped (WebGPT ties, ...).
+
 Nothing is tokenised here; `alignlab.data.preference_encode` does that with the Templater.
 Every rejected row raises `DataError` naming the file, the row and the field.
 """
@@ -25,9 +30,10 @@ from __future__ import annotations
 import logging
 import re
 from dataclasses import dataclass
-from typing import Union
+from typing import Optional, Union
 
 from alignlab.data.io import Row, check_readable
+from alignlab.data.public_formats import FORMATS, LoadReport, choose_format, check_score_ratio
 from alignlab.data.sft import check_messages, check_text
 from alignlab.errors import DataError
 
@@ -286,20 +292,47 @@ def normalize_preference_row(row: Row) -> PreferenceExample:
     return PreferenceExample(prompt=prompt, chosen=chosen, rejected=rejected, source=row.where())
 
 
-def load_preference_rows(rows: list[Row], *, skip_bad_rows: bool) -> tuple[list[PreferenceExample], int]:
-    """Normalise every row. Returns (examples, number of bad rows skipped); with skip_bad_rows=False
-    the first bad row's DataError propagates."""
+def _first_missing(values: dict) -> str:
+    return "chosen" if "chosen" not in values else "rejected"
+
+
+def load_preference_source(rows: list[Row], *, skip_bad_rows: bool, format: str = "auto",
+                           min_score_ratio: Optional[float] = None,
+                           label: str = "") -> tuple[list[PreferenceExample], LoadReport]:
+    """Every row of one source read in its format (detected from the columns, or `format`), and the report
+    (format, bad rows skipped, rows dropped by reason), which is logged. With skip_bad_rows=False the first
+    bad row's DataError propagates."""
+    fmt, forced = choose_format(rows, "preference", format, skip_bad_rows=skip_bad_rows, missing=_first_missing)
+    report = LoadReport(fmt or FORMATS["preference"], label or (rows[0].source if rows else ""), rows=len(rows),
+                        forced=forced)
+    check_score_ratio(report.format, min_score_ratio, report.label)
+    read = report.format.read
     examples: list[PreferenceExample] = []
-    skipped = 0
     first_error = ""
     for row in rows:
         try:
-            examples.append(normalize_preference_row(row))
+            check_readable(row)
+            if read is None:
+                examples.append(normalize_preference_row(row))
+                continue
+            pairs, dropped = read(row, min_score_ratio=min_score_ratio)
+            report.dropped.update(dropped)
+            examples += [PreferenceExample(prompt, chosen, rejected, row.where()) for prompt, chosen, rejected in pairs]
         except DataError as exc:
             if not skip_bad_rows:
                 raise
-            skipped += 1
+            report.skipped += 1
             first_error = first_error or str(exc)
-    if skipped:
-        log.warning("skipped %d bad preference rows (data.skip_bad_rows=true); first: %s", skipped, first_error)
-    return examples, skipped
+    if report.skipped:
+        log.warning("skipped %d bad preference rows (data.skip_bad_rows=true); first: %s", report.skipped, first_error)
+    report.examples = len(examples)
+    report.log()
+    return examples, report
+
+
+def load_preference_rows(rows: list[Row], *, skip_bad_rows: bool, format: str = "auto",
+                         min_score_ratio: Optional[float] = None, label: str = "") -> tuple[list[PreferenceExample], int]:
+    """`load_preference_source`, returning (examples, number of bad rows skipped)."""
+    examples, report = load_preference_source(rows, skip_bad_rows=skip_bad_rows, format=format,
+                                              min_score_ratio=min_score_ratio, label=label)
+    return examples, report.skipped

@@ -24,7 +24,7 @@ is never trained and never generated.
 
 from __future__ import annotations
 
-
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Optional, Union
 
@@ -40,10 +40,12 @@ class EncodeStats:
     truncated: int = 0
     dropped_long: int = 0
     skipped_bad: int = 0
+    dropped: Counter = field(default_factory=Counter)  # rows that carry no preference, by reason ("ties")
     notes: list[str] = field(default_factory=list)
 
     def summary(self) -> str:
         parts = [f"{self.examples} examples"]
+        parts += [f"dropped {count} {reason}" for reason, count in self.dropped.items()]
         if self.truncated:
             parts.append(f"{self.truncated} truncated to train.max_length")
         if self.dropped_long:

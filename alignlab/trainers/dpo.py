@@ -47,8 +47,9 @@ def load_pairs(config, templater):
         raise DataError("no training data: set data.train to a preference file (.jsonl/.json/.parquet/.csv) or dataset id")
 
     def read(source, split, columns=None):
-        examples, skipped = read_preference_examples(data, source, split, columns)
-        templater.stats.skipped_bad += skipped
+        examples, report = read_preference_examples(data, source, split, columns)
+        templater.stats.skipped_bad += report.skipped
+        templater.stats.dropped.update(report.dropped)  # WebGPT ties, SHP pairs under data.min_score_ratio, ...
         return examples
 
     options = dict(max_length=train.max_length, on_long=data.on_long)
