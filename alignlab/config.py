@@ -128,6 +128,11 @@ class GRPOConfig:
     skip_zero_std_groups: bool = False  # dynamic sampling (DAPO)
     max_resample_rounds: int = 3
     rollout_batch_size: int = 512  # completions decoded together: bounds the KV cache's peak memory
+    backend: str = "hf"  # hf (alignlab's KV-cache sampler) | vllm (a colocated vLLM engine; pip install ".[vllm]")
+    vllm_gpu_memory_utilization: float = 0.3  # share of GPU memory the engine takes (weights + KV cache)
+    vllm_sleep: bool = False  # GPU: release the engine's KV cache while training (vLLM sleep mode)
+    vllm_max_model_len: Optional[int] = None  # None = train.max_length
+    vllm_importance_sampling_cap: float = 3.0  # truncated importance sampling of the sampler/trainer gap; 0 = off
     eval_max_prompts: int = 200
     num_samples_logged: int = 4
 
@@ -167,6 +172,7 @@ class IterateConfig:
     temperature: float = 1.0
     eval_samples: int = 4  # sampled completions per eval prompt for eval/sampled_reward (0 = greedy only)
     eval_max_prompts: int = 200
+    backend: str = "hf"  # hf | vllm: the engine that samples each round's responses and evaluates
 
 
 @dataclass
@@ -412,6 +418,7 @@ class EvalConfig:
     max_length: int = 1024  # longer pairs are truncated (the preference data policy)
     seed: int = 0
     output: Optional[str] = None  # JSON path; None = <run dir>/eval.json, or runs/eval/<model>_<time>.json
+    backend: str = "hf"  # hf | vllm: the engine that generates for task metrics
 
 
 @dataclass

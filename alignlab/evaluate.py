@@ -51,15 +51,21 @@ def evaluate_prompts(
     temperature: float = 1.0,
     batch_size: int = 256,
     synced: bool = False,
+    engine=None,
 ) -> EvalResult:
     """Generate for each prompt item (greedy, or `num_samples` samples) and score with the rewards
-    (`synced`: under FSDP or ZeRO-3, every process evaluates the same items together)."""
+    (`synced`: under FSDP or ZeRO-3, every process evaluates the same items together; `engine`: a
+    vLLM engine holding the model's weights generates instead of our sampler)."""
     prompt_ids = [templater.ids(templater.prompt_text(item.prompt)) for item in items]
     k = 1 if greedy else num_samples
-    rollout = generate(
-        model, tokenizer, prompt_ids, num_generations=k, max_new_tokens=max_new_tokens,
-        greedy=greedy, temperature=temperature, batch_size=batch_size, synced=synced,
-    )
+    if engine is not None:
+        rollout = engine.generate(prompt_ids, num_generations=k, max_new_tokens=max_new_tokens, greedy=greedy,
+                                  temperature=temperature)
+    else:
+        rollout = generate(
+            model, tokenizer, prompt_ids, num_generations=k, max_new_tokens=max_new_tokens,
+            greedy=greedy, temperature=temperature, batch_size=batch_size, synced=synced,
+        )
     names = sorted({c for item in items for c in item.columns})
     columns = {n: [item.columns.get(n) for item in items for _ in range(k)] for n in names}
     columns["completion_lengths"] = rollout.completion_mask.sum(1).tolist()

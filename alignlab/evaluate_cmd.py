@@ -143,7 +143,11 @@ def task_metrics(loaded, config) -> tuple[dict, list[dict]]:
     items, skipped = load_prompt_items(data.prompts, split=data.split, columns=data.columns, max_rows=data.max_rows,
                                        skip_bad_rows=data.skip_bad_rows, label=f"data.prompts ({data.prompts})")
     reward_fns = [(name.rsplit(":", 1)[-1], get_reward(name)) for name in ev.rewards]
-    options = dict(max_new_tokens=ev.max_new_tokens, batch_size=ev.batch_size)
+    from alignlab.vllm_rollout import engine_for_model, engine_or_none
+
+    engine = engine_or_none(ev.backend, lambda: engine_for_model(
+        loaded.path, loaded.model, loaded.tokenizer, max_model_len=ev.max_length + ev.max_new_tokens, seed=ev.seed))
+    options = dict(max_new_tokens=ev.max_new_tokens, batch_size=ev.batch_size, engine=engine)
     greedy = evaluate_prompts(loaded.model, loaded.tokenizer, loaded.templater, items, reward_fns, None, **options)
     metrics = dict(greedy.metrics)
     if ev.num_samples > 1:

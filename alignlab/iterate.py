@@ -91,14 +91,23 @@ class Rounds:
         self.reward_fns = [(name, get_reward(name)) for name in it.rewards]
         self.policy = config.model.name_or_path
         self.rows: list[dict] = []
+        self.engine = None  # iterate.backend=vllm: one engine for every round, given each round's weights
 
     def load_policy(self):
         from alignlab.inference import load_for_inference
+        from alignlab.vllm_rollout import engine_for_model, engine_or_none
 
         data = self.config.data
-        return load_for_inference(self.policy, dtype=self.config.model.dtype, use_chat_template=data.chat_template,
-                                  system_prompt=data.system_prompt,
-                                  trust_remote_code=self.config.model.trust_remote_code)
+        loaded = load_for_inference(self.policy, dtype=self.config.model.dtype, use_chat_template=data.chat_template,
+                                    system_prompt=data.system_prompt,
+                                    trust_remote_code=self.config.model.trust_remote_code)
+        if self.engine is None:
+            self.engine = engine_or_none(self.it.backend, lambda: engine_for_model(
+                self.policy, loaded.model, loaded.tokenizer, seed=self.config.train.seed,
+                max_model_len=self.config.train.max_length + self.it.max_new_tokens))
+        elif self.engine is not None:
+            self.engine.load_weights(loaded.model)
+        return loaded
 
     def evaluate(self, loaded, seed: int) -> dict:
         """Task metrics of the loaded policy on the eval prompts: greedy, and sampled mean reward."""
@@ -108,6 +117,7 @@ class Rounds:
             return {}
         it = self.it
         common = dict(max_new_tokens=it.max_new_tokens)
+        common["engine"] = self.engine
         greedy = evaluate_prompts(loaded.model, loaded.tokenizer, loaded.templater, self.eval_items, self.reward_fns,
                                   it.reward_weights, greedy=True, **common).metrics
         metrics = {f"eval/{k}": v for k, v in greedy.items() if k != "prompts"}
@@ -146,7 +156,7 @@ class Rounds:
         k = it.samples_per_prompt
         result = evaluate_prompts(loaded.model, loaded.tokenizer, loaded.templater, items, self.reward_fns,
                                   it.reward_weights, greedy=False, num_samples=k, temperature=it.temperature,
-                                  max_new_tokens=it.max_new_tokens)
+                                  max_new_tokens=it.max_new_tokens, engine=self.engine)
         pairs, stats = [], PairStats()
         for i, item in enumerate(items):
             group = result.samples[i * k : (i + 1) * k]

@@ -40,9 +40,14 @@ Choices made:
   * Metrics (kl, clip ratios) are detached means over the active tokens of this call.
 
   * Unscorable completions (NaN rewards) are left out of the group statistics and get advantage 0.
+  * Sampler/trainer mismatch (a vLLM engine's kernels, bf16 sampling): the tokens were drawn from the
+    sampler's distribution mu, not the rollout policy pi_old. Truncated importance sampling (Yao et
+    al. 2025, "Your efficient RL framework secretly brings you off-policy RL training") multiplies
+    each token's policy-gradient term by min(pi_old(y_t) / mu(y_t), C), with C =
+    grpo.vllm_importance_sampling_cap (3 by default, as TRL); the KL term is not re-weighted.
 
 Left out: sequence-level importance ratios (GSPO), CISPO/SAPO/VESPO, the dual-clip delta bound,
-entropy bonus and masking, vLLM importance-sampling correction, token-level [B, T] advantages.
+entropy bonus and masking, token-level [B, T] advantages.
 """
 
 from __future__ import annotations
@@ -202,6 +207,7 @@ def grpo_loss(
     loss_type: str = "dapo",
     max_completion_length: Optional[int] = None,
     normalizer: Optional[Count] = None,
+    importance_weights: Optional[torch.Tensor] = None,
 ) -> GRPOLossOutput:
     """Clipped GRPO surrogate (+ beta * k3 KL) over completion tokens.
 
@@ -209,6 +215,8 @@ def grpo_loss(
     1/0 mask of real (non-padding) tokens. old_logps=None: on-policy (ratio 1). ref_logps may be None
     when beta == 0. advantages: [B], one per completion. loss_type: a key of LOSS_AGGREGATIONS.
     normalizer: the aggregation's denominator for the whole optimizer step (see module docstring).
+    importance_weights: [B, T] or None, truncated importance weights of the rollout policy against
+    the sampler that drew the tokens (see module docstring), multiplying the policy-gradient term.
     """
     if loss_type not in LOSS_AGGREGATIONS:
         raise ValueError(f"unknown GRPO loss_type {loss_type!r}; valid options: {sorted(LOSS_AGGREGATIONS)}")
@@ -224,6 +232,8 @@ def grpo_loss(
     clipped = torch.clamp(ratio, 1.0 - epsilon_low, 1.0 + epsilon_high) * token_advantages  # [B, T]
     # The pessimistic (smaller) objective: clipping only ever removes the incentive to move further.
     per_token = -torch.minimum(unclipped, clipped)  # [B, T]
+    if importance_weights is not None:
+        per_token = per_token * importance_weights  # [B, T]: the sampler's tokens, re-weighted to the policy's
 
     if beta != 0.0:
         log_ref_over_policy = ref_logps - logps  # [B, T]

@@ -32,7 +32,10 @@ Choices, named:
   within groups is `reward_std/within_group`.
 - mu = `grpo.num_iterations` optimizer steps per rollout batch; the old log-probs are recorded once
   (with mu = 1 they are the current ones, detached: no extra forward pass).
-- Left out: PPO value function, reward models (use a reward function), vLLM, entropy bonus.
+- Backends (`grpo.backend`): hf, our sampler; vllm, a colocated vLLM engine (`alignlab.vllm_rollout`)
+  that gets the policy's weights before each rollout that follows an optimizer step; its
+  sampled-token log-probs drive truncated importance sampling (`grpo.vllm_importance_sampling_cap`).
+- Left out: PPO value function, reward models (use a reward function), entropy bonus.
 """
 
 from __future__ import annotations
@@ -41,6 +44,7 @@ import copy
 import logging
 import math
 import time
+import zlib
 
 import torch
 
@@ -54,6 +58,7 @@ from alignlab.losses.grpo import (ADVANTAGE_SCALINGS, LOSS_AGGREGATIONS, constan
 from alignlab.models import count_parameters, is_peft, load_model, load_tokenizer, model_stop_ids
 from alignlab.rewards import RewardScores, get_reward, score_completions
 from alignlab.rollout import Rollout, concat_rollouts, generate
+from alignlab.vllm_rollout import build_engine, engine_or_none
 from alignlab.tracking import append_jsonl
 from alignlab.training import IndexSampler, TrainingRun
 
@@ -100,6 +105,8 @@ class GRPOTrainer:
         self.run.prepare(model, self.tokenizer)
         if self.ref_model is not None:
             self.ref_model.to(self.run.device)
+        self.engine = engine_or_none(self.grpo.backend, self._build_engine)
+        self.engine_step = None  # the optimizer step whose weights the engine holds
         self.sampler = IndexSampler(len(self.prompts), self.train.seed)
         self.buffer: list = []  # remaining (rollout, iteration) work of the current rollout batch
         self.zero_std_streak = 0
@@ -130,14 +137,33 @@ class GRPOTrainer:
 
     # ------------------------------------------------------------ rollout
 
+    def _build_engine(self):
+        if self.run.lockstep_forwards:
+            raise ConfigError("grpo.backend=vllm is not supported under FSDP or DeepSpeed ZeRO-3 yet (the engine "
+                              "needs the full weights each sync); use DDP or ZeRO-2, or grpo.backend=hf")
+        return build_engine(
+            self.config.model, self.tokenizer, self.run.unwrapped.generation_config,
+            max_model_len=self.grpo.vllm_max_model_len or self.train.max_length,
+            gpu_memory_utilization=self.grpo.vllm_gpu_memory_utilization,
+            seed=self.train.seed, sleep=self.grpo.vllm_sleep,
+        )
+
     def _rollout(self, indices: list[int]) -> tuple[Rollout, RewardScores]:
         model = self.run.unwrapped
-        rollout = generate(
-            model, self.tokenizer, [self.prompt_ids[i] for i in indices],
-            num_generations=self.grpo.num_generations, max_new_tokens=self.grpo.max_completion_length,
-            temperature=self.grpo.temperature, top_p=self.grpo.top_p, top_k=self.grpo.top_k, device=self.run.device,
-            synced=self.run.lockstep_forwards, batch_size=self.grpo.rollout_batch_size,
-        )
+        prompts = [self.prompt_ids[i] for i in indices]
+        sampling = dict(num_generations=self.grpo.num_generations, max_new_tokens=self.grpo.max_completion_length,
+                        temperature=self.grpo.temperature, top_p=self.grpo.top_p, top_k=self.grpo.top_k)
+        if self.engine is not None:
+            if self.engine_step != self.run.step:  # an optimizer step since the last push
+                self.engine.load_weights(model)
+                self.engine_step = self.run.step
+            # Seeded by the data position, which a checkpoint restores: a resumed run draws what the
+            # uninterrupted one drew. Every process and every refill round gets its own draws.
+            draw = (self.train.seed, self.run.accelerator.process_index, self.sampler.epoch, self.sampler.offset)
+            rollout = self.engine.generate(prompts, seed=zlib.crc32(repr(draw).encode()), **sampling)
+        else:
+            rollout = generate(model, self.tokenizer, prompts, device=self.run.device, synced=self.run.lockstep_forwards,
+                               batch_size=self.grpo.rollout_batch_size, **sampling)
         columns = self._columns(indices, self.prompts, self.grpo.num_generations)
         columns["completion_lengths"] = rollout.completion_mask.sum(1).tolist()  # tokens, for length rewards
         columns["max_completion_length"] = [self.grpo.max_completion_length] * len(rollout.texts)
@@ -303,8 +329,10 @@ class GRPOTrainer:
             }[grpo.loss_type])
         # bnpo (TRL): each micro-batch by its own tokens, averaged over the step's micro-batches of all processes.
         micro_batches = math.ceil(len(rows_all) / micro) * self.run.num_processes
-        sums = {"loss": 0.0, "kl": 0.0, "clip_ratio": 0.0, "entropy": 0.0, "logp_gap": 0.0}
-        tokens, gap_max = 0.0, 0.0
+        sums = {"loss": 0.0, "kl": 0.0, "clip_ratio": 0.0, "entropy": 0.0, "logp_gap": 0.0, "is_ratio": 0.0}
+        tokens, gap_max, is_max, is_min = 0.0, 0.0, 0.0, float("inf")
+        cap = grpo.vllm_importance_sampling_cap
+        correct = self.engine is not None and cap > 0 and rollout.sampling_logps is not None
         for rows in self.run.micro_batches(rows_all, micro):
             logps, entropy = self._logps(self.run.model, rollout, rows, with_entropy=True)  # [b, C]
             mask = rollout.completion_mask[rows].to(self.run.device)  # [b, C]
@@ -315,12 +343,22 @@ class GRPOTrainer:
                 gap_max = max(gap_max, float(gap.max()) if gap.numel() else 0.0)
             if grpo.loss_type == "bnpo":
                 normalizer = float(mask.sum().clamp(min=1)) * micro_batches
+            weights = None
+            if correct:  # truncated importance sampling: rollout policy over sampler, per token
+                behaviour = old[rows].to(self.run.device) if old is not None else logps.detach()
+                ratio = torch.exp((behaviour - rollout.sampling_logps[rows].to(self.run.device)) * mask)  # [b, C]
+                weights = ratio.clamp(max=cap)
+                active_ratio = ratio[mask.bool()]
+                if active_ratio.numel():
+                    sums["is_ratio"] += float(active_ratio.sum())
+                    is_max, is_min = max(is_max, float(active_ratio.max())), min(is_min, float(active_ratio.min()))
             out = grpo_loss(
                 logps, old[rows].to(self.run.device) if old is not None else None,
                 ref[rows].to(self.run.device) if ref is not None else None,
                 advantages[rows].to(self.run.device), mask,
                 epsilon_low=grpo.epsilon_low, epsilon_high=grpo.epsilon_high, beta=grpo.beta,
                 loss_type=grpo.loss_type, max_completion_length=grpo.max_completion_length, normalizer=normalizer,
+                importance_weights=weights,
             )
             self.run.backward(out.loss)
             active = float(mask.sum())
@@ -330,13 +368,17 @@ class GRPOTrainer:
             sums["clip_ratio"] += float(out.clip_ratio) * active
             sums["entropy"] += float((entropy * mask).sum())
         # Token means over every process's completions (not a mean of per-process means).
-        keys = ("kl", "clip_ratio", "entropy", "logp_gap")
+        keys = ("kl", "clip_ratio", "entropy", "logp_gap", "is_ratio")
         totals = self.run.global_sums([sums["loss"], float(mask_all.sum())] + [sums[k] for k in keys])
         loss, means = totals[0], [t / max(totals[1], 1.0) for t in totals[2:]]
         metrics = {"loss": loss, **dict(zip(keys[:3], means[:3])), "tokens": tokens}
         if fresh and rollout.sampling_logps is not None:
             metrics["sampling/sampling_logp_difference/mean"] = means[3]
             metrics["sampling/sampling_logp_difference/max"] = self._global_max(gap_max)
+        if correct and fresh:
+            metrics["sampling/importance_sampling_ratio/mean"] = means[4]
+            metrics["sampling/importance_sampling_ratio/max"] = self._global_max(is_max)
+            metrics["sampling/importance_sampling_ratio/min"] = -self._global_max(-is_min)
         return metrics
 
     def _global_max(self, value: float) -> float:
