@@ -20,16 +20,9 @@ from transformers import TextStreamer
 
 from alignlab.errors import AlignlabError
 from alignlab.inference import LoadedModel, load_for_inference
+from alignlab.models import stop_token_ids
 
 HELP = "commands: /reset (new conversation), /system TEXT (set the system prompt), /quit"
-
-
-def _stop_ids(model, tokenizer) -> list[int]:
-    """End-of-turn ids: the tokenizer's EOS plus the model's generation config's (chat models often add one)."""
-    ids = {tokenizer.eos_token_id}
-    configured = getattr(model.generation_config, "eos_token_id", None)
-    ids.update(configured if isinstance(configured, list) else [configured])
-    return sorted(i for i in ids if i is not None)
 
 
 class ChatSession:
@@ -40,7 +33,7 @@ class ChatSession:
         self.loaded, self.system, self.history = loaded, system, []
         self.max_new_tokens, self.temperature, self.top_p = max_new_tokens, temperature, top_p
         self.out = out or sys.stdout
-        self.stop_ids = _stop_ids(loaded.model, loaded.tokenizer)
+        self.stop_ids = stop_token_ids(loaded.tokenizer, loaded.model.generation_config)
 
     def messages(self) -> list[dict]:
         system = [{"role": "system", "content": self.system}] if self.system else []

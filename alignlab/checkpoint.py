@@ -2,7 +2,9 @@
 
 A checkpoint is written into `checkpoint-NNNNNN.tmp/` and renamed into place only when complete, so
 a process killed mid-save leaves the previous checkpoint usable. `state.json` is written last
-inside it; a directory without one is never resumed from.
+inside it; a directory without one is never resumed from. Before the rename every file and folder
+in it is flushed to disk (fsync), and the parent after it: after a power loss the rename may be
+lost, but a durable state.json never sits beside weights still in the page cache.
 """
 
 from __future__ import annotations
@@ -86,15 +88,36 @@ def save_checkpoint(
     if per_process is not None:
         saved["per_process"] = per_process
     torch.save(saved, tmp / "rng_and_extra.pt")
+    sync_tree(tmp)  # the weights and optimizer state are on disk before state.json says they are complete
     atomic_write_text(tmp / "state.json", json.dumps({**state, "step": step}, indent=2))
+    sync_dir(tmp)
     if final.exists():  # re-saving the same step (e.g. the last step after a resume)
         remove_checkpoint(final)
     os.replace(tmp, final)
+    sync_dir(Path(run_dir))
     _record(run_dir, final, step)
     if keep:
         for old in checkpoint_dirs(run_dir)[:-keep]:
             remove_checkpoint(old)
     return final
+
+
+def sync_dir(path: Path) -> None:
+    """fsync a directory: makes the names created or renamed in it durable."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def sync_tree(root: Path) -> None:
+    """fsync every file under `root`, then every directory, deepest first."""
+    for folder, _, files in os.walk(root, topdown=False):
+        for name in files:
+            with open(os.path.join(folder, name), "rb") as handle:
+                os.fsync(handle.fileno())
+        sync_dir(Path(folder))
 
 
 def tmp_checkpoint_dir(run_dir: Path, step: int) -> Path:

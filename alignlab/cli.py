@@ -103,8 +103,8 @@ def _add_inference_commands(sub) -> None:
 def _add_data_and_grid_commands(sub) -> None:
     pairs = sub.add_parser("pairs", help="ranked or scored responses -> a DPO dataset (prompt/chosen/rejected)",
                            description="Rows with a prompt, responses and scores (higher is better) or ranks "
-                           "(1 is best) -> JSONL pairs; equal scores are never paired. Prints pairs per prompt and "
-                           "what was dropped and why.")
+                           "(1 is best), or raw UltraFeedback rows (instruction, completions with ratings) -> JSONL "
+                           "pairs; equal scores are never paired. Prints pairs per prompt and what was dropped and why.")
     pairs.add_argument("input", metavar="IN")
     pairs.add_argument("output", metavar="OUT", help="JSONL file to write")
     pairs.add_argument("--strategy", default="best-vs-worst", choices=["best-vs-worst", "all-pairs", "best-vs-rest"])

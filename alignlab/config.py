@@ -29,6 +29,7 @@ class ModelConfig:
     trust_remote_code: bool = False
     load_in_4bit: bool = False  # QLoRA (bitsandbytes NF4, CUDA only)
     attn_implementation: Optional[str] = None
+    revision: Optional[str] = None  # a hub model's branch, tag or commit
 
 
 @dataclass
@@ -53,6 +54,13 @@ class DataConfig:
     on_long: str = "drop"  # rows longer than train.max_length: drop (with a warning) | truncate | error
     skip_bad_rows: bool = False  # count and skip malformed rows instead of failing
     max_rows: Optional[int] = None
+    format: str = "auto"  # auto (detected from the columns) | one of DATA_FORMATS (alignlab/data/public_formats.py)
+    min_score_ratio: Optional[float] = None  # Stanford SHP: keep pairs whose score_ratio is at least this
+
+
+# data.format's values: the table of alignlab/data/public_formats.py (a test keeps the two lists equal).
+DATA_FORMATS = ("auto", "preference", "shp", "webgpt", "ultrafeedback",
+                "prompt", "gsm8k", "math-answer", "math", "math-messages")
 
 
 @dataclass
@@ -66,7 +74,7 @@ class TrainConfig:
     weight_decay: float = 0.0
     warmup_steps: int = 0
     lr_scheduler: str = "constant"  # constant | linear | cosine (transformers' schedulers)
-    max_grad_norm: float = 1.0  # inf = no clipping
+    max_grad_norm: float = 1.0  # 0 = no clipping
     adam_beta1: float = 0.9
     adam_beta2: float = 0.999
     max_length: int = 512
@@ -90,7 +98,9 @@ class DPOConfig:
     loss_type: str = "sigmoid"  # a key of alignlab.losses.dpo.DPO_LOSSES
     label_smoothing: float = 0.0
     sft_weight: float = 0.0  # RPO: weight of the NLL term on chosen
-    length_normalize: bool = False  # use per-token mean log-probs (IPO / SimPO style)
+    # Per-token mean log-probs instead of sums. None = on for IPO (its 1/(2 beta) target is set for
+    # per-token margins, as TRL and the IPO authors do), off for the other losses.
+    length_normalize: Optional[bool] = None
     reference: str = "auto"  # auto | adapter | copy | none (reference-free, SimPO style)
     precompute_ref: bool = True
     ref_cache_dir: Optional[str] = None  # None = <runs root>/.ref_cache
@@ -117,6 +127,7 @@ class GRPOConfig:
     num_iterations: int = 1  # mu: policy updates per rollout batch
     skip_zero_std_groups: bool = False  # dynamic sampling (DAPO)
     max_resample_rounds: int = 3
+    rollout_batch_size: int = 512  # completions decoded together: bounds the KV cache's peak memory
     eval_max_prompts: int = 200
     num_samples_logged: int = 4
 
@@ -400,7 +411,7 @@ RANGES: dict[str, tuple[str, str]] = {
     "train.lr": ("> 0", ""),
     "train.weight_decay": (">= 0", ""),
     "train.warmup_steps": (">= 0", ""),
-    "train.max_grad_norm": ("> 0", "clipping to 0 would zero every gradient; train.max_grad_norm=inf turns clipping off"),
+    "train.max_grad_norm": (">= 0", "0 = no clipping"),
     "train.adam_beta1": ("[0, 1)", ""),
     "train.adam_beta2": ("[0, 1)", ""),
     "train.log_every": (">= 1", ""),
@@ -430,6 +441,7 @@ RANGES: dict[str, tuple[str, str]] = {
     "grpo.epsilon_high": (">= 0", ""),
     "grpo.num_iterations": (">= 1", ""),
     "grpo.max_resample_rounds": (">= 0", ""),
+    "grpo.rollout_batch_size": (">= 1", ""),
     "grpo.eval_max_prompts": (">= 1", ""),
     "grpo.num_samples_logged": (">= 0", ""),
     "iterate.rounds": (">= 1", ""),
@@ -487,6 +499,10 @@ def validate(config) -> None:
         raise ConfigError(f"train.mixed_precision must be no, bf16 or fp16, got '{train.mixed_precision}'")
     if config.data.on_long not in ("drop", "truncate", "error"):
         raise ConfigError(f"data.on_long must be drop, truncate or error, got '{config.data.on_long}'")
+    if config.data.format not in DATA_FORMATS:
+        raise ConfigError(f"data.format must be one of {', '.join(DATA_FORMATS)}, got '{config.data.format}'")
+    if config.data.min_score_ratio is not None and config.data.min_score_ratio <= 0:
+        raise ConfigError(f"data.min_score_ratio must be positive (or null), got {config.data.min_score_ratio}")
     if config.model.dtype not in ("float32", "bfloat16", "float16", "auto"):
         raise ConfigError(f"model.dtype must be float32, bfloat16, float16 or auto, got '{config.model.dtype}'")
     if hasattr(config, "iterate"):

@@ -7,10 +7,13 @@ Definitions (what the numbers mean):
 - reward: mean weighted total reward; rewards/<fn>/mean: each function's mean;
 - mean_length: mean completion length in tokens (EOS included);
 - preference_accuracy: share of held-out pairs where the chosen response gets the higher implicit
-  reward, beta * (log pi - log ref); without a reference, the higher log-prob.
+  reward, beta * (log pi - log ref); without a reference, the higher log-prob (a different
+  quantity: `alignlab eval` reports that one as reference_free/accuracy and reference_free/margin).
 """
 
 from __future__ import annotations
+
+import math
 
 from dataclasses import dataclass, field
 from typing import Optional
@@ -63,7 +66,7 @@ def evaluate_prompts(
     scores = score_completions(reward_fns, weights, rollout.texts, columns, on_error="none")
     n = len(rollout.texts)
     metrics = {
-        "reward": sum(scores.total) / n,
+        "reward": _mean([t for t in scores.total if not math.isnan(t)]),  # unscorable completions left out
         "mean_length": float(rollout.completion_mask.sum(1).float().mean()),
         "prompts": len(items),
     }
@@ -105,3 +108,7 @@ def preference_accuracy(model, tokenizer, pairs, *, ref_logps: Optional[torch.Te
         metrics["rewards/chosen"] = float(beta * ratios[:, 0].mean())
         metrics["rewards/rejected"] = float(beta * ratios[:, 1].mean())
     return metrics
+
+
+def _mean(values: list[float]) -> float:
+    return sum(values) / len(values) if values else float("nan")

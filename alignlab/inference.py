@@ -40,12 +40,13 @@ def load_for_inference(name_or_path: str, *, dtype: str = "auto", trust_remote_c
                        use_chat_template: bool = True, system_prompt=None, device=None) -> LoadedModel:
     from alignlab.config import ModelConfig
     from alignlab.data.templates import Templater
-    from alignlab.models import load_model, load_tokenizer
+    from alignlab.models import load_model, load_tokenizer, stop_token_ids
 
     config = ModelConfig(name_or_path=name_or_path, dtype=pick_dtype(dtype), trust_remote_code=trust_remote_code)
     tokenizer = load_tokenizer(name_or_path, trust_remote_code=trust_remote_code)
     model = load_model(config, None, for_training=False)
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     model = model.to(device).eval().requires_grad_(False)
-    templater = Templater(tokenizer, use_chat_template=use_chat_template, system_prompt=system_prompt)
+    templater = Templater(tokenizer, use_chat_template=use_chat_template, system_prompt=system_prompt,
+                          stop_ids=stop_token_ids(tokenizer, model.generation_config))
     return LoadedModel(model_label(name_or_path), name_or_path, model, tokenizer, templater)

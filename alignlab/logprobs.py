@@ -21,25 +21,41 @@ from torch.utils.checkpoint import checkpoint
 CHUNK_BUDGET_BYTES = 256 * 2**20
 
 
-def _chunk_logps(project, hidden: torch.Tensor, targets: torch.Tensor, softcap) -> torch.Tensor:
+def _chunk_logits(project, hidden, scale, softcap, temperature):
     logits = project(hidden).float()  # [n, V]
+    if scale != 1.0:
+        logits = logits * scale
     if softcap:
         logits = torch.tanh(logits / softcap) * softcap
+    return logits / temperature if temperature != 1.0 else logits
+
+
+def _chunk_logps(project, hidden: torch.Tensor, targets: torch.Tensor, scale, softcap, temperature) -> torch.Tensor:
+    logits = _chunk_logits(project, hidden, scale, softcap, temperature)
     return torch.gather(logits.log_softmax(-1), 1, targets[:, None]).squeeze(1)  # [n]
 
 
-def _chunk_logps_and_entropy(project, hidden, targets, softcap):
-    logits = project(hidden).float()  # [n, V]
-    if softcap:
-        logits = torch.tanh(logits / softcap) * softcap
-    logp_all = logits.log_softmax(-1)
+def _chunk_logps_and_entropy(project, hidden, targets, scale, softcap, temperature):
+    logp_all = _chunk_logits(project, hidden, scale, softcap, temperature).log_softmax(-1)  # [n, V]
     entropy = -(logp_all.exp() * logp_all).sum(-1)  # [n]
     return torch.gather(logp_all, 1, targets[:, None]).squeeze(1), entropy
 
 
+def logit_transform(config) -> tuple[float, float | None]:
+    """(scale, softcap) that the architecture applies to the LM head's output before softmax:
+    Cohere multiplies by `logit_scale`, Granite divides by `logits_scaling`, Gemma 2/3 soft-cap with
+    `final_logit_softcapping`. Our head must apply them too, or every log-prob disagrees with the
+    logits the model (and so the sampler) produces."""
+    scale = float(getattr(config, "logit_scale", None) or 1.0)
+    divisor = getattr(config, "logits_scaling", None)
+    if divisor:
+        scale /= float(divisor)
+    return scale, getattr(config, "final_logit_softcapping", None)
+
+
 def output_layer(model):
-    """(project, vocabulary size, softcap) of the LM head, looking through PEFT and accelerate
-    wrappers: `project(hidden)` gives the logits.
+    """(project, vocabulary size, scale, softcap) of the LM head, looking through PEFT and accelerate
+    wrappers: `project(hidden)` gives the logits before the architecture's scaling and soft-cap.
 
     Normally `project` is F.linear on the weight taken now, which a recomputed chunk reuses in
     backward (FSDP2 may have swapped the module's attribute for its shard by then). Under DeepSpeed
@@ -47,10 +63,27 @@ def output_layer(model):
     the weight, in forward and again in backward."""
     inner = model.module if hasattr(model, "module") else model
     head = inner.get_output_embeddings()
-    softcap = getattr(inner.config, "final_logit_softcapping", None)
+    scale, softcap = logit_transform(inner.config)
     if partitioned(head):
-        return head, head.weight.ds_shape[0], softcap
-    return partial(F.linear, weight=head.weight, bias=getattr(head, "bias", None)), head.weight.shape[0], softcap
+        return head, head.weight.ds_shape[0], scale, softcap
+    return (partial(F.linear, weight=head.weight, bias=getattr(head, "bias", None)), head.weight.shape[0],
+            scale, softcap)
+
+
+def returned_cache(out) -> tuple[str, object]:
+    """(keyword, cache) of a forward's KV cache: transformers 5.24 renamed `past_key_values` to
+    `cache`, in outputs and arguments alike, so the output tells which name the next call takes."""
+    if "cache" in (out.keys() if hasattr(out, "keys") else ()):
+        return "cache", out["cache"]
+    return "past_key_values", out.past_key_values
+
+
+def kv_cache_usable(model) -> bool:
+    """Whether a forward of `model` now returns a KV cache. transformers drops the cache when
+    gradient checkpointing is on in train mode, whoever turned it on (train.gradient_checkpointing,
+    or peft's prepare_model_for_kbit_training for QLoRA), so this reads the modules' own state."""
+    inner = model.module if hasattr(model, "module") else model
+    return not any(getattr(m, "gradient_checkpointing", False) is True and m.training for m in inner.modules())
 
 
 def partitioned(module) -> bool:
@@ -67,12 +100,14 @@ def token_logps(
     chunk_size: int = 0,
     position_ids: torch.Tensor | None = None,
     with_entropy: bool = False,
+    temperature: float = 1.0,
 ):
     """Log-prob of each token where `loss_mask` is 1, as a [B, T] tensor (0 elsewhere).
 
     input_ids, attention_mask, loss_mask: [B, T]. Token t is scored by position t-1, so the first
     column of the result is always 0. With `with_entropy`, also returns the [B, T] entropy of the
-    predictive distribution at the scored positions (for diagnostics; no gradient).
+    predictive distribution at the scored positions (for diagnostics; no gradient). `temperature`:
+    log-probs of softmax(logits / T), the distribution a sampler at temperature T draws from.
     """
     if position_ids is None:
         # Left padding needs explicit positions: a plain forward does not infer them.
@@ -88,7 +123,8 @@ def token_logps(
     )
     hidden = out.hidden_states[-1][:, :-1]  # [B, T-1, H]: the final (normed) hidden states
     scored = loss_mask[:, 1:].bool()  # [B, T-1]: positions that predict a loss token
-    flat_logps, flat_entropy = score_rows(model, hidden[scored], input_ids[:, 1:][scored], chunk_size, with_entropy)
+    flat_logps, flat_entropy = score_rows(model, hidden[scored], input_ids[:, 1:][scored], chunk_size, with_entropy,
+                                          temperature)
     result = torch.zeros(input_ids.shape, dtype=torch.float32, device=input_ids.device)  # [B, T]
     result[:, 1:] = result[:, 1:].masked_scatter(scored, flat_logps)
     if not with_entropy:
@@ -98,9 +134,10 @@ def token_logps(
     return result, entropy
 
 
-def score_rows(model, rows: torch.Tensor, targets: torch.Tensor, chunk_size: int, with_entropy: bool = False):
+def score_rows(model, rows: torch.Tensor, targets: torch.Tensor, chunk_size: int, with_entropy: bool = False,
+               temperature: float = 1.0):
     """Log-probs [N] (and entropies [N], detached) of `targets` given final hidden states `rows` [N, H]."""
-    project, vocab_size, softcap = output_layer(model)
+    project, vocab_size, scale, softcap = output_layer(model)
     # The recomputation check compares the saved tensors' shapes after the call, when ZeRO-3 has
     # partitioned the head's weight again (it gathers it anew for backward); skip it there.
     check = "none" if isinstance(project, torch.nn.Module) else "default"
@@ -110,14 +147,14 @@ def score_rows(model, rows: torch.Tensor, targets: torch.Tensor, chunk_size: int
     pieces, entropies = [], []
     for start in range(0, rows.shape[0], chunk_size):
         h, y = rows[start : start + chunk_size], targets[start : start + chunk_size]
+        args = (project, h, y, scale, softcap, temperature)
         if with_entropy:
-            lp, ent = checkpoint(_chunk_logps_and_entropy, project, h, y, softcap, use_reentrant=False,
-                                 determinism_check=check)
+            lp, ent = checkpoint(_chunk_logps_and_entropy, *args, use_reentrant=False, determinism_check=check)
             entropies.append(ent.detach())
         elif torch.is_grad_enabled():
-            lp = checkpoint(_chunk_logps, project, h, y, softcap, use_reentrant=False, determinism_check=check)
+            lp = checkpoint(_chunk_logps, *args, use_reentrant=False, determinism_check=check)
         else:
-            lp = _chunk_logps(project, h, y, softcap)
+            lp = _chunk_logps(*args)
         pieces.append(lp)
     empty = rows.new_zeros(0, dtype=torch.float32)
     return (torch.cat(pieces) if pieces else empty), (torch.cat(entropies) if entropies else empty)
@@ -133,6 +170,7 @@ def shared_prefix_token_logps(
     *,
     chunk_size: int = 0,
     with_entropy: bool = False,
+    temperature: float = 1.0,
 ):
     """Per-token log-probs [N, C] of completions that share prompts, running each prompt once.
 
@@ -141,24 +179,35 @@ def shared_prefix_token_logps(
     and values are computed once (with gradient) and repeated for their completions through the
     KV cache, so G completions of one prompt cost one prompt forward instead of G (GRPO), and a
     DPO pair costs one instead of two. Gradients flow through the cache into the prompt pass.
+    When the model returns no cache (gradient checkpointing in train mode), each completion is
+    scored with its prompt as one sequence instead: the same numbers, without the sharing.
     """
+    if not kv_cache_usable(model):
+        input_ids = torch.cat([prompt_ids[prompt_index], completion_ids], dim=1)  # [N, Lp + C]
+        attention = torch.cat([prompt_mask[prompt_index], completion_mask], dim=1)
+        loss_mask = torch.cat([torch.zeros_like(prompt_mask[prompt_index]), completion_mask], dim=1)
+        out = token_logps(model, input_ids, attention, loss_mask, chunk_size=chunk_size, with_entropy=with_entropy,
+                          temperature=temperature)
+        width = prompt_ids.shape[1]
+        return (out[0][:, width:], out[1][:, width:]) if with_entropy else out[:, width:]
     # Only the completion pass goes through a DDP wrapper: one synchronising forward per backward.
     inner = model.module if isinstance(model, torch.nn.parallel.DistributedDataParallel) else model
     empty = torch.zeros(0, dtype=torch.long, device=prompt_ids.device)
     prompt_positions = (prompt_mask.long().cumsum(-1) - 1).clamp(min=0)  # [P, Lp]
     first = inner(input_ids=prompt_ids, attention_mask=prompt_mask, position_ids=prompt_positions,
                   use_cache=True, output_hidden_states=True, logits_to_keep=empty)
-    cache = first.past_key_values
+    cache_name, cache = returned_cache(first)
     cache.batch_select_indices(prompt_index)  # [P, ...] -> [N, ...]
     last_prompt_hidden = first.hidden_states[-1][:, -1][prompt_index]  # [N, H]: predicts completion token 0
     attention = torch.cat([prompt_mask[prompt_index], completion_mask], dim=1)  # [N, Lp + C]
     offsets = prompt_mask.long().sum(-1)[prompt_index]  # [N]
     positions = offsets[:, None] + torch.arange(completion_ids.shape[1], device=completion_ids.device)[None]  # [N, C]
     second = model(input_ids=completion_ids, attention_mask=attention, position_ids=positions,
-                   past_key_values=cache, use_cache=True, output_hidden_states=True, logits_to_keep=empty)
+                   use_cache=True, output_hidden_states=True, logits_to_keep=empty, **{cache_name: cache})
     predictors = torch.cat([last_prompt_hidden[:, None], second.hidden_states[-1][:, :-1]], dim=1)  # [N, C, H]
     scored = completion_mask.bool()  # [N, C]
-    flat_logps, flat_entropy = score_rows(model, predictors[scored], completion_ids[scored], chunk_size, with_entropy)
+    flat_logps, flat_entropy = score_rows(model, predictors[scored], completion_ids[scored], chunk_size, with_entropy,
+                                          temperature)
     result = torch.zeros(completion_ids.shape, dtype=torch.float32, device=completion_ids.device)  # [N, C]
     result = result.masked_scatter(scored, flat_logps)
     if not with_entropy:
@@ -166,11 +215,14 @@ def shared_prefix_token_logps(
     return result, torch.zeros_like(result).masked_scatter(scored, flat_entropy)
 
 
-def full_logits_token_logps(model, input_ids, attention_mask, loss_mask, position_ids=None) -> torch.Tensor:
-    """The straightforward reference: full [B, T, V] float32 logits. For tests and benchmarks only."""
+def full_logits_token_logps(model, input_ids, attention_mask, loss_mask, position_ids=None,
+                            temperature: float = 1.0) -> torch.Tensor:
+    """The straightforward reference: the model's own full [B, T, V] logits, in float32. For tests and
+    benchmarks only."""
     if position_ids is None:
         position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
     logits = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids).logits.float()
+    logits = logits / temperature
     logps = torch.gather(logits[:, :-1].log_softmax(-1), 2, input_ids[:, 1:, None]).squeeze(2)  # [B, T-1]
     result = torch.zeros(input_ids.shape, dtype=torch.float32, device=input_ids.device)
     result[:, 1:] = logps * loss_mask[:, 1:]

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import logging
 import os
 import re
+import warnings
 import shutil
 from pathlib import Path
 from typing import Optional
@@ -94,14 +96,14 @@ def hub_reachable(timeout: float = 2.0) -> bool:
         return False
 
 
-def hub_options(path: str) -> dict:
+def hub_options(path: str, revision: Optional[str] = None) -> dict:
     """from_pretrained's options for `path` (after resolve_model_path): none for a local directory;
     for a hub id, the cached copy when the hub cannot be reached, or an error saying what to do."""
     if Path(path).exists():
         return {}
     from huggingface_hub import try_to_load_from_cache
 
-    cached = isinstance(try_to_load_from_cache(path, "config.json"), str)
+    cached = isinstance(try_to_load_from_cache(path, "config.json", revision=revision), str)
     if _hub_offline():
         if cached:
             return {}
@@ -173,6 +175,29 @@ def load_tokenizer(name_or_path: str, *, trust_remote_code: bool = False):
     return tokenizer
 
 
+def stop_token_ids(tokenizer, generation_config=None) -> list[int]:
+    """Every id that ends a response: the tokenizer's EOS plus the generation config's `eos_token_id`
+    (one id or several: Qwen2.5-Instruct stops at <|im_end|> and <|endoftext|>, Llama 3 at
+    <|eot_id|> and <|end_of_text|>)."""
+    ids = {tokenizer.eos_token_id}
+    configured = getattr(generation_config, "eos_token_id", None)
+    ids.update(configured if isinstance(configured, (list, tuple)) else [configured])
+    return sorted(i for i in ids if i is not None)
+
+
+def model_stop_ids(model_cfg, tokenizer) -> list[int]:
+    """`stop_token_ids` for a model not loaded yet (data is encoded first), from its generation config."""
+    from transformers import GenerationConfig
+
+    path = resolve_model_path(ensure_tiny_model(model_cfg.name_or_path))
+    try:
+        config = GenerationConfig.from_pretrained(path, revision=model_cfg.revision,
+                                                  **hub_options(path, model_cfg.revision))
+    except (OSError, ValueError):  # none saved: the tokenizer's EOS is all there is
+        config = None
+    return stop_token_ids(tokenizer, config)
+
+
 def _is_adapter_dir(path: str) -> bool:
     return (Path(path) / "adapter_config.json").is_file()
 
@@ -182,7 +207,10 @@ def load_model(model_cfg, lora_cfg=None, *, for_training: bool = True, gradient_
     from transformers import AutoModelForCausalLM
 
     path = resolve_model_path(ensure_tiny_model(model_cfg.name_or_path))
-    kwargs = dict(dtype=DTYPES[model_cfg.dtype], trust_remote_code=model_cfg.trust_remote_code, **hub_options(path))
+    kwargs = dict(dtype=DTYPES[model_cfg.dtype], trust_remote_code=model_cfg.trust_remote_code,
+                  **hub_options(path, model_cfg.revision))
+    if model_cfg.revision:
+        kwargs["revision"] = model_cfg.revision
     if model_cfg.attn_implementation:
         kwargs["attn_implementation"] = model_cfg.attn_implementation
     if model_cfg.load_in_4bit:
@@ -200,7 +228,11 @@ def load_model(model_cfg, lora_cfg=None, *, for_training: bool = True, gradient_
     if model.generation_config.pad_token_id is None:
         model.generation_config.pad_token_id = model.generation_config.eos_token_id
     if gradient_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        # transformers 5.24 renamed it activation checkpointing; older 5.x has only the first name.
+        if hasattr(model, "activation_checkpointing_enable"):
+            model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+        else:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.config.use_cache = False
     if lora_cfg is not None and lora_cfg.enabled and for_training:
         model = apply_lora(model, lora_cfg, quantized=model_cfg.load_in_4bit)
@@ -232,16 +264,26 @@ def lora_targets(model, configured: Optional[list[str]]) -> list[str] | str:
 def apply_lora(model, lora_cfg, *, quantized: bool = False):
     from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
 
-    if quantized:
-        model = prepare_model_for_kbit_training(model)
-    config = LoraConfig(
-        r=lora_cfg.r,
-        lora_alpha=lora_cfg.alpha,
-        lora_dropout=lora_cfg.dropout,
-        target_modules=lora_targets(model, lora_cfg.target_modules),
-        task_type="CAUSAL_LM",
-    )
-    return get_peft_model(model, config)
+    with quiet_peft_deprecations():
+        if quantized:
+            model = prepare_model_for_kbit_training(model)
+        config = LoraConfig(
+            r=lora_cfg.r,
+            lora_alpha=lora_cfg.alpha,
+            lora_dropout=lora_cfg.dropout,
+            target_modules=lora_targets(model, lora_cfg.target_modules),
+            task_type="CAUSAL_LM",
+        )
+        return get_peft_model(model, config)
+
+
+@contextlib.contextmanager
+def quiet_peft_deprecations():
+    """peft reads transformers' `is_gradient_checkpointing`, which transformers 5.24 deprecates: the
+    warning is about peft's code, not the user's, so it is not shown."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+        yield
 
 
 def is_peft(model) -> bool:
@@ -265,13 +307,33 @@ def _usual_file_modes(out_dir: Path) -> None:
         os.chmod(file, 0o666 & ~umask)
 
 
-def save_merged(model, tokenizer, out_dir: Path) -> None:
-    """Weights loadable by plain transformers: LoRA merged into a copy of the base."""
-    import copy
+def save_merged(model, tokenizer, out_dir: Path, model_cfg=None) -> None:
+    """Weights loadable by plain transformers: the LoRA adapter merged into the base.
 
-    if is_peft(model):
-        model = copy.deepcopy(model).merge_and_unload()
-    save_model(model, tokenizer, out_dir)
+    With `model_cfg` (the run's model section) the base is loaded afresh on the CPU, unquantised
+    (bfloat16 for a QLoRA run, else the run's dtype), and the trained adapter is merged there: the
+    live model on the GPU is neither copied (which doubled its memory at the end of a run) nor, for
+    QLoRA, merged into 4-bit weights that would be re-quantised and saved as a bitsandbytes
+    checkpoint. Without it (a model that is a copy already) the adapter is merged in place."""
+    if not is_peft(model):
+        save_model(model, tokenizer, out_dir)
+        return
+    if model_cfg is None:
+        save_model(model.merge_and_unload(), tokenizer, out_dir)
+        return
+    from dataclasses import replace
+
+    from peft import get_peft_model, get_peft_model_state_dict, set_peft_model_state_dict
+
+    adapter = {name: tensor.detach().to("cpu") for name, tensor in get_peft_model_state_dict(model).items()}
+    dtype = "bfloat16" if model_cfg.load_in_4bit else model_cfg.dtype
+    base = load_model(replace(model_cfg, load_in_4bit=False, dtype=dtype), None, for_training=False)
+    with quiet_peft_deprecations():
+        fresh = get_peft_model(base, model.peft_config["default"])
+    set_peft_model_state_dict(fresh, adapter)
+    merged = fresh.merge_and_unload()
+    merged.generation_config = model.generation_config
+    save_model(merged, tokenizer, out_dir)
 
 
 def count_parameters(model) -> tuple[int, int]:

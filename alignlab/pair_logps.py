@@ -77,16 +77,37 @@ def compute_all(model, pairs, pad_id: int, device, *, batch_size: int, chunk_siz
     return torch.cat(out)
 
 
-def model_fingerprint(name_or_path: str) -> str:
-    """Identity of a base model: the hub id, or a local dir's weight files (name, size, mtime)."""
-    path = Path(name_or_path)
-    parts = [str(path.resolve()) if path.exists() else name_or_path]
-    if path.is_dir():
-        for file in sorted(path.iterdir()):
-            if file.suffix in (".safetensors", ".bin", ".json"):
-                stat = file.stat()
-                parts.append(f"{file.name}:{stat.st_size}:{stat.st_mtime_ns}")
+def model_fingerprint(name_or_path: str, revision: Optional[str] = None) -> str:
+    """Identity of a base model. A local dir (a run directory's final/ or checkpoint, the built tiny
+    model) by its files: configs by content, weights by name, size and mtime. A hub id by its
+    revision, resolved to the commit hash of the locally cached snapshot when there is one (a
+    branch name like `main` moves)."""
+    from alignlab.models import ensure_tiny_model, resolve_model_path
+
+    path = Path(resolve_model_path(ensure_tiny_model(name_or_path)))
+    if not path.is_dir():
+        return hashlib.sha256(f"{name_or_path}@{hub_commit(name_or_path, revision)}".encode()).hexdigest()[:16]
+    parts = [str(path.resolve())]
+    for file in sorted(path.iterdir()):
+        if file.suffix == ".json":
+            parts.append(f"{file.name}:{hashlib.sha256(file.read_bytes()).hexdigest()}")
+        elif file.suffix in (".safetensors", ".bin"):
+            stat = file.stat()
+            parts.append(f"{file.name}:{stat.st_size}:{stat.st_mtime_ns}")
     return hashlib.sha256("|".join(parts).encode()).hexdigest()[:16]
+
+
+def hub_commit(repo_id: str, revision: Optional[str]) -> str:
+    """The commit hash of a hub model's cached snapshot for `revision`, else the revision as given."""
+    try:
+        from huggingface_hub import try_to_load_from_cache
+
+        cached = try_to_load_from_cache(repo_id, "config.json", revision=revision or "main")
+    except Exception:  # not a valid repo id, or no cache: the name is all there is
+        cached = None
+    if isinstance(cached, str) and "/snapshots/" in cached:
+        return cached.split("/snapshots/")[1].split("/")[0]
+    return revision or "main"
 
 
 def cache_key(data_fingerprint: str, model_id: str, settings: dict) -> str:

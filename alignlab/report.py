@@ -1,7 +1,11 @@
 """`alignlab report RUN_DIR [RUN_DIR ...]`: one self-contained HTML file about one or more runs.
 
-Every metric in the runs' metrics.jsonl gets one inline SVG plot over steps (runs overlaid, with a
-legend), grouped as training, evaluation (`eval/...`) and optimisation/speed; then sample
+A report of an `alignlab demo` (its directory or its stage runs) opens with the demo's before/after
+table from summary.json. Every metric in the runs' metrics.jsonl gets an inline SVG plot over
+steps, grouped as training, evaluation (`eval/...`) and optimisation/speed. Runs of the same
+command are overlaid (with a legend); runs of different commands get one panel per command,
+because SFT's, DPO's and GRPO's `loss` are different quantities. Counts (`eval/prompts`,
+`eval/pairs`, `.../count`) are sizes, not curves: they are listed in a table. Then sample
 completions logged during training (samples.jsonl), `alignlab eval` results (eval.json) and each
 run's config. Plots are drawn here in Python: no JavaScript, no fonts or scripts from the network,
 so the file opens anywhere, offline, and can be mailed as it is.
@@ -25,7 +29,11 @@ COLORS = ["#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e3
 FIRST = ["loss", "rewards/chosen", "rewards/rejected", "rewards/accuracies", "rewards/margins", "reward", "reward_std"]
 SYSTEM = ["grad_norm", "lr", "tokens_per_second", "step_seconds", "elapsed", "skipped_steps", "time/generation",
           "time/training"]
+# A metric whose last name part is one of these (or ends in _count, or starts with num_) is a count
+# when every value it logged is a whole number.
+COUNTS = ("prompts", "pairs", "examples", "rows", "skipped_rows", "count")
 MAX_SAMPLES = 60
+MAX_TICK_CHARS = 8  # wider labels do not fit left of the plot (LEFT px): then ticks are shown from an offset
 W, H, LEFT, RIGHT, BOTTOM = 380, 250, 58, 12, 38
 
 
@@ -75,6 +83,23 @@ def series(run: Run, key: str) -> list[tuple[float, Optional[float]]]:
     return out
 
 
+def is_count(key: str, runs: list[Run]) -> bool:
+    """`eval/prompts`, `eval/pairs`, `.../count`: how many things were measured, not a measurement."""
+    leaf = key.rsplit("/", 1)[-1]
+    if not (leaf in COUNTS or leaf.endswith("_count") or leaf.startswith("num_")):
+        return False
+    return all(y.is_integer() for run in runs for _, y in series(run, key) if y is not None)
+
+
+def by_command(runs: list[Run], key: str) -> dict[str, list[int]]:
+    """Indices of the runs that logged `key`, per command (first seen first): one panel per command."""
+    out: dict[str, list[int]] = {}
+    for index, run in enumerate(runs):
+        if any(key in record for record in run.records):
+            out.setdefault(run.command, []).append(index)
+    return out
+
+
 # ------------------------------------------------------------------ SVG
 
 
@@ -109,6 +134,33 @@ def fmt(value: float) -> str:
     return f"{value:.4g}"
 
 
+def _exact_labels(values: list[float], step: float) -> list[str]:
+    """The fewest digits (all labels alike) that write every value to within a thousandth of `step`."""
+    biggest = max(abs(v) for v in values)
+    scientific = biggest >= 1e5 or 0 < biggest < 1e-3
+    for digits in range(13):
+        labels = [f"{v:.{digits}e}" if scientific else f"{v:.{digits}f}" for v in values]
+        if all(abs(float(label) - v) <= abs(step) * 1e-3 for label, v in zip(labels, values)):
+            break
+    if scientific:  # 1.25e-05 -> 1.25e-5
+        labels = [f"{label.split('e')[0]}e{int(label.split('e')[1])}" for label in labels]
+    return ["0" if float(label) == 0 else label for label in labels]
+
+
+def tick_labels(ticks: list[float]) -> tuple[list[str], Optional[str]]:
+    """(labels, offset): labels that tell every tick apart, with as many decimals as the tick step
+    needs (5.5590 5.5591 ..., not 5.559 five times). When those are too wide for the axis
+    (1234.5671), each tick is written as its distance from the first, and that offset (+1234.5670)
+    once above the axis, as matplotlib's ScalarFormatter does."""
+    step = ticks[1] - ticks[0] if len(ticks) > 1 else abs(ticks[0]) or 1.0
+    labels = _exact_labels(ticks, step)
+    if max(len(label) for label in labels) <= MAX_TICK_CHARS or len(ticks) < 2 or ticks[0] == 0:
+        return labels, None
+    base = ticks[0]
+    offset = _exact_labels([base], step)[0]
+    return _exact_labels([t - base for t in ticks], step), offset if offset.startswith("-") else "+" + offset
+
+
 def _legend(entries: list[tuple[str, str]]) -> tuple[list[str], int]:
     """SVG legend entries (name, color) laid out in rows under the title; returns (elements, height used)."""
     elements, x, y = [], LEFT, 40
@@ -123,15 +175,16 @@ def _legend(entries: list[tuple[str, str]]) -> tuple[list[str], int]:
     return elements, y - 26
 
 
-def svg_plot(key: str, lines: list[tuple[str, str, list]], legend: bool = True) -> str:
-    """One plot of `key`: a line (and markers, when sparse) per (run name, color, points), axes with ticks,
-    and a legend of the runs drawn (when the report has several)."""
+def svg_plot(key: str, lines: list[tuple[str, str, list]], legend: bool = True, title: Optional[str] = None) -> str:
+    """One plot of `key` (headed `title`, by default the key): a line (and markers, when sparse) per
+    (run name, color, points), axes with ticks, and a legend of the runs drawn (when the report has several)."""
+    title = title or key
     legend, legend_h = _legend([(name, color) for name, color, _ in lines]) if legend else ([], 0)
     top = 30 + legend_h + 10
     points = [(x, y) for _, _, pts in lines for x, y in pts if y is not None]
     parts = [f'<svg xmlns="http://www.w3.org/2000/svg" class="plot" width="{W}" height="{H + legend_h}" '
-             f'viewBox="0 0 {W} {H + legend_h}" role="img" aria-label="{html.escape(key)} over steps">',
-             f'<text x="{W / 2}" y="18" class="title" text-anchor="middle">{html.escape(key)}</text>', *legend]
+             f'viewBox="0 0 {W} {H + legend_h}" role="img" aria-label="{html.escape(title)} over steps">',
+             f'<text x="{W / 2}" y="18" class="title" text-anchor="middle">{html.escape(title)}</text>', *legend]
     height = H + legend_h
     if not points:
         parts.append(f'<text x="{W / 2}" y="{height / 2}" text-anchor="middle" class="note">no finite values</text></svg>')
@@ -140,12 +193,18 @@ def svg_plot(key: str, lines: list[tuple[str, str, list]], legend: bool = True) 
     yt = nice_ticks(min(p[1] for p in points), max(p[1] for p in points))
     px = lambda x: LEFT + (x - xt[0]) / (xt[-1] - xt[0]) * (W - LEFT - RIGHT)  # noqa: E731
     py = lambda y: height - BOTTOM - (y - yt[0]) / (yt[-1] - yt[0]) * (height - BOTTOM - top)  # noqa: E731
-    for y in yt:
+    ylabels, yoffset = tick_labels(yt)
+    for y, label in zip(yt, ylabels):
         parts.append(f'<line x1="{LEFT}" x2="{W - RIGHT}" y1="{py(y):.1f}" y2="{py(y):.1f}" class="grid"/>'
-                     f'<text x="{LEFT - 6}" y="{py(y) + 4:.1f}" text-anchor="end" class="tick">{fmt(y)}</text>')
-    for x in xt:
+                     f'<text x="{LEFT - 6}" y="{py(y) + 4:.1f}" text-anchor="end" class="tick">{label}</text>')
+    if yoffset:
+        parts.append(f'<text x="{LEFT}" y="{top - 4}" class="tick offset">{yoffset}</text>')
+    xlabels, xoffset = tick_labels(xt)
+    for x, label in zip(xt, xlabels):
         parts.append(f'<line x1="{px(x):.1f}" x2="{px(x):.1f}" y1="{top}" y2="{height - BOTTOM}" class="grid"/>'
-                     f'<text x="{px(x):.1f}" y="{height - BOTTOM + 15}" text-anchor="middle" class="tick">{fmt(x)}</text>')
+                     f'<text x="{px(x):.1f}" y="{height - BOTTOM + 15}" text-anchor="middle" class="tick">{label}</text>')
+    if xoffset:
+        parts.append(f'<text x="{W - RIGHT}" y="{height - 6}" text-anchor="end" class="tick offset">{xoffset}</text>')
     parts.append(f'<rect x="{LEFT}" y="{top}" width="{W - LEFT - RIGHT}" height="{height - BOTTOM - top}" class="frame"/>'
                  f'<text x="{(LEFT + W - RIGHT) / 2}" y="{height - 6}" text-anchor="middle" class="axis">step</text>')
     for name, color, pts in lines:
@@ -161,7 +220,7 @@ def svg_plot(key: str, lines: list[tuple[str, str, list]], legend: bool = True) 
         finite = [(x, y) for x, y in pts if y is not None]
         if len(finite) <= 40:  # sparse (eval) series: a marker per point, with its value on hover
             parts += [f'<circle cx="{px(x):.1f}" cy="{py(y):.1f}" r="2.8" fill="{color}">'
-                      f'<title>{html.escape(name)}: step {fmt(x)}, {fmt(y)}</title></circle>' for x, y in finite]
+                      f'<title>{html.escape(name)}: step {x:.0f}, {y:.6g}</title></circle>' for x, y in finite]
     parts.append("</svg>")
     return "".join(parts)
 
@@ -219,25 +278,113 @@ def _evaluation(run: Run) -> str:
     return f"<h3>{html.escape(run.name)}</h3>" + _table(["set", "metric", "value"], rows)
 
 
+def _counts(runs: list[Run], keys: list[str]) -> str:
+    rows = []
+    for key in keys:
+        for run in runs:
+            values = [int(y) for _, y in series(run, key) if y is not None]
+            if not any(key in record for record in run.records):
+                continue
+            if not values:
+                text = "-"
+            elif min(values) == max(values):
+                text = str(values[-1])
+            else:
+                text = f"{values[-1]} (last; from {min(values)} to {max(values)})"
+            rows.append([run.name, key, text])
+    return '<h2>Counts</h2><div id="counts">' + _table(["run", "count", "value"], rows) + "</div>"
+
+
+DEMO_ROWS = [("greedy accuracy", "greedy_accuracy", "%"), ("sampled accuracy (T=1)", "sampled_accuracy", "%"),
+             ("format rate", "format_rate", "%"), ("held-out preference accuracy", "preference_accuracy", "%"),
+             ("mean completion length (tokens)", "mean_length", ".1f"), ("steps", "steps", ".0f"),
+             ("seconds", "seconds", ".0f")]
+
+
+def demo_summary(directory: Path) -> Optional[dict]:
+    """The summary.json `alignlab demo` wrote in `directory` (beside its sft/, dpo/, grpo/ runs), if any."""
+    try:
+        summary = json.loads((Path(directory) / "summary.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None  # none, or half-written or hand-edited: the report shows the runs without it
+    return summary if isinstance(summary, dict) and isinstance(summary.get("stages"), dict) else None
+
+
+def demo_summaries(runs: list[Run]) -> dict[Path, dict]:
+    """The summary of each demo whose stage runs are in the report, by demo directory."""
+    found: dict[Path, dict] = {}
+    for run in runs:
+        directory = run.path.resolve().parent
+        summary = found.get(directory) or demo_summary(directory)
+        if summary and run.path.resolve().name in summary["stages"]:
+            found[directory] = summary
+    return found
+
+
+def _demo(directory: Path, summary: dict) -> str:
+    """The demo's headline before/after table, as `alignlab demo` printed it."""
+    stages = summary["stages"]
+    rows = []
+    for label, key, form in DEMO_ROWS:
+        values = [stage.get(key) if isinstance(stage, dict) else None for stage in stages.values()]
+        if all(v is None for v in values):
+            continue
+        rows.append([label] + ["-" if not isinstance(v, (int, float)) else f"{100 * v:.1f}%" if form == "%"
+                               else format(v, form) for v in values])
+    where = []
+    if "test_prompts" in summary:
+        where.append(f"{summary['test_prompts']} held-out test prompts (never trained on)")
+    if "preference_pairs" in summary:
+        where.append(f"{summary['preference_pairs']} held-out preference pairs")
+    setting = ", ".join(f"{k} {summary[k]}" for k in ("task", "seed") if k in summary) + (" (--fast)" if summary.get(
+        "fast") else "")
+    notes = "".join(f"<li>{html.escape(str(note))}</li>" for note in summary.get("notes") or [])
+    return (f"<h3>{html.escape(str(directory))}</h3>"
+            + (f"<p>Measured on {html.escape(' and '.join(where))}; {html.escape(setting)}.</p>" if where else "")
+            + _table([""] + [name.upper() for name in stages], rows) + (f"<ul>{notes}</ul>" if notes else ""))
+
+
+def _panels(runs: list[Run], key: str, label_command: bool) -> list[str]:
+    """The figures of one metric: runs of one command overlaid, a panel per command."""
+    figures = []
+    for command, indices in by_command(runs, key).items():
+        lines = [(runs[i].name, COLORS[i % len(COLORS)], series(runs[i], key)) for i in indices]
+        title = f"{key} ({command})" if label_command else key
+        plot = svg_plot(key, lines, legend=len(runs) > 1, title=title)
+        figures.append(f'<figure class="plot" data-metric="{html.escape(key)}" data-command="{html.escape(command)}">'
+                       f"{plot}</figure>")
+    return figures
+
+
 def render(runs: list[Run]) -> str:
     names = metric_names(runs)
-    groups = [("Training", [k for k in names if not k.startswith("eval/") and k not in SYSTEM]),
-              ("Evaluation", [k for k in names if k.startswith("eval/")]),
-              ("Optimisation and speed", [k for k in names if k in SYSTEM])]
+    counts = [k for k in names if is_count(k, runs)]
+    plotted = [k for k in names if k not in counts]
+    groups = [("Training", [k for k in plotted if not k.startswith("eval/") and k not in SYSTEM]),
+              ("Evaluation", [k for k in plotted if k.startswith("eval/")]),
+              ("Optimisation and speed", [k for k in plotted if k in SYSTEM])]
+    mixed = len({run.command for run in runs}) > 1
     title = "alignlab report: " + ", ".join(run.name for run in runs)
     body = [f"<h1>{html.escape(title)}</h1>",
             f"<p>{len(names)} metrics from {len(runs)} run(s); generated {time.strftime('%Y-%m-%d %H:%M')}.</p>",
-            '<section id="runs"><h2>Runs</h2>', _runs_table(runs), "</section>", '<section id="metrics">']
+            '<section id="runs"><h2>Runs</h2>', _runs_table(runs), "</section>"]
+    demos = demo_summaries(runs)
+    if demos:
+        body += ['<section id="demo"><h2>Demo: every stage on the same held-out prompts</h2>',
+                 *[_demo(directory, summary) for directory, summary in demos.items()], "</section>"]
+    body.append('<section id="metrics">')
+    if mixed:
+        body.append("<p>Runs of different commands are plotted in separate panels, titled by command: their "
+                    "metrics of the same name (loss above all) are different quantities.</p>")
     for heading, keys in groups:
         if not keys:
             continue
         body.append(f"<h2>{heading}</h2><div class=\"grid-plots\">")
         for key in keys:
-            lines = [(run.name, COLORS[i % len(COLORS)], series(run, key)) for i, run in enumerate(runs)
-                     if any(key in r for r in run.records)]
-            plot = svg_plot(key, lines, legend=len(runs) > 1)
-            body.append(f'<figure class="plot" data-metric="{html.escape(key)}">{plot}</figure>')
+            body += _panels(runs, key, mixed)
         body.append("</div>")
+    if counts:
+        body.append(_counts(runs, counts))
     body.append("</section>")
     if any(run.samples for run in runs):
         body += ['<section id="samples"><h2>Sample completions (logged at eval steps)</h2>',
@@ -265,6 +412,8 @@ def expand_run_dirs(path: Path) -> list[Path]:
     if (path / "metrics.jsonl").is_file() or not path.is_dir():
         return [path]
     runs = sorted(p for p in path.iterdir() if (p / "metrics.jsonl").is_file())
+    stages = list((demo_summary(path) or {}).get("stages") or [])
+    runs.sort(key=lambda p: stages.index(p.name) if p.name in stages else len(stages))  # a demo: sft, dpo, grpo
     return runs or [path]
 
 

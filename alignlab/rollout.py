@@ -1,17 +1,21 @@
 """Batched sampling with a KV cache: prompts -> completions (ids, masks, texts). No rewards, no loss.
 
 Prompts are left-padded (transformers' `generate` derives position ids from the attention mask).
-The completion mask keeps every token up to and including the first EOS and drops everything
-after it; it is built from positions, never by comparing ids to pad_id (pad may equal EOS).
+The completion mask keeps every token up to and including the first stop token (any EOS id of the
+tokenizer or the generation config) and drops everything after it; it is built from positions,
+never by comparing ids to pad_id (pad may equal EOS).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Optional
 
 import torch
 
 from alignlab.data.collate import pad_left
+from alignlab.logprobs import returned_cache
+from alignlab.models import stop_token_ids
 from alignlab.sharding import all_done
 
 
@@ -20,9 +24,12 @@ class Rollout:
     prompt_ids: torch.Tensor  # [N, P], left-padded
     prompt_mask: torch.Tensor  # [N, P]
     completion_ids: torch.Tensor  # [N, C]
-    completion_mask: torch.Tensor  # [N, C]: 1 up to and including the first EOS
+    completion_mask: torch.Tensor  # [N, C]: 1 up to and including the first stop token
     texts: list[str]  # decoded completions, special tokens skipped
-    ended: torch.Tensor  # [N] bool: the completion stopped at EOS (False = cut at max length)
+    ended: torch.Tensor  # [N] bool: the completion stopped at a stop token (False = cut at max length)
+    # [N, C] float32: the sampler's log-prob of each sampled token under softmax(logits / temperature),
+    # before top-k / top-p (the distribution the trainer scores); for the trainer/sampler mismatch.
+    sampling_logps: Optional[torch.Tensor] = None
 
     def sequences(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(input_ids, attention_mask, loss_mask), each [N, P + C], for scoring the completions."""
@@ -35,17 +42,20 @@ class Rollout:
         return Rollout(
             self.prompt_ids[rows], self.prompt_mask[rows], self.completion_ids[rows], self.completion_mask[rows],
             [self.texts[i] for i in rows], self.ended[rows],
+            self.sampling_logps[rows] if self.sampling_logps is not None else None,
         )
 
 
-def completion_mask(completion_ids: torch.Tensor, eos_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(mask [N, C], ended [N]): ones through the first EOS; all ones when there is none."""
-    is_eos = completion_ids == eos_id  # [N, C]
-    ended = is_eos.any(dim=1)  # [N]
+def completion_mask(completion_ids: torch.Tensor, stop_ids) -> tuple[torch.Tensor, torch.Tensor]:
+    """(mask [N, C], ended [N]): ones through the first stop token; all ones when there is none.
+    `stop_ids`: one id or a list of them."""
+    stop = torch.as_tensor([stop_ids] if isinstance(stop_ids, int) else list(stop_ids), device=completion_ids.device)
+    is_stop = torch.isin(completion_ids, stop)  # [N, C]
+    ended = is_stop.any(dim=1)  # [N]
     width = completion_ids.shape[1]
-    first_eos = torch.where(ended, is_eos.float().argmax(dim=1), torch.full_like(ended, width, dtype=torch.long))  # [N]
+    first_stop = torch.where(ended, is_stop.float().argmax(dim=1), torch.full_like(ended, width, dtype=torch.long))  # [N]
     positions = torch.arange(width, device=completion_ids.device)[None, :]  # [1, C]
-    return (positions <= first_eos[:, None]).long(), ended
+    return (positions <= first_stop[:, None]).long(), ended
 
 
 @torch.no_grad()
@@ -63,16 +73,19 @@ def generate(
     batch_size: int = 512,
     device=None,
     synced: bool = False,
+    stop_ids: Optional[list[int]] = None,
 ) -> Rollout:
     """G completions per prompt, grouped: rows [i*G, (i+1)*G) belong to prompts[i].
 
-    `batch_size` bounds the completions decoded together. Each prompt is encoded once; its keys
-    and values are repeated for its G completions in the cache. `synced` (FSDP or ZeRO-3, where every forward
-    is a collective): every process calls this together and decodes until all are done.
+    `batch_size` bounds the completions decoded together (and so the KV cache's peak). Each prompt
+    is encoded once; its keys and values are repeated for its G completions in the cache. `synced`
+    (FSDP or ZeRO-3, where every forward is a collective): every process calls this together and
+    decodes until all are done. `stop_ids`: the ids that end a completion (default: the tokenizer's
+    and the model's generation config's EOS ids, `stop_token_ids`).
     """
     device = device or next(model.parameters()).device
-    eos_id = tokenizer.eos_token_id
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos_id
+    stop_ids = stop_ids or stop_token_ids(tokenizer, getattr(model, "generation_config", None))
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else stop_ids[0]
     per_chunk = max(1, batch_size // num_generations)
     was_training = model.training
     model.eval()
@@ -81,47 +94,52 @@ def generate(
         part = prompts[start : start + per_chunk]
         prompt_ids = pad_left(part, pad_id)  # [n, Lp]
         prompt_mask = pad_left([[1] * len(p) for p in part], 0)  # [n, Lp]
-        completions = sample(
+        completions, logps = sample(
             model, prompt_ids.to(device), prompt_mask.to(device), num_generations=num_generations,
-            max_new_tokens=max_new_tokens, eos_id=eos_id, pad_id=pad_id, temperature=temperature,
+            max_new_tokens=max_new_tokens, stop_ids=stop_ids, pad_id=pad_id, temperature=temperature,
             top_p=top_p, top_k=top_k, greedy=greedy, synced=synced,
         )
         repeat = lambda t: t.repeat_interleave(num_generations, dim=0)  # noqa: E731  [n*G, ...]
-        chunks.append((repeat(prompt_ids), repeat(prompt_mask), completions.cpu()))
+        chunks.append((repeat(prompt_ids), repeat(prompt_mask), completions.cpu(), logps.cpu()))
     model.train(was_training)
     prompt_width = max(c[0].shape[1] for c in chunks)
     completion_width = max(c[2].shape[1] for c in chunks)
     prompt_ids = torch.cat([_left_to(c[0], prompt_width, pad_id) for c in chunks])
     prompt_mask = torch.cat([_left_to(c[1], prompt_width, 0) for c in chunks])
     completion_ids = torch.cat([_right_to(c[2], completion_width, pad_id) for c in chunks])
-    mask, ended = completion_mask(completion_ids, eos_id)
+    sampling_logps = torch.cat([_right_to(c[3], completion_width, 0.0) for c in chunks])
+    mask, ended = completion_mask(completion_ids, stop_ids)
     texts = tokenizer.batch_decode([ids[m.bool()].tolist() for ids, m in zip(completion_ids, mask)], skip_special_tokens=True)
-    return Rollout(prompt_ids, prompt_mask, completion_ids, mask, texts, ended)
+    return Rollout(prompt_ids, prompt_mask, completion_ids, mask, texts, ended, sampling_logps * mask)
 
 
 @torch.no_grad()
-def sample(model, prompt_ids, prompt_mask, *, num_generations, max_new_tokens, eos_id, pad_id,
-           temperature=1.0, top_p=1.0, top_k=0, greedy=False, synced=False) -> torch.Tensor:
-    """Decode [n*G, C] completion ids with a KV cache, stopping when every row has emitted EOS.
+def sample(model, prompt_ids, prompt_mask, *, num_generations, max_new_tokens, stop_ids, pad_id,
+           temperature=1.0, top_p=1.0, top_k=0, greedy=False, synced=False) -> tuple[torch.Tensor, torch.Tensor]:
+    """Decode completions with a KV cache, stopping when every row has emitted a stop token.
+    Returns (ids [n*G, C], the sampler's log-probs of those ids [n*G, C]: see `Rollout.sampling_logps`).
 
     A lean loop instead of `model.generate`: one forward per token and nothing else per step,
     which is most of the cost for small models. Finished rows are fed pad tokens (masked later).
     """
+    stop = torch.as_tensor([stop_ids] if isinstance(stop_ids, int) else list(stop_ids), device=prompt_ids.device)
     positions = (prompt_mask.long().cumsum(-1) - 1).clamp(min=0)  # [n, Lp]
     out = model(input_ids=prompt_ids, attention_mask=prompt_mask, position_ids=positions, use_cache=True, logits_to_keep=1)
-    cache = out.past_key_values
+    cache_name, cache = returned_cache(out)
     if num_generations > 1:
         cache.batch_repeat_interleave(num_generations)
     logits = out.logits[:, -1].float().repeat_interleave(num_generations, dim=0)  # [N, V]
     attention = prompt_mask.repeat_interleave(num_generations, dim=0)  # [N, Lp]
     next_position = prompt_mask.long().sum(-1).repeat_interleave(num_generations)[:, None]  # [N, 1]
     finished = torch.zeros(logits.shape[0], dtype=torch.bool, device=logits.device)  # [N]
-    tokens = []
+    tokens, logps = [], []
     for _ in range(max_new_tokens):
-        token = logits.argmax(-1) if greedy else pick_token(logits, temperature, top_p, top_k)  # [N]
+        scaled = logits if greedy else logits / temperature  # [N, V]
+        token = logits.argmax(-1) if greedy else pick_token(scaled, top_p, top_k)  # [N]
         token = torch.where(finished, torch.full_like(token, pad_id), token)
+        logps.append(scaled.gather(1, token[:, None]).squeeze(1) - scaled.logsumexp(-1))  # [N]
         tokens.append(token)
-        finished |= token == eos_id
+        finished |= torch.isin(token, stop)
         done = bool(finished.all())
         if synced:
             done = all_done(done, finished.device)
@@ -129,15 +147,15 @@ def sample(model, prompt_ids, prompt_mask, *, num_generations, max_new_tokens, e
             break
         attention = torch.cat([attention, attention.new_ones(attention.shape[0], 1)], dim=1)  # [N, Lp + t + 1]
         out = model(input_ids=token[:, None], attention_mask=attention, position_ids=next_position,
-                    past_key_values=cache, use_cache=True)
+                    use_cache=True, **{cache_name: cache})
         next_position = next_position + 1
         logits = out.logits[:, -1].float()  # [N, V]
-    return torch.stack(tokens, dim=1)  # [N, C]
+    return torch.stack(tokens, dim=1), torch.stack(logps, dim=1)  # [N, C], [N, C]
 
 
-def pick_token(logits: torch.Tensor, temperature: float, top_p: float, top_k: int) -> torch.Tensor:
-    """Sample one token per row [N] from logits [N, V] with temperature, top-k and nucleus (top-p)."""
-    logits = logits / max(temperature, 1e-6)
+def pick_token(scaled_logits: torch.Tensor, top_p: float, top_k: int) -> torch.Tensor:
+    """Sample one token per row [N] from temperature-scaled logits [N, V] with top-k and nucleus (top-p)."""
+    logits = scaled_logits
     if top_k and top_k < logits.shape[-1]:
         kth = torch.topk(logits, top_k, dim=-1).values[:, -1:]  # [N, 1]
         logits = logits.masked_fill(logits < kth, float("-inf"))
@@ -171,4 +189,6 @@ def concat_rollouts(parts: list[Rollout], pad_id: int) -> Rollout:
         torch.cat([_right_to(r.completion_mask, c, 0) for r in parts]),
         [t for r in parts for t in r.texts],
         torch.cat([r.ended for r in parts]),
+        (torch.cat([_right_to(r.sampling_logps, c, 0.0) for r in parts])
+         if all(r.sampling_logps is not None for r in parts) else None),
     )

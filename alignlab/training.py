@@ -98,6 +98,21 @@ def cpu_only_multiprocess() -> bool:
     return not (accel.is_available() if accel is not None else torch.cuda.is_available())
 
 
+def check_precision(config) -> None:
+    """Refuse precision settings that cannot train, before any work."""
+    dtype, mixed = config.model.dtype, config.train.mixed_precision
+    if mixed == "fp16" and not torch.cuda.is_available():
+        raise AlignlabError("train.mixed_precision=fp16 needs a CUDA GPU (loss scaling); on this machine use bf16 or 'no'")
+    trains_weights = not (config.lora.enabled or config.model.load_in_4bit)
+    if mixed == "fp16" and dtype == "float16" and trains_weights:
+        raise AlignlabError("model.dtype=float16 with train.mixed_precision=fp16 cannot train the full model: the "
+                            "loss scaler cannot unscale float16 gradients. Load float32 weights (model.dtype=float32) "
+                            "for mixed precision, or use LoRA (its adapters are float32)")
+    if mixed == "bf16" and dtype == "float16":
+        raise AlignlabError("model.dtype=float16 with train.mixed_precision=bf16 mixes two half-precision formats: "
+                            "use model.dtype=bfloat16 (or float32)")
+
+
 GATHER = object()  # save()/save_final(): build the model to save (see TrainingRun.model_for_saving)
 DEEPSPEED_DIR, DEEPSPEED_TAG = "deepspeed", "state"  # checkpoint-N/deepspeed/state/: the engine's own files
 
@@ -107,8 +122,13 @@ class TrainingRun:
 
     def __init__(self, command: str, config):
         from accelerate import Accelerator
+        from accelerate.state import AcceleratorState
 
         self.command, self.config = command, config
+        check_precision(config)
+        # Runs started one after another in one process (the demo, iterate, tests) may differ in mixed
+        # precision, which accelerate keeps in a process-wide state; the process group (PartialState) stays.
+        AcceleratorState._reset_state()
         # step_scheduler_with_optimizer=False: accelerate would otherwise step the LR schedule once per
         # process at every optimizer step (it assumes a dataloader whose batches it split), running
         # warmup and decay N times too fast; here one optimizer step is one schedule step.
@@ -249,12 +269,23 @@ class TrainingRun:
         tensor = torch.tensor([float(v) for v in values], dtype=torch.float64, device=self.device)
         return self.accelerator.reduce(tensor, reduction="sum").tolist()
 
+    def autocast(self):
+        """The run's mixed precision (`train.mixed_precision`) for work outside the prepared model's
+        forward, which accelerate already wraps: the chunked LM head of `alignlab.logprobs` (it runs on
+        the hidden states the forward returns, which accelerate upcasts to float32), frozen reference
+        copies, and DPO's reference pass before training. Without it the head of a bf16 model would meet
+        float32 hidden states, and a float32 model's head would run in float32 under bf16 training,
+        unlike the model's own head. The loop runs every step and eval under it."""
+        return self.accelerator.autocast()
+
     def backward(self, loss: torch.Tensor) -> None:
         # DDP averages gradients over processes; our losses are already normalised by the global
         # count, so scale back up to make the average a sum. DeepSpeed also divides by its
         # accumulation count, which our normalisation has already done.
         scale = self.num_processes * (self.model.gradient_accumulation_steps() if self.deepspeed else 1)
-        self.accelerator.backward(loss * scale)
+        # Backward outside autocast, as torch advises; recomputed chunks restore the forward's autocast.
+        with torch.autocast(self.device.type, enabled=False):
+            self.accelerator.backward(loss * scale)
 
     def mean_over_processes(self, metrics: dict) -> dict:
         if self.num_processes == 1 or not metrics:
@@ -376,9 +407,15 @@ class TrainingRun:
             out = self.run_dir / "final"
             tmp = out.with_name("final.tmp")
             shutil.rmtree(tmp, ignore_errors=True)
-            (save_merged if is_peft(model) else save_model)(model, self.tokenizer, tmp)
+            if is_peft(model):
+                # The live model: merged into a fresh CPU copy of the base. A gathered copy (FSDP, ZeRO-3): in place.
+                save_merged(model, self.tokenizer, tmp, self.config.model if model is self.unwrapped else None)
+            else:
+                save_model(model, self.tokenizer, tmp)
+            ckpt.sync_tree(tmp)
             shutil.rmtree(out, ignore_errors=True)
             tmp.rename(out)
+            ckpt.sync_dir(self.run_dir)
             log.info("final model (loadable with AutoModelForCausalLM.from_pretrained): %s", out)
         # No process returns (and exits, closing its connections) while the main one still writes.
         self.accelerator.wait_for_everyone()
@@ -396,12 +433,22 @@ class TrainingRun:
                 return grad_norm, False
             self.scheduler.step()  # ours, not the engine's: it sets the learning rate of the optimizer the engine steps
             return grad_norm, True
-        grad_norm = self.accelerator.clip_grad_norm_(self.model.parameters(), self.config.train.max_grad_norm)
+        # max_grad_norm 0 means no clipping (as under DeepSpeed and HF Trainer): an infinite bound still
+        # measures the norm (and unscales fp16 gradients) but scales nothing.
+        max_norm = self.config.train.max_grad_norm if self.config.train.max_grad_norm > 0 else float("inf")
+        grad_norm = self.accelerator.clip_grad_norm_(self.model.parameters(), max_norm)
         grad_norm = float(grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm)  # FSDP: a DTensor
         if not math.isfinite(grad_norm):
+            if self.accelerator.scaler is not None:
+                # fp16: the scaler has unscaled these gradients and found inf. Its step skips the update
+                # and its update lowers the loss scale; without them the next step's unscale raises.
+                self.optimizer.step()
             self.optimizer.zero_grad(set_to_none=True)
             return grad_norm, False
         self.optimizer.step()
+        if self.accelerator.optimizer_step_was_skipped:  # fp16 overflow the norm did not show
+            self.optimizer.zero_grad(set_to_none=True)
+            return grad_norm, False
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
         return grad_norm, True
@@ -430,6 +477,7 @@ class TrainingRun:
         # Resumed from the checkpoint written at the very end, after the final eval was logged: that
         # eval is in metrics.jsonl already, and logging it again would duplicate it.
         finished = self.resuming and self.step >= train.max_steps
+        evaluated_at = None  # the step of the last in-loop eval: an early stop's eval is the final one
         self.model.train()
         ctrl_c = CtrlC()
         try:
@@ -442,7 +490,8 @@ class TrainingRun:
                         f"alignlab {self.command} -c {self.run_dir / 'config.yaml'} train.resume={self.run_dir}"
                     )
                 tick = time.perf_counter()
-                metrics = step_fn(self.step)
+                with self.autocast():
+                    metrics = step_fn(self.step)
                 loss = metrics.get("loss", 0.0)
                 # Under DeepSpeed the engine has already stepped or skipped: ask it which.
                 grad_norm, stepped = (self.optimizer_step() if math.isfinite(loss) or self.deepspeed
@@ -462,7 +511,9 @@ class TrainingRun:
                     record["tokens_per_second"] = self.global_sum(metrics[tokens_key]) / max(seconds, 1e-9)
                 stop = False
                 if eval_fn and train.eval_every and self.step % train.eval_every == 0 and self.step < train.max_steps:
-                    record.update({f"eval/{k}": v for k, v in eval_fn(self.step).items()})
+                    with self.autocast():
+                        record.update({f"eval/{k}": v for k, v in eval_fn(self.step).items()})
+                    evaluated_at = self.step
                     self.model.train()
                     stop = bool(stop_fn and stop_fn(record))
                     stop = self._any_process(stop and self.is_main)  # the main process decides for all
@@ -479,8 +530,9 @@ class TrainingRun:
         finally:
             ctrl_c.restore()
         bar.close()
-        if eval_fn and not finished:
-            final_eval = {f"eval/{k}": v for k, v in eval_fn(self.step).items()}
+        if eval_fn and not finished and evaluated_at != self.step:
+            with self.autocast():
+                final_eval = {f"eval/{k}": v for k, v in eval_fn(self.step).items()}
             self.tracker.log(self.step, final_eval)
             history.append({"step": self.step, **final_eval})
         model = self.model_for_saving()  # under FSDP a gather of the full weights: once for both saves

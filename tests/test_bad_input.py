@@ -162,3 +162,21 @@ def test_grpo_unknown_reward_name(cli, train_cmd, prompts):
 
 def test_grpo_missing_reward_plugin_file(cli, train_cmd, prompts, tmp_path):
     fails(cli(train_cmd("grpo", prompts, f"grpo.rewards=[{tmp_path / 'nope.py'}:fn]")), "nope.py", "does not exist")
+
+
+def test_skip_bad_rows_skips_malformed_json_lines(cli, train_cmd, tmp_path):
+    path = write_lines(tmp_path / "bad.jsonl", [json.dumps(GOOD), '{"prompt": "1+2=?", "completion": ', json.dumps(GOOD)])
+    result = cli(train_cmd("sft", path, "data.skip_bad_rows=true"))
+    assert result.code == 0, result.err
+    assert f"{path}: skipping 1 unreadable lines" in result.err and "line 2 (malformed JSON" in result.err
+    assert "2 examples, 1 bad rows skipped" in result.err
+
+
+def test_parquet_named_jsonl_trains(cli, train_cmd, tmp_path):
+    import pandas as pd
+
+    path = tmp_path / "pairs.jsonl"
+    pd.DataFrame([PAIR] * 4).to_parquet(path)
+    result = cli(train_cmd("dpo", path))
+    assert result.code == 0, result.err
+    assert "not UTF-8" not in result.err and "Parquet file" in result.err

@@ -105,6 +105,69 @@ def test_prompt_must_end_with_user_turn():
     assert "must end with a user message" in message
 
 
+# -- format 2b: a prompt column beside whole conversations (UltraFeedback-binarized)
+
+
+def ultrafeedback(prompt, question="What is 2+2?"):
+    return {"prompt": prompt, "chosen": [user(question), assistant("4")], "rejected": [user(question), assistant("5")],
+            "score_chosen": 9.0, "score_rejected": 2.0}
+
+
+def test_ultrafeedback_string_prompt_with_whole_conversations():
+    example = normalize_preference_row(row(ultrafeedback("What is 2+2?")))
+    assert example == PreferenceExample([user("What is 2+2?")], "4", "5", "pairs.jsonl, line 3")
+
+
+def test_ultrafeedback_message_list_prompt_with_whole_conversations():
+    example = normalize_preference_row(row(ultrafeedback([user("What is 2+2?")])))
+    assert (example.prompt, example.chosen, example.rejected) == ([user("What is 2+2?")], "4", "5")
+
+
+def test_prompt_column_with_multi_turn_conversations_keeps_the_shared_turns():
+    shared = [system("Be brief."), user("Hi"), assistant("Hello."), user("Tell me a joke.")]
+    values = {"chosen": shared + [assistant("Knock knock.")], "rejected": shared + [assistant("No.")]}
+    for prompt in ("  Tell me a joke. ", shared):  # the turn they answer, or all the shared turns
+        example = normalize_preference_row(row({"prompt": prompt, **values}))
+        assert (example.prompt, example.chosen, example.rejected) == (shared, "Knock knock.", "No.")
+
+
+@pytest.mark.parametrize(
+    "prompt, fragment",
+    [
+        ("What is 3+3?", "the prompt is 'What is 3+3?' but the user turn they answer (message 0) is 'What is 2+2?'"),
+        ([user("What is 3+3?")], "at message 0: the prompt has user 'What is 3+3?', they have user 'What is 2+2?'"),
+        ([system("Hi"), user("What is 2+2?")], "at message 0: the prompt has system 'Hi'"),
+    ],
+)
+def test_prompt_column_that_disagrees_with_the_conversations(prompt, fragment):
+    message = error_for(ultrafeedback(prompt))
+    assert_names(message, "prompt")
+    assert fragment in message
+
+
+def test_prompt_messages_must_be_all_the_shared_turns():
+    shared = [user("Hi"), assistant("Hello."), user("Joke?")]
+    values = {"prompt": shared[:1], "chosen": shared + [assistant("Knock knock.")], "rejected": shared + [assistant("No.")]}
+    message = error_for(values)
+    assert_names(message, "prompt")
+    assert "has 1 messages but chosen and rejected share 3" in message
+
+
+def test_prompt_column_with_conversations_that_share_no_prefix():
+    values = {"prompt": "What is 2+2?", "chosen": [user("What is 2+2?"), assistant("4")],
+              "rejected": [user("What is 3+3?"), assistant("6")]}
+    message = error_for(values)
+    assert_names(message, "rejected")
+    assert "diverge at message 0" in message
+
+
+def test_prompt_column_with_one_conversation_and_one_reply():
+    values = {"prompt": "What is 2+2?", "chosen": [user("What is 2+2?"), assistant("4")], "rejected": [assistant("5")]}
+    message = error_for(values)
+    assert_names(message, "rejected")
+    assert "chosen is a whole conversation" in message
+
+
 # -- format 3: implicit prompt, message lists
 
 
@@ -346,16 +409,17 @@ def test_jsonl_file_with_every_format(tmp_path):
         {"prompt": [user("Hi")], "chosen": [assistant("Hello")], "rejected": [assistant("Bye")]},
         {"chosen": [user("Hi"), assistant("Hello")], "rejected": [user("Hi"), assistant("Bye")]},
         {"chosen": "\n\nHuman: Hi\n\nAssistant: Hello", "rejected": "\n\nHuman: Hi\n\nAssistant: Bye"},
+        {"prompt": "Hi", "chosen": [user("Hi"), assistant("Hello")], "rejected": [user("Hi"), assistant("Bye")]},
         {"prompt": "Hi", "chosen": "same", "rejected": "same"},
     ]
     path.write_text("\n".join(json.dumps(line, ensure_ascii=False) for line in lines) + "\n", encoding="utf-8")
     rows = read_rows(str(path))
     examples, skipped = load_preference_rows(rows, skip_bad_rows=True)
     assert skipped == 1
-    assert [e.prompt for e in examples] == ["2+2?", [user("Hi")], [user("Hi")], [user("Hi")]]
+    assert [e.prompt for e in examples] == ["2+2?", [user("Hi")], [user("Hi")], [user("Hi")], [user("Hi")]]
     with pytest.raises(DataError) as info:
         load_preference_rows(rows, skip_bad_rows=False)
-    assert f"{path}, line 5, field 'rejected'" in str(info.value)
+    assert f"{path}, line 6, field 'rejected'" in str(info.value)
 
 
 def test_csv_with_column_mapping(tmp_path):

@@ -210,9 +210,10 @@ def spy(monkeypatch):
         calls["generate"] += 1
         return real_generate(*args, **kwargs)
 
-    def recording_update(self, rollout, advantages, ref, old):
+    def recording_update(self, rollout, advantages, *args):
         calls["advantages"].append(advantages.clone())
-        return real_update(self, rollout, advantages, ref, old)
+        calls.setdefault("rollouts", []).append(rollout)
+        return real_update(self, rollout, advantages, *args)
 
     monkeypatch.setattr(grpo_module, "generate", counting_generate)
     monkeypatch.setattr(grpo_module.GRPOTrainer, "_update", recording_update)
@@ -284,3 +285,137 @@ def test_reward_plugin_gets_each_prompts_own_column(tmp_path, tiny_model_dir, pr
     record = train_records(out)[0]
     assert record["reward"] == pytest.approx(share)
     assert record["frac_reward_zero_std"] == 1.0  # the reward ignores the completion
+
+
+# ------------------------------------------------------------------------- temperature and mismatch
+
+
+@pytest.mark.parametrize("extra", [
+    ["grpo.temperature=0.6"],
+    ["grpo.temperature=1.4", "grpo.top_k=20"],
+    # The shipped Qwen recipe's path: LoRA with gradient checkpointing (no KV cache in train mode).
+    ["grpo.temperature=0.9", "lora.enabled=true", "train.gradient_checkpointing=true", "grpo.num_iterations=2"],
+])
+def test_trainer_log_probs_match_the_samplers_at_any_temperature(tmp_path, tiny_model_dir, prompts, reward_file, extra):
+    """The trainer scores softmax(logits / T), the distribution the rollout sampled from: in float32
+    on CPU its log-prob of every sampled token equals the sampler's own (TRL's
+    sampling/sampling_logp_difference). Scoring softmax(logits) instead differs by ~0.1-1 nats."""
+    out = tmp_path / "temp"
+    assert run_cli(base_args(
+        "grpo", tiny_model_dir, prompts, out, *GRPO_SMALL, "train.max_steps=2", "train.batch_size=2",
+        f"grpo.rewards=[{reward_file}:spread]", *extra,
+    )).code == 0
+    records = [r for r in train_records(out) if "sampling/sampling_logp_difference/mean" in r]
+    assert records  # logged at the first update of each rollout
+    for record in records:
+        assert record["sampling/sampling_logp_difference/mean"] < 1e-4
+        assert record["sampling/sampling_logp_difference/max"] < 1e-3
+        assert 0 < record["entropy"]
+
+
+def test_temperature_changes_the_scored_distribution(tiny_model_dir, tiny_tokenizer):
+    """Direct check of the log-prob path: at T the log-probs are log_softmax(logits / T)."""
+    from alignlab.logprobs import full_logits_token_logps, shared_prefix_token_logps
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval()
+    rollout = generate(model, tiny_tokenizer, [[5, 6, 7, 8], [9, 10]], num_generations=2, max_new_tokens=5,
+                       temperature=0.5)
+    index = torch.tensor([0, 0, 1, 1])
+    heads = rollout.prompt_ids[::2], rollout.prompt_mask[::2]
+    input_ids, attention, loss_mask = rollout.sequences()
+    width = rollout.prompt_ids.shape[1]
+    with torch.no_grad():
+        ours = shared_prefix_token_logps(model, *heads, rollout.completion_ids, rollout.completion_mask, index,
+                                         temperature=0.5)
+        want = full_logits_token_logps(model, input_ids, attention, loss_mask, temperature=0.5)[:, width:]
+        plain = shared_prefix_token_logps(model, *heads, rollout.completion_ids, rollout.completion_mask, index)
+    torch.testing.assert_close(ours, want * rollout.completion_mask, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(ours, rollout.sampling_logps, atol=1e-5, rtol=1e-5)
+    assert (ours - plain).abs().max() > 1e-2
+
+
+# ------------------------------------------------------------------------- dynamic sampling top-up
+
+
+def _fake_rollout(names: list[str]):
+    from alignlab.rollout import Rollout
+
+    n = len(names)
+    return Rollout(torch.ones(n, 2, dtype=torch.long), torch.ones(n, 2, dtype=torch.long),
+                   torch.ones(n, 3, dtype=torch.long), torch.ones(n, 3, dtype=torch.long), names,
+                   torch.ones(n, dtype=torch.bool), torch.zeros(n, 3))
+
+
+def test_partial_top_up_never_repeats_kept_groups():
+    """3 groups wanted, G=2. Round 0 has one informative group, round 1 (the last allowed) one more:
+    the top-up takes round 1's uninformative groups, not round 1 again (which repeated its kept group)."""
+    from types import SimpleNamespace
+
+    from alignlab.rewards import RewardScores
+
+    trainer = object.__new__(grpo_module.GRPOTrainer)
+    trainer.grpo = SimpleNamespace(num_generations=2, max_resample_rounds=1)
+    trainer.run = SimpleNamespace(global_sum=lambda v: v, num_processes=1, rank_slice=lambda items: items)
+    trainer.sampler = SimpleNamespace(take=lambda count: list(range(count)))
+    trainer.tokenizer = SimpleNamespace(pad_token_id=0)
+    second = _fake_rollout(["b0", "b1", "b2", "b3", "b4", "b5"])
+    trainer._rollout = lambda indices: (second, RewardScores([1.0, 0.0, 2.0, 2.0, 3.0, 3.0], {}))
+    first = _fake_rollout(["a0", "a1", "a2", "a3", "a4", "a5"])
+    merged, rewards = trainer._refill(first, torch.tensor([1.0, 1.0, 0.0, 5.0, 2.0, 2.0]), count=3)
+    assert merged.texts == ["a2", "a3", "b0", "b1", "b2", "b3"]
+    assert rewards.tolist() == [0.0, 5.0, 1.0, 0.0, 2.0, 2.0]
+
+
+# ------------------------------------------------------------------------- unscorable and failing rewards
+
+SCORING = """
+def none_if_even(completions, **_):
+    return [None if len(c) % 2 == 0 else float(len(c)) for c in completions]
+
+def fails_if_even(completions, **_):
+    if any(len(c) % 2 == 0 for c in completions):
+        raise ValueError("even length")
+    return [1.0 for _ in completions]
+"""
+
+
+def test_unscorable_and_failed_rows_are_counted(tmp_path, tiny_model_dir, prompts, spy, cli):
+    """Even-length completions get None from one function and fail in the other: unscorable (NaN,
+    advantage 0, counted), the failures counted per function and the first message logged once."""
+    plugin = tmp_path / "scoring.py"
+    plugin.write_text(SCORING)
+    out = tmp_path / "unscorable"
+    result = cli(base_args(
+        "grpo", tiny_model_dir, prompts, out, *GRPO_SMALL, "train.max_steps=3", "train.batch_size=2",
+        f"grpo.rewards=[{plugin}:none_if_even,{plugin}:fails_if_even]", "grpo.reward_errors=none",
+    ))
+    assert result.code == 0
+    records = train_records(out)
+    assert len(records) == len(spy["rollouts"]) == 3
+    seen_unscorable = 0
+    for record, advantages, rollout in zip(records, spy["advantages"], spy["rollouts"]):
+        even = torch.tensor([len(t) % 2 == 0 for t in rollout.texts])
+        seen_unscorable += int(even.sum())
+        assert record["rewards/fails_if_even/errors"] == record["rewards/unscorable"] == int(even.sum())
+        assert record["rewards/none_if_even/errors"] == 0  # None by choice is not an error
+        assert (advantages[even] == 0).all()
+        if (~even).any():  # the mean over scorable completions only
+            odd_lengths = [len(t) for t, e in zip(rollout.texts, even) if not e]
+            assert record["reward"] == pytest.approx(sum(odd_lengths) / len(odd_lengths) + 1.0)  # + fails_if_even
+    assert seen_unscorable > 0
+    messages = [line for line in result.err.splitlines() if "the first error" in line]
+    assert len(messages) == 1 and "even length" in messages[0]
+
+
+def test_length_penalty_follows_max_completion_length(tmp_path, tiny_model_dir, prompts):
+    """In GRPO the length penalty's limit is grpo.max_completion_length in tokens (it was 512 characters
+    whatever the setting): completions cut at the limit score -1."""
+    out = tmp_path / "length"
+    assert run_cli(base_args(
+        "grpo", tiny_model_dir, prompts, out, "grpo.num_generations=2", "grpo.max_completion_length=3",
+        "train.max_steps=1", "train.batch_size=4", "grpo.rewards=[length_penalty]",
+    )).code == 0
+    record = train_records(out)[0]
+    clipped = record["completions/clipped_ratio"]
+    assert clipped > 0
+    assert record["rewards/length_penalty/mean"] <= -clipped  # every cut completion scores -1

@@ -75,30 +75,48 @@ def test_integer_rewards_and_errors():
         group_advantages(torch.tensor([1.0, 2.0, 3.0, 4.0]), 3, "group")
 
 
-def _trl_advantages(rewards, num_generations, scale_rewards):
-    """TRL 1.16's advantage block (GRPOTrainer._generate_and_score_completions, sum_then_normalize),
-    reproduced line by line around TRL's own `nanstd`, since it is inlined in a method that also
-    generates and scores completions."""
+def _trl_advantages(rewards_per_func, num_generations, scale_rewards):
+    """TRL 1.16's own advantage block, executed as it is: the lines of
+    GRPOTrainer._generate_and_score_completions from the unscorable mask to the NaN-to-zero step
+    (sum_then_normalize), taken from its source, since TRL inlines them in a method that also
+    generates and scores completions. Returns (advantages, rewards with NaN for unscorable rows)."""
+    import inspect
+    import textwrap
+    from types import SimpleNamespace
+
+    from trl.trainer.grpo_trainer import GRPOTrainer
     from trl.trainer.utils import nanstd
 
-    mean_grouped = torch.nanmean(rewards.view(-1, num_generations), dim=1).repeat_interleave(num_generations)
-    if scale_rewards in ("group", "none"):
-        std = nanstd(rewards.view(-1, num_generations), dim=1).repeat_interleave(num_generations)
-    else:
-        std = nanstd(rewards).expand_as(rewards)
-    advantages = rewards - mean_grouped
-    if scale_rewards != "none":
-        advantages = advantages / (std + 1e-4)
-    return torch.nan_to_num(advantages, nan=0.0)
+    lines = inspect.getsource(GRPOTrainer._generate_and_score_completions).splitlines()
+    first = next(i for i, line in enumerate(lines) if "unscorable_mask = torch.isnan(rewards_per_func)" in line)
+    last = next(i for i, line in enumerate(lines) if "advantages = torch.nan_to_num(advantages, nan=0.0)" in line)
+    block = textwrap.dedent("\n".join(lines[first : last + 1]))
+    trl_self = SimpleNamespace(multi_objective_aggregation="sum_then_normalize", scale_rewards=scale_rewards,
+                               reward_weights=torch.ones(rewards_per_func.shape[1], dtype=rewards_per_func.dtype))
+    scope = {"torch": torch, "nanstd": nanstd, "self": trl_self, "rewards_per_func": rewards_per_func.clone(),
+             "num_generations": num_generations, "device": rewards_per_func.device}
+    exec(block, scope)
+    return scope["advantages"], scope["rewards"]
 
 
 @pytest.mark.parametrize("scale", sorted(ADVANTAGE_SCALINGS))
 def test_advantages_parity_with_trl(scale):
+    """Against TRL's own code, with unscorable completions (every reward None -> NaN): one in a
+    group, all but one in another, a whole group, and one constant group."""
     pytest.importorskip("trl")
     torch.manual_seed(0)
-    rewards = torch.randn(6 * 4, dtype=torch.float64)
-    rewards[8:12] = 0.5  # one constant group
-    torch.testing.assert_close(group_advantages(rewards, 4, scale), _trl_advantages(rewards, 4, scale))
+    per_func = torch.randn(6 * 4, 2, dtype=torch.float64)  # [N, 2 reward functions]
+    per_func[8:12] = 0.25  # one constant group
+    per_func[1] = float("nan")  # unscorable
+    per_func[5, 0] = float("nan")  # one function failed: the other still scores it
+    per_func[12:15] = float("nan")  # one scorable completion left in the group
+    per_func[16:20] = float("nan")  # a whole group unscorable
+    want, trl_rewards = _trl_advantages(per_func, 4, scale)
+    ours_rewards = per_func.nansum(dim=1).masked_fill(per_func.isnan().all(dim=1), float("nan"))
+    torch.testing.assert_close(ours_rewards, trl_rewards, equal_nan=True)
+    got = group_advantages(ours_rewards, 4, scale)
+    torch.testing.assert_close(got, want)
+    assert got[1] == 0 and (got[12:20] == 0).all()
 
 
 # -------------------------------------------------------------------------------- loss: by hand

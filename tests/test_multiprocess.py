@@ -14,6 +14,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+import torch
 
 from conftest import base_args, read_jsonl, train_records, write_jsonl
 from launch import assert_same, assert_written_once, run_ok, torchrun
@@ -152,13 +153,18 @@ def test_grpo_two_processes_whole_groups_rewards_and_resume(tmp_path, tiny_model
         assert ids0 + ids1 == single[step]["ids"]
         # The logged metrics are over both processes' rollouts.
         scores = ranks[0][step]["rewards"] + ranks[1][step]["rewards"]
-        rewards = [0.0 if x is None else x for x in scores]  # a completion without a score totals 0
-        scored = [x for x in scores if x is not None]
-        assert record["reward"] == pytest.approx(sum(rewards) / len(rewards), abs=1e-6)
+        scored = [x for x in scores if x is not None]  # a completion without a score is unscorable: left out
+        assert record["reward"] == pytest.approx(sum(scored) / len(scored), abs=1e-6)
         assert record[f"rewards/{reward.rsplit(':', 1)[-1]}/mean"] == pytest.approx(sum(scored) / len(scored), abs=1e-6)
-        groups = [rewards[g * G:(g + 1) * G] for g in range(4)]
-        stds = [math.sqrt(sum((x - sum(g) / G) ** 2 for x in g) / (G - 1)) for g in groups]
-        assert record["reward_std"] == pytest.approx(sum(stds) / len(stds), abs=1e-5)
+        assert record["rewards/unscorable"] == len(scores) - len(scored)
+
+        def std(values):
+            mean = sum(values) / len(values)
+            return math.sqrt(sum((x - mean) ** 2 for x in values) / (len(values) - 1)) if len(values) > 1 else 0.0
+
+        assert record["reward_std"] == pytest.approx(std(scored), abs=1e-5)  # the whole batch's, as TRL
+        groups = [[x for x in scores[g * G:(g + 1) * G] if x is not None] for g in range(4)]
+        assert record["reward_std/within_group"] == pytest.approx(sum(map(std, groups)) / 4, abs=1e-5)
         assert math.isfinite(record["loss"]) and math.isfinite(record["grad_norm"]) and record["grad_norm"] > 0
 
     # Resume in 2-process mode from the step-2 checkpoint: each process's RNG stream is restored, so
@@ -174,6 +180,32 @@ def test_grpo_two_processes_whole_groups_rewards_and_resume(tmp_path, tiny_model
         assert again == ranks[r][2:], f"process {r} sampled differently after resume"
     assert_same(train_records(two), train_records(resumed), ("loss", "grad_norm", "reward", "entropy"), tol=1e-6)
     assert "resumed from" in (resumed / "train.log").read_text()
+
+
+@pytest.mark.slow
+def test_grpo_two_processes_equal_one_on_identical_rollouts(tmp_path, tiny_model_dir, prompts, crc_reward, monkeypatch):
+    """Completions drawn per prompt from a seed of its own (tests/fixed_rollouts.py), so 1 process x 4
+    prompts and 2 processes x 2 prompts sample the same rollouts: then losses, KL, entropies,
+    gradient norms and the final weights agree (the loss's normalisation over the whole step across
+    processes, the advantage over the global batch, and DDP's reduction are exact)."""
+    import fixed_rollouts
+    from safetensors.torch import load_file
+
+    common = ["train.lr=3e-3", "train.max_steps=3", f"grpo.num_generations={G}", "grpo.max_completion_length=8",
+              "grpo.beta=0.05", "grpo.num_iterations=2", "grpo.temperature=0.8", f"grpo.rewards=[{crc_reward}]"]
+    one, two = tmp_path / "one", tmp_path / "two"
+    fixed_rollouts.install(monkeypatch.setattr)
+    run_ok(base_args("grpo", tiny_model_dir, prompts, one, "train.batch_size=4", *common))
+    monkeypatch.undo()
+    torchrun(base_args("grpo", tiny_model_dir, prompts, two, "train.batch_size=2", *common), tmp_path,
+             script=Path(fixed_rollouts.__file__))
+    a, b = train_records(one), train_records(two)
+    assert_same(a, b, ("loss", "grad_norm", "kl", "entropy", "reward", "clip_ratio"), tol=1e-5)
+    assert all(r["grad_norm"] > 0 for r in a) and a[-1]["kl"] > 0
+    first, second = load_file(one / "final" / "model.safetensors"), load_file(two / "final" / "model.safetensors")
+    for name, weight in first.items():
+        # Adam divides by sqrt(v): a summation-order difference in a tiny gradient moves a weight by ~1e-6.
+        torch.testing.assert_close(second[name], weight, atol=2e-5, rtol=1e-4)
 
 
 # ------------------------------------------------------------------------------ rank_slice

@@ -61,3 +61,68 @@ def test_too_many_bad_steps_in_a_row_stop_with_the_last_good_checkpoint(tmp_path
     assert resumed.code == 0, resumed.err
     assert [r["step"] for r in train_records(run)] == list(range(1, 7))
     assert (run / "final" / "model.safetensors").is_file()
+
+
+def _with_cpu_grad_scaler(monkeypatch, init_scale=2.0**8):
+    """fp16 training as accelerate sets it up on a GPU (it refuses fp16 on CPU): a GradScaler scales
+    the loss, clip_grad_norm_ unscales the gradients, the optimizer steps through the scaler."""
+    from alignlab.training import TrainingRun
+
+    prepare = TrainingRun.prepare
+    scalers = []
+
+    def prepare_with_scaler(self, model, tokenizer):
+        prepare(self, model, tokenizer)
+        from accelerate.optimizer import patch_optimizer_step
+
+        scaler = torch.amp.GradScaler("cpu", init_scale=init_scale)
+        self.accelerator.scaler = self.optimizer.scaler = scaler
+        optimizer = self.optimizer  # what AcceleratedOptimizer sets up when given a scaler
+        optimizer._accelerate_step_called = False
+        optimizer._optimizer_original_step_method = optimizer.optimizer.step
+        optimizer._optimizer_patched_step_method = patch_optimizer_step(optimizer, optimizer.optimizer.step)
+        monkeypatch.setattr(self.accelerator, "unscale_gradients",
+                            lambda optimizer=None: scaler.unscale_(self.optimizer.optimizer))
+        scalers.append(scaler)
+
+    monkeypatch.setattr(TrainingRun, "prepare", prepare_with_scaler)
+    return scalers
+
+
+def test_fp16_overflow_lets_the_scaler_skip_and_back_off(tmp_path, tiny_model_dir, sft_train, cli, poison, monkeypatch):
+    """An overflowing fp16 step is skipped by the GradScaler, which halves its scale, and training goes
+    on. Skipping without letting the scaler step left it 'unscaled' and the next step raised."""
+    scalers = _with_cpu_grad_scaler(monkeypatch)
+    poison([2])
+    out = tmp_path / "fp16"
+    result = cli(sft(tiny_model_dir, sft_train, out, "train.max_steps=3"))
+    assert result.code == 0, result.err
+    records = train_records(out)
+    assert [r["step"] for r in records] == [1, 2, 3]
+    assert [r["skipped_steps"] for r in records] == [0, 1, 1]
+    assert scalers[0].get_scale() == 2.0**8 / 2  # backed off once, at the overflow
+
+
+def test_max_grad_norm_zero_means_no_clipping(tmp_path, tiny_model_dir, sft_train, cli):
+    """train.max_grad_norm=0 trains exactly as a bound no gradient reaches (it zeroed every gradient)."""
+    runs = {}
+    for name, bound in (("zero", "0"), ("huge", "1e9")):
+        runs[name] = tmp_path / name
+        assert cli(sft(tiny_model_dir, sft_train, runs[name], "train.max_steps=3", f"train.max_grad_norm={bound}")).code == 0
+    zero, huge = train_records(runs["zero"]), train_records(runs["huge"])
+    assert [r["loss"] for r in zero] == pytest.approx([r["loss"] for r in huge], rel=1e-6)
+    assert zero[0]["grad_norm"] > 1.0 and zero[-1]["loss"] < zero[0]["loss"]
+
+
+def test_an_early_stop_logs_its_eval_once(tmp_path, tiny_model_dir, sft_train, sft_eval):
+    """The eval that met the stop condition is the run's final eval: not run and logged again."""
+    from alignlab.config import load_config
+    from alignlab.trainers.sft import train_sft
+    from conftest import eval_records
+
+    out = tmp_path / "early"
+    config = load_config("sft", None, sft(tiny_model_dir, sft_train, out, "train.max_steps=6", "train.eval_every=2",
+                                          f"data.eval={sft_eval}")[1:])
+    train_sft(config, stop_fn=lambda record: True)  # stops at the first eval, step 2
+    evals = eval_records(out)
+    assert [r["step"] for r in evals] == [2]

@@ -139,3 +139,73 @@ def test_grpo_accumulation_invariance(tmp_path, tiny_model_dir, prompts, crc_rew
     a, b = train_records(tmp_path / "a"), train_records(tmp_path / "b")
     assert all(r["grad_norm"] > 0 for r in a)
     assert_same_steps(a, b, range(1, 5), keys=("loss", "grad_norm", "reward", "kl", "entropy"), tol=1e-5)
+
+
+def test_a_checkpoint_is_on_disk_before_its_state_json(tmp_path, monkeypatch):
+    """Every weight and optimizer file is fsync'd before state.json is written, and the folder is
+    renamed into place only after that (power loss must not leave state.json beside truncated weights)."""
+    import os
+
+    from alignlab import checkpoint as ckpt
+
+    events = []
+    real_fsync, real_replace = os.fsync, os.replace
+
+    def fsync(fd):
+        events.append(("fsync", os.readlink(f"/proc/self/fd/{fd}")))
+        return real_fsync(fd)
+
+    def replace(src, dst):
+        events.append(("replace", str(dst)))
+        return real_replace(src, dst)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(os, "replace", replace)
+
+    def save_model(out_dir):
+        out_dir.mkdir()
+        (out_dir / "model.safetensors").write_bytes(b"weights")
+
+    final = ckpt.save_checkpoint(tmp_path, 3, save_model_fn=save_model, optimizer_state={"a": 1},
+                                 scheduler_state={}, state={})
+    state_json = next(i for i, (kind, path) in enumerate(events) if kind == "replace" and path.endswith("state.json"))
+    for name in ("model.safetensors", "optimizer.pt", "scheduler.pt"):
+        first = next(i for i, (kind, path) in enumerate(events) if kind == "fsync" and path.endswith(name))
+        assert first < state_json, name
+    rename = next(i for i, (kind, path) in enumerate(events) if kind == "replace" and path == str(final))
+    assert state_json < rename
+    assert ("fsync", str(tmp_path)) in events[rename:]  # the run directory, after the rename
+
+
+class _Crash(Exception):
+    pass
+
+
+@pytest.mark.parametrize("schedule", ["linear", "cosine"])
+def test_resume_after_a_crash_keeps_the_lr_schedule(tmp_path, tiny_model_dir, sft_train, monkeypatch, schedule):
+    """Both legs run with the same max_steps (a real crash does not shorten the run), under a decaying
+    schedule with warmup: the resumed run's LR and losses equal the uninterrupted run's at every step."""
+    from alignlab.training import TrainingRun
+
+    common = ["train.max_steps=8", "train.save_every=3", "train.batch_size=4", "train.lr=3e-3",
+              "train.warmup_steps=3", f"train.lr_scheduler={schedule}"]
+    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+    run_ok(base_args("sft", tiny_model_dir, sft_train, straight, *common))
+
+    save = TrainingRun.save
+
+    def save_then_crash(self, *args, **kwargs):
+        save(self, *args, **kwargs)
+        if self.step == 6:
+            raise _Crash  # killed right after the checkpoint of step 6
+
+    monkeypatch.setattr(TrainingRun, "save", save_then_crash)
+    with pytest.raises(_Crash):
+        run_cli(base_args("sft", tiny_model_dir, sft_train, resumed, *common))
+    monkeypatch.undo()
+    run_ok(base_args("sft", tiny_model_dir, sft_train, resumed, *common, "train.resume=true"))
+    a, b = train_records(straight), train_records(resumed)
+    assert [r["step"] for r in b] == list(range(1, 9))
+    assert [r["lr"] for r in b] == pytest.approx([r["lr"] for r in a], rel=1e-9)
+    assert len({round(r["lr"], 12) for r in a}) >= 6  # warmup then decay: the schedule really moves
+    assert_same_steps(a, b, range(1, 9))

@@ -149,7 +149,8 @@ def test_answer_format_ignores_unknown_columns():
         ("<answer>7</answer> no wait <answer>42</answer>", "42", 2.0),
         ("<answer>42</answer> no wait <answer>7</answer>", "42", 0.0),
         ("<answer>42</answer> then <answer>7", "42", 2.0),  # unclosed last tag is not an answer
-        ("<answer>12 apples</answer>", "12", 0.0),
+        ("<answer>12 apples</answer>", "12", 2.0),  # math-verify drops the unit, as MATH graders do
+        ("<answer>13 apples</answer>", "12", 0.0),
         ("42", "42", 0.0),
         ("", "42", 0.0),
         ("<answer></answer>", "42", 0.0),
@@ -191,7 +192,8 @@ def test_answer_correct_misaligned_column_raises():
         (r"\boxed{-3}", "-3", 1.0),
         (r"\boxed{\frac{1}{2}}", r"\frac{1}{2}", 1.0),
         (r"\boxed{\frac{\sqrt{3}}{2}}", r"\frac{\sqrt{3}}{2}", 1.0),
-        (r"\boxed{\frac{1}{2}}", "0.5", 0.0),
+        (r"\boxed{\frac{1}{2}}", "0.5", 1.0),  # math equivalence, not string equality (math-verify)
+        (r"\boxed{\frac{1}{3}}", "0.5", 0.0),
         (r"\boxed{1} hmm \boxed{2}", "2", 1.0),
         (r"\boxed{2} hmm \boxed{1}", "2", 0.0),
         (r"\boxed{2} hmm \boxed{1", "2", 0.0),  # last box is unclosed
@@ -488,7 +490,7 @@ def test_weighted_combination_hand_computed():
     assert scores.errors == []
 
 
-def test_none_contributes_nothing_and_all_none_is_zero():
+def test_none_contributes_nothing_and_all_none_is_unscorable():
     scores = score_completions(
         [("gold", answer_correct), ("half", _const(0.5))],
         [2.0, 3.0],
@@ -498,8 +500,10 @@ def test_none_contributes_nothing_and_all_none_is_zero():
     assert scores.per_function["gold"] == [2.0, None]
     assert scores.total == pytest.approx([5.5, 1.5])
 
+    # Every function None: unscorable (NaN), never a 0 that would pass for a real score.
     scores = score_completions([("n", _const(None)), ("m", _const(None))], [1.0, 1.0], ["a", "b"], {})
-    assert scores.total == [0.0, 0.0]
+    assert all(math.isnan(t) for t in scores.total)
+    assert scores.error_rows == {"n": 0, "m": 0}  # None by choice is not an error
 
 
 def test_only_declared_columns_are_passed():
@@ -572,7 +576,8 @@ def test_bad_values(bad):
 
     scores = score_completions([("fn", fn)], [2.0], ["a", "b", "c"], {}, on_error="none")
     assert scores.per_function["fn"] == [0.5, None, 0.25]
-    assert scores.total == [1.0, 0.0, 0.5]
+    assert scores.total[0] == 1.0 and math.isnan(scores.total[1]) and scores.total[2] == 0.5
+    assert scores.error_rows == {"fn": 1}
 
 
 def test_numeric_like_values_are_accepted():

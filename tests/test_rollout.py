@@ -9,15 +9,15 @@ from alignlab.rollout import generate, pick_token
 def test_pick_token_top_k_one_and_tiny_top_p_are_argmax():
     torch.manual_seed(0)
     logits = torch.randn(64, 50)
-    assert torch.equal(pick_token(logits, 1.0, 1.0, 1), logits.argmax(-1))
-    assert torch.equal(pick_token(logits, 1.0, 1e-6, 0), logits.argmax(-1))
+    assert torch.equal(pick_token(logits, 1.0, 1), logits.argmax(-1))
+    assert torch.equal(pick_token(logits, 1e-6, 0), logits.argmax(-1))
 
 
 def test_pick_token_top_p_keeps_only_the_nucleus():
     # probabilities 0.5, 0.3, 0.15, 0.05: top_p=0.7 keeps the first two tokens only.
     logits = torch.log(torch.tensor([[0.05, 0.5, 0.15, 0.3]])).repeat(4000, 1)
     torch.manual_seed(1)
-    picks = pick_token(logits, 1.0, 0.7, 0)
+    picks = pick_token(logits, 0.7, 0)
     counts = torch.bincount(picks, minlength=4).float() / len(picks)
     assert counts[0] == 0 and counts[2] == 0
     assert abs(counts[1] - 0.5 / 0.8) < 0.03 and abs(counts[3] - 0.3 / 0.8) < 0.03
@@ -72,8 +72,8 @@ def _decode_on_rank(rank, init_file, results):
     torch.distributed.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2,
                                          timeout=datetime.timedelta(seconds=30))
     model = _CollectiveModel(eos_at=2 if rank == 0 else 6)  # process 0 is done long before process 1
-    ids = sample(model, torch.ones(2, 3, dtype=torch.long), torch.ones(2, 3, dtype=torch.long), num_generations=1,
-                 max_new_tokens=10, eos_id=EOS, pad_id=PAD, greedy=True, synced=True)
+    ids, _ = sample(model, torch.ones(2, 3, dtype=torch.long), torch.ones(2, 3, dtype=torch.long), num_generations=1,
+                 max_new_tokens=10, stop_ids=[EOS], pad_id=PAD, greedy=True, synced=True)
     results[rank] = (ids.tolist(), model.calls)
     torch.distributed.destroy_process_group()
 

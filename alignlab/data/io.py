@@ -1,12 +1,14 @@
 """Read rows from local JSONL/JSON/Parquet/CSV files or a Hugging Face dataset id.
 
 Every row comes back as a `Row`: its dict plus where it came from (source, 1-based row/line
-number), so any later error can name the file, the row and the field.
+number), so any later error can name the file, the row and the field. A file is read by what it is:
+one that starts with the Parquet magic bytes is read as Parquet whatever its name says.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import random
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,7 +16,11 @@ from typing import Any, Optional
 
 from alignlab.errors import DataError
 
+log = logging.getLogger("alignlab")
+
 LOCAL_SUFFIXES = {".jsonl", ".json", ".parquet", ".csv"}
+PARQUET_MAGIC = b"PAR1"
+LINES_NAMED = 5  # malformed lines listed by line number in the skip warning
 
 
 @dataclass
@@ -22,11 +28,20 @@ class Row:
     values: dict[str, Any]
     source: str  # file path or hub id
     index: int  # 1-based line number for JSONL, row number otherwise
+    # Why the line could not be read. Such rows exist only under skip_bad_rows, so that the loaders
+    # skip and count them with every other bad row (`check_readable`).
+    error: Optional[str] = None
 
     def where(self, field: Optional[str] = None) -> str:
         unit = "line" if self.source.endswith(".jsonl") else "row"
         place = f"{self.source}, {unit} {self.index}"
         return f"{place}, field '{field}'" if field else place
+
+
+def check_readable(row: Row) -> None:
+    """DataError for a row kept only to be counted as bad (a malformed JSON line under skip_bad_rows)."""
+    if row.error:
+        raise DataError(f"{row.where()}: {row.error}")
 
 
 def _not_utf8(path: Path) -> DataError:
@@ -40,22 +55,36 @@ def _not_utf8(path: Path) -> DataError:
     return DataError(f"{path}: not UTF-8 text (save the file as UTF-8)")
 
 
-def _read_jsonl(path: Path) -> list[Row]:
-    rows = []
+def _parse_line(line: str) -> tuple[Optional[dict], str]:
+    """(object, "") for a good JSONL line, (None, what is wrong) otherwise."""
+    try:
+        value = json.loads(line.rstrip("\r\n"))  # so the error's column is on this line
+    except json.JSONDecodeError as exc:
+        return None, f"malformed JSON ({exc.msg} at column {exc.colno})"
+    if not isinstance(value, dict):
+        return None, f"expected a JSON object, got {type(value).__name__}"
+    return value, ""
+
+
+def _read_jsonl(path: Path, skip_bad_rows: bool = False) -> list[Row]:
+    rows, bad = [], []
     try:
         with path.open(encoding="utf-8") as handle:
             for number, line in enumerate(handle, start=1):
                 if not line.strip():
                     continue
-                try:
-                    value = json.loads(line.rstrip("\r\n"))  # so the error's column is on this line
-                except json.JSONDecodeError as exc:
-                    raise DataError(f"{path}, line {number}: malformed JSON ({exc.msg} at column {exc.colno})") from None
-                if not isinstance(value, dict):
-                    raise DataError(f"{path}, line {number}: expected a JSON object, got {type(value).__name__}")
-                rows.append(Row(value, str(path), number))
+                value, error = _parse_line(line)
+                if error and not skip_bad_rows:
+                    raise DataError(f"{path}, line {number}: {error}")
+                if error:
+                    bad.append(f"line {number} ({error})")
+                rows.append(Row(value or {}, str(path), number, error or None))
     except UnicodeDecodeError:
         raise _not_utf8(path) from None
+    if bad:
+        more = f" and {len(bad) - LINES_NAMED} more" if len(bad) > LINES_NAMED else ""
+        log.warning("%s: skipping %d unreadable lines (data.skip_bad_rows=true): %s%s",
+                    path, len(bad), "; ".join(bad[:LINES_NAMED]), more)
     return rows
 
 
@@ -78,15 +107,38 @@ def _read_json(path: Path) -> list[Row]:
     return rows
 
 
-def _read_table(path: Path) -> list[Row]:
+def _read_table(path: Path, kind: str, source: str) -> list[Row]:
     import pandas as pd
 
     try:
-        frame = pd.read_parquet(path) if path.suffix == ".parquet" else pd.read_csv(path, keep_default_na=False)
+        frame = pd.read_parquet(path) if kind == "parquet" else pd.read_csv(path, keep_default_na=False)
     except Exception as exc:  # pandas raises many types for unreadable files
-        raise DataError(f"{path}: cannot read as {path.suffix[1:]} ({exc})") from None
+        raise DataError(f"{path}: cannot read as {kind} ({exc})") from None
     records = frame.to_dict(orient="records")
-    return [Row(_plain(record), str(path), number) for number, record in enumerate(records, start=1)]
+    return [Row(_plain(record), source, number) for number, record in enumerate(records, start=1)]
+
+
+def _is_parquet(path: Path) -> bool:
+    with path.open("rb") as handle:
+        return handle.read(len(PARQUET_MAGIC)) == PARQUET_MAGIC
+
+
+def _read_local(path: Path, skip_bad_rows: bool) -> list[Row]:
+    if _is_parquet(path):
+        if path.suffix == ".parquet":
+            return _read_table(path, "parquet", str(path))
+        # Exporters often save Parquet under a .jsonl name; read it as what it is. The rows are named
+        # "<file> (parquet), row N" so no later message calls them JSONL lines.
+        log.warning("%s starts with the Parquet magic bytes %r: it is a Parquet file whatever its name says, and is "
+                    "read as one (rename it to .parquet to silence this warning)", path, PARQUET_MAGIC.decode())
+        return _read_table(path, "parquet", f"{path} (parquet)")
+    if path.suffix == ".jsonl":
+        return _read_jsonl(path, skip_bad_rows)
+    if path.suffix == ".json":
+        return _read_json(path)
+    if path.suffix in (".parquet", ".csv"):
+        return _read_table(path, path.suffix[1:], str(path))
+    raise DataError(f"{path}: unsupported file type '{path.suffix}' (use .jsonl, .json, .parquet or .csv)")
 
 
 def _plain(value: Any) -> Any:
@@ -116,16 +168,17 @@ def _read_hub(name: str, split: str) -> list[Row]:
     return [Row(dict(item), f"{name}[{split}]", number) for number, item in enumerate(dataset, start=1)]
 
 
-def read_rows(source: str, *, split: str = "train", max_rows: Optional[int] = None) -> list[Row]:
-    """All rows of a local file (by suffix) or a hub dataset id."""
+def read_rows(source: str, *, split: str = "train", max_rows: Optional[int] = None,
+              skip_bad_rows: bool = False) -> list[Row]:
+    """All rows of a local file (by its first bytes, then its suffix) or a hub dataset id.
+
+    With `skip_bad_rows`, a JSONL line that is not a JSON object comes back as a Row with `error`
+    set (warned about here, with its line number), for the loaders to skip and count as a bad row."""
     path = Path(source)
     if path.suffix in LOCAL_SUFFIXES or path.exists():
         if not path.is_file():
             raise DataError(f"data file not found: {source}")
-        readers = {".jsonl": _read_jsonl, ".json": _read_json, ".parquet": _read_table, ".csv": _read_table}
-        if path.suffix not in readers:
-            raise DataError(f"{source}: unsupported file type '{path.suffix}' (use .jsonl, .json, .parquet or .csv)")
-        rows = readers[path.suffix](path)
+        rows = _read_local(path, skip_bad_rows)
     else:
         rows = _read_hub(source, split)
     if not rows:

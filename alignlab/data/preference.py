@@ -5,11 +5,21 @@ Accepted row formats (after column renaming):
 1. explicit strings      {"prompt": str, "chosen": str, "rejected": str}
 2. conversational        {"prompt": [messages ending with a user turn],
                           "chosen": [one assistant message] or str, "rejected": likewise}
+2b. prompt + whole        {"prompt": str or [messages], "chosen": [full conversation],
+    conversations         "rejected": [full conversation]}  (UltraFeedback-binarized's columns)
+                          The prompt is the conversations' shared turns, as in 3, which the prompt
+                          column must agree with: a string must equal the last shared user turn, a
+                          message list must equal the shared turns.
 3. implicit, messages    {"chosen": [full conversation], "rejected": [full conversation]}
                          (UltraFeedback-binarized style: both share every message before their
                          final assistant reply, which is the prompt)
 4. implicit, HH-RLHF     {"chosen": "\\n\\nHuman: ...\\n\\nAssistant: ...", "rejected": "..."}
                          (Anthropic transcripts, parsed into messages, then as in 3)
+
+Public sets whose chosen and rejected follow from a label or scores in the row (Stanford SHP, WebGPT
+comparisons, raw UltraFeedback ratings) are recognised from their columns and read by
+`alignlab.data.public_formats`; `load_preference_source` detects a source's format (or takes
+`data.format`), reads every row in it and reports what was dropped (WebGPT ties, ...).
 
 Nothing is tokenised here; `alignlab.data.preference_encode` does that with the Templater.
 Every rejected row raises `DataError` naming the file, the row and the field.
@@ -20,9 +30,10 @@ from __future__ import annotations
 import logging
 import re
 from dataclasses import dataclass
-from typing import Union
+from typing import Optional, Union
 
-from alignlab.data.io import Row
+from alignlab.data.io import Row, check_readable
+from alignlab.data.public_formats import FORMATS, LoadReport, choose_format, check_score_ratio
 from alignlab.data.sft import check_messages, check_text
 from alignlab.errors import DataError
 
@@ -114,9 +125,9 @@ def _reply_after_prompt(row: Row, name: str) -> str:
     messages = check_messages(row, name, need_assistant=False)
     if len(messages) != 1:
         raise DataError(
-            f"{row.where(name)}: has {len(messages)} messages; with a 'prompt' column, chosen and rejected "
-            "must each be a single assistant message (or a string). To give whole conversations, drop the "
-            "prompt column and put the full dialogue in both chosen and rejected."
+            f"{row.where(name)}: has {len(messages)} messages starting with an assistant turn; with a 'prompt' "
+            "column, chosen and rejected must each be a single assistant message (or a string), or each the "
+            "whole conversation: the prompt's turns followed by the assistant reply."
         )
     message = messages[0]
     if message["role"] != "assistant":
@@ -170,6 +181,55 @@ def _implicit_messages(row: Row) -> tuple[list[dict], str, str]:
     return prompt, chosen_reply, rejected_reply
 
 
+def _is_conversation(value) -> bool:
+    """A chosen/rejected list that holds the prompt's turns too, not only the reply: more than one
+    message, the first not the assistant's (UltraFeedback-binarized's chosen/rejected columns)."""
+    return (isinstance(value, list) and len(value) > 1 and isinstance(value[0], dict)
+            and value[0].get("role") != "assistant")
+
+
+def _same_turn(a: dict, b: dict) -> bool:
+    return a["role"] == b["role"] and a["content"].strip() == b["content"].strip()
+
+
+def _check_prompt_agrees(row: Row, prompt: Prompt, shared: list[dict]) -> None:
+    """The prompt column must say what the conversations' shared turns say (DataError on field 'prompt')."""
+    if isinstance(prompt, str):
+        last = shared[-1]["content"]  # shared ends with a user turn (_check_prompt_messages)
+        if prompt.strip() != last.strip():
+            raise DataError(
+                f"{row.where('prompt')}: does not match the conversations in chosen and rejected: the prompt is "
+                f"{_snippet(prompt)} but the user turn they answer (message {len(shared) - 1}) is {_snippet(last)}"
+            )
+        return
+    for turn, (a, b) in enumerate(zip(prompt, shared)):
+        if not _same_turn(a, b):
+            raise DataError(
+                f"{row.where('prompt')}: does not match the conversations in chosen and rejected at message {turn}: "
+                f"the prompt has {a['role']} {_snippet(a['content'])}, they have {b['role']} {_snippet(b['content'])}"
+            )
+    if len(prompt) != len(shared):
+        raise DataError(
+            f"{row.where('prompt')}: has {len(prompt)} messages but chosen and rejected share {len(shared)} before "
+            "their final reply; the prompt must be all of the shared turns"
+        )
+
+
+def _conversations_after_prompt(row: Row, prompt: Prompt) -> tuple[list[dict], str, str]:
+    """chosen and rejected as whole conversations beside a prompt column (format 2b): like TRL's prompt
+    extraction, the prompt is the turns both share before their final replies."""
+    chosen, rejected = row.values["chosen"], row.values["rejected"]
+    if not (_is_conversation(chosen) and _is_conversation(rejected)):
+        whole, single = ("chosen", "rejected") if _is_conversation(chosen) else ("rejected", "chosen")
+        raise DataError(
+            f"{row.where(single)}: {whole} is a whole conversation (prompt turns and reply) but {single} is not; "
+            "give both as whole conversations, or both as the reply alone"
+        )
+    shared, chosen_reply, rejected_reply = _implicit_messages(row)
+    _check_prompt_agrees(row, prompt, shared)
+    return shared, chosen_reply, rejected_reply
+
+
 def _parse_hh(row: Row, name: str) -> list[dict]:
     text = check_text(row, name)
     try:
@@ -193,6 +253,7 @@ def _implicit_hh(row: Row) -> tuple[list[dict], str, str]:
 
 def normalize_preference_row(row: Row) -> PreferenceExample:
     """One row in any accepted format -> PreferenceExample; DataError naming file, row and field."""
+    check_readable(row)
     values = row.values
     for name in ("chosen", "rejected"):
         if name not in values:
@@ -200,8 +261,11 @@ def normalize_preference_row(row: Row) -> PreferenceExample:
 
     if "prompt" in values:
         prompt = _check_prompt(row)
-        chosen = _reply_after_prompt(row, "chosen")
-        rejected = _reply_after_prompt(row, "rejected")
+        if _is_conversation(values["chosen"]) or _is_conversation(values["rejected"]):
+            prompt, chosen, rejected = _conversations_after_prompt(row, prompt)
+        else:
+            chosen = _reply_after_prompt(row, "chosen")
+            rejected = _reply_after_prompt(row, "rejected")
     else:
         chosen_value, rejected_value = values["chosen"], values["rejected"]
         if isinstance(chosen_value, list) and isinstance(rejected_value, list):
@@ -228,20 +292,47 @@ def normalize_preference_row(row: Row) -> PreferenceExample:
     return PreferenceExample(prompt=prompt, chosen=chosen, rejected=rejected, source=row.where())
 
 
-def load_preference_rows(rows: list[Row], *, skip_bad_rows: bool) -> tuple[list[PreferenceExample], int]:
-    """Normalise every row. Returns (examples, number of bad rows skipped); with skip_bad_rows=False
-    the first bad row's DataError propagates."""
+def _first_missing(values: dict) -> str:
+    return "chosen" if "chosen" not in values else "rejected"
+
+
+def load_preference_source(rows: list[Row], *, skip_bad_rows: bool, format: str = "auto",
+                           min_score_ratio: Optional[float] = None,
+                           label: str = "") -> tuple[list[PreferenceExample], LoadReport]:
+    """Every row of one source read in its format (detected from the columns, or `format`), and the report
+    (format, bad rows skipped, rows dropped by reason), which is logged. With skip_bad_rows=False the first
+    bad row's DataError propagates."""
+    fmt, forced = choose_format(rows, "preference", format, skip_bad_rows=skip_bad_rows, missing=_first_missing)
+    report = LoadReport(fmt or FORMATS["preference"], label or (rows[0].source if rows else ""), rows=len(rows),
+                        forced=forced)
+    check_score_ratio(report.format, min_score_ratio, report.label)
+    read = report.format.read
     examples: list[PreferenceExample] = []
-    skipped = 0
     first_error = ""
     for row in rows:
         try:
-            examples.append(normalize_preference_row(row))
+            check_readable(row)
+            if read is None:
+                examples.append(normalize_preference_row(row))
+                continue
+            pairs, dropped = read(row, min_score_ratio=min_score_ratio)
+            report.dropped.update(dropped)
+            examples += [PreferenceExample(prompt, chosen, rejected, row.where()) for prompt, chosen, rejected in pairs]
         except DataError as exc:
             if not skip_bad_rows:
                 raise
-            skipped += 1
+            report.skipped += 1
             first_error = first_error or str(exc)
-    if skipped:
-        log.warning("skipped %d bad preference rows (data.skip_bad_rows=true); first: %s", skipped, first_error)
-    return examples, skipped
+    if report.skipped:
+        log.warning("skipped %d bad preference rows (data.skip_bad_rows=true); first: %s", report.skipped, first_error)
+    report.examples = len(examples)
+    report.log()
+    return examples, report
+
+
+def load_preference_rows(rows: list[Row], *, skip_bad_rows: bool, format: str = "auto",
+                         min_score_ratio: Optional[float] = None, label: str = "") -> tuple[list[PreferenceExample], int]:
+    """`load_preference_source`, returning (examples, number of bad rows skipped)."""
+    examples, report = load_preference_source(rows, skip_bad_rows=skip_bad_rows, format=format,
+                                              min_score_ratio=min_score_ratio, label=label)
+    return examples, report.skipped

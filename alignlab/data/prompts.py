@@ -1,22 +1,26 @@
 """Prompt datasets for GRPO and evaluation: a `prompt` (string or messages) plus any other columns.
 
 Other columns travel with the prompt and reach reward functions by name (e.g. `answer`).
-GSM8K rows (`question` / `answer` with the gold number after `#### `) are recognised and mapped to
-`prompt` / `answer` (commas stripped: `#### 1,234` -> "1234"); the full solution stays as `solution`.
+Public layouts are recognised from their columns (`alignlab.data.public_formats`, or named with
+`data.format`): GSM8K rows (`question` / `answer` with the gold number after `#### `) become
+`prompt` / `answer` (commas stripped: `#### 1,234` -> "1234"), the full solution kept as `solution`;
+MATH-style rows (`problem` + `solution`, `problem` + `answer`, NuminaMath `messages`) become
+`prompt` = the problem and `answer` = the content of the solution's last `\\boxed{...}`.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Union
+from typing import Any, Optional, Union
 
-from alignlab.data.io import Row, read_rows, rename_columns, split_eval
+from alignlab.data.io import Row, check_readable, read_rows, rename_columns, split_eval
 from alignlab.data.mixture import is_mixture, load_mixture
+from alignlab.data.public_formats import (FORMATS, GSM8K_INSTRUCTION, Format, LoadReport, choose_format, detect,
+                                          no_format_error, source_label)
 from alignlab.data.sft import check_messages, check_text
 from alignlab.errors import DataError
-from alignlab.rewards.builtin import extract_gsm8k_answer
 
-GSM8K_INSTRUCTION = "Solve the problem step by step, then give the final number on the last line as <answer>NUMBER</answer>."
+__all__ = ["GSM8K_INSTRUCTION", "PromptItem", "is_gsm8k", "load_prompt_data", "load_prompt_items", "prompt_item"]
 
 
 @dataclass
@@ -28,45 +32,45 @@ class PromptItem:
 
 
 def is_gsm8k(row: Row) -> bool:
-    answer = row.values.get("answer")
-    return "prompt" not in row.values and "question" in row.values and isinstance(answer, str) and "####" in answer
+    return detect(row.values, "prompt") is FORMATS["gsm8k"]
 
 
-def prompt_item(row: Row, *, gsm8k_instruction: str = GSM8K_INSTRUCTION) -> PromptItem:
+def prompt_item(row: Row, *, fmt: Optional[Format] = None) -> PromptItem:
+    """One row -> PromptItem, in `fmt` (a prompt format of `alignlab.data.public_formats`), or in the format
+    its columns show."""
+    check_readable(row)
+    fmt = fmt or detect(row.values, "prompt") or FORMATS["prompt"]
+    if fmt.read is not None:
+        prompt, columns = fmt.read(row)
+        return PromptItem(prompt, columns, row.where())
     values = dict(row.values)
-    if is_gsm8k(row):
-        try:
-            gold = extract_gsm8k_answer(values["answer"])
-        except ValueError as exc:
-            raise DataError(f"{row.where('answer')}: {exc}") from None
-        prompt = f"{check_text(row, 'question').strip()}\n{gsm8k_instruction}"
-        values.pop("question")
-        values["solution"] = values.pop("answer")
-        return PromptItem(prompt, {**values, "answer": gold}, row.where())
     if "prompt" not in values:
-        raise DataError(
-            f"{row.where()}: missing column 'prompt'; columns found: {', '.join(sorted(values))}. "
-            "Map yours with data.columns.prompt=<your column>."
-        )
+        raise no_format_error(row, "prompt", "prompt")
     raw = values.pop("prompt")
     prompt = check_messages(row, "prompt", need_assistant=False) if isinstance(raw, list) else check_text(row, "prompt")
     values.pop("completion", None)  # an SFT-style file works as a prompt set; the completion is not shown
     return PromptItem(prompt, values, row.where())
 
 
-def load_prompt_items(source: str, *, split: str = "train", columns=None, max_rows=None, skip_bad_rows=False):
-    rows = rename_columns(read_rows(source, split=split, max_rows=max_rows), columns or {})
-    items, skipped = [], 0
+def load_prompt_items(source: str, *, split: str = "train", columns=None, max_rows=None, skip_bad_rows=False,
+                      format: str = "auto", label: str = ""):
+    """(items, bad rows skipped) of one source; its format detected once (or `format`) and logged."""
+    rows = rename_columns(read_rows(source, split=split, max_rows=max_rows, skip_bad_rows=skip_bad_rows), columns or {})
+    fmt, forced = choose_format(rows, "prompt", format, skip_bad_rows=skip_bad_rows, missing=lambda values: "prompt")
+    report = LoadReport(fmt or FORMATS["prompt"], label or source, rows=len(rows), forced=forced)
+    items = []
     for row in rows:
         try:
-            items.append(prompt_item(row))
+            items.append(prompt_item(row, fmt=report.format))
         except DataError:
             if not skip_bad_rows:
                 raise
-            skipped += 1
+            report.skipped += 1
+    report.examples = len(items)
+    report.log()
     if not items:
-        raise DataError(f"{source}: no usable prompts ({skipped} bad rows skipped)")
-    return items, skipped
+        raise DataError(f"{source}: no usable prompts ({report.skipped} bad rows skipped)")
+    return items, report.skipped
 
 
 def load_prompt_data(config) -> tuple[list[PromptItem], list[PromptItem]]:
@@ -76,13 +80,16 @@ def load_prompt_data(config) -> tuple[list[PromptItem], list[PromptItem]]:
     if is_mixture(data.train):  # a weighted list of prompt sources (alignlab.data.mixture)
         def read(source, split, columns):
             return load_prompt_items(source, split=split, columns=columns, max_rows=data.max_rows,
-                                     skip_bad_rows=data.skip_bad_rows)[0]
+                                     skip_bad_rows=data.skip_bad_rows, format=data.format,
+                                     label=source_label(data, source))[0]
 
         return load_mixture(config, read, lambda items: items)
-    options = dict(columns=data.columns, skip_bad_rows=data.skip_bad_rows)
-    train, _ = load_prompt_items(data.train, split=data.split, max_rows=data.max_rows, **options)
+    options = dict(columns=data.columns, skip_bad_rows=data.skip_bad_rows, format=data.format)
+    train, _ = load_prompt_items(data.train, split=data.split, max_rows=data.max_rows,
+                                 label=source_label(data, data.train), **options)
     if data.eval:
-        evaluation, _ = load_prompt_items(data.eval, split=data.eval_split or "test", **options)
+        evaluation, _ = load_prompt_items(data.eval, split=data.eval_split or "test",
+                                          label=source_label(data, data.eval), **options)
     else:
         train, evaluation = split_eval(train, data.eval_fraction, config.train.seed)
     return train, evaluation

@@ -6,6 +6,9 @@ Input rows: a `prompt` (string or messages) and several `responses` (strings), w
     {"prompt": "2+2=?", "responses": ["4", "5", "22"], "scores": [1.0, 0.0, 0.2]}
     {"prompt": "2+2=?", "responses": ["4", "5", "22"], "ranks": [1, 3, 2]}
 
+Raw UltraFeedback rows (`openbmb/UltraFeedback`) are read as they are published: the `instruction` is the
+prompt and each of the `completions` gives a `response` and its rating (see `ultrafeedback_responses`).
+
 Strategies (which pairs a prompt gives):
 - best-vs-worst (default): one pair, a best response against a worst one;
 - best-vs-rest: a best response against every response scored strictly below it;
@@ -38,7 +41,9 @@ ALL_TIED = "prompt whose responses all have equal scores"
 TIE = "pair of responses with equal scores (not paired)"
 BELOW_MARGIN = "pair with a score difference below --min-margin"
 IDENTICAL = "pair with identical chosen and rejected text"
-UNSCORED = "response with a null score (left out)"
+UNSCORED = "response with a null score, or an empty UltraFeedback response (left out)"
+# UltraFeedback ratings, in the order tried: the first that a row's completions carry is used for all of them.
+ULTRAFEEDBACK_SCORES = ("overall_score", "fine-grained_score")
 
 
 @dataclass
@@ -118,11 +123,11 @@ def rank_pairs(responses: Sequence[str], scores: Sequence[Optional[float]], *, s
     return pairs, stats
 
 
-def _number(row: Row, name: str, index: int, value: Any) -> Optional[float]:
+def _number(row: Row, field: str, value: Any) -> Optional[float]:
     if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise DataError(f"{row.where(f'{name}[{index}]')}: expected a finite number (or null), got {value!r}")
+        raise DataError(f"{row.where(field)}: expected a finite number (or null), got {value!r}")
     return float(value)
 
 
@@ -147,10 +152,63 @@ def row_scores(row: Row) -> tuple[list[str], list[Optional[float]]]:
     if not isinstance(given, list) or len(given) != len(responses):
         got = f"{len(given)} values" if isinstance(given, list) else type(given).__name__
         raise DataError(f"{row.where(name)}: expected a list of {len(responses)} numbers, one per response; got {got}")
-    numbers = [_number(row, name, i, v) for i, v in enumerate(given)]
+    numbers = [_number(row, f"{name}[{i}]", v) for i, v in enumerate(given)]
     if has_ranks:
         numbers = [None if n is None else -n for n in numbers]  # rank 1 is best: a smaller rank scores higher
     return responses, numbers
+
+
+def is_ultrafeedback(values: dict) -> bool:
+    """A raw UltraFeedback row: an `instruction` and a list of rated `completions` (no `responses`)."""
+    return "instruction" in values and "completions" in values and "responses" not in values
+
+
+def _annotation_mean(row: Row, index: int, completion: dict) -> Optional[float]:
+    """Mean of the numeric 'Rating's in a completion's annotations ("N/A" ratings left out); None if none."""
+    annotations = completion.get("annotations")
+    if not isinstance(annotations, dict):
+        raise DataError(f"{row.where(f'completions[{index}]')}: no rating: give 'overall_score', "
+                        "'fine-grained_score' or 'annotations' (aspect -> {'Rating': ...})")
+    ratings = []
+    for aspect in annotations.values():
+        rating = aspect.get("Rating") if isinstance(aspect, dict) else None
+        try:
+            value = float(rating)
+        except (TypeError, ValueError):  # "N/A" and missing ratings say nothing
+            continue
+        if math.isfinite(value):
+            ratings.append(value)
+    return sum(ratings) / len(ratings) if ratings else None
+
+
+def ultrafeedback_responses(row: Row) -> tuple[str, list[str], list[Optional[float]], str]:
+    """(prompt, responses, scores with higher = better, name of the rating used) of a raw UltraFeedback row.
+
+    The rating is the first of `overall_score` and `fine-grained_score` that any completion carries,
+    else the mean of its `annotations` ratings. A null or NaN rating, or an empty response, leaves that
+    completion out (as a null score does)."""
+    prompt = row.values.get("instruction")
+    if not isinstance(prompt, str) or not prompt.strip():
+        raise DataError(f"{row.where('instruction')}: expected a non-empty string, got {prompt!r:.40}")
+    completions = row.values.get("completions")
+    if not isinstance(completions, list) or not all(isinstance(c, dict) for c in completions):
+        raise DataError(f"{row.where('completions')}: expected a list of completions, each a mapping with a "
+                        f"'response' and a rating such as 'overall_score'; got {type(completions).__name__}")
+    key = next((k for k in ULTRAFEEDBACK_SCORES if any(k in c for c in completions)), "annotations")
+    responses, scores = [], []
+    for i, completion in enumerate(completions):
+        text = completion.get("response")
+        if text is not None and not isinstance(text, str):
+            raise DataError(f"{row.where(f'completions[{i}].response')}: expected a string, got {type(text).__name__}")
+        if key == "annotations":
+            score = _annotation_mean(row, i, completion)
+        else:
+            value = completion.get(key)
+            nan = isinstance(value, float) and math.isnan(value)  # a missing rating, as pandas writes it
+            score = None if nan else _number(row, f"completions[{i}].{key}", value)
+        responses.append(text or "")
+        scores.append(score if (text or "").strip() else None)
+    return prompt, responses, scores, key
 
 
 def build_pairs(rows: list[Row], *, strategy: str = "best-vs-worst", min_margin: float = 0.0) -> tuple[list[dict], PairStats]:
@@ -159,13 +217,17 @@ def build_pairs(rows: list[Row], *, strategy: str = "best-vs-worst", min_margin:
         raise DataError(f"--min-margin must be at least 0, got {min_margin}")
     out, total = [], PairStats()
     for row in rows:
-        responses, scores = row_scores(row)
+        if is_ultrafeedback(row.values):
+            prompt, responses, scores, _ = ultrafeedback_responses(row)
+            name, given = "score", scores
+        else:
+            responses, scores = row_scores(row)
+            name = "score" if "scores" in row.values else "rank"
+            prompt, given = row.values["prompt"], row.values[f"{name}s"]
         pairs, stats = rank_pairs(responses, scores, strategy=strategy, min_margin=min_margin)
         total.add(stats)
         for chosen, rejected in pairs:
-            name = "score" if "scores" in row.values else "rank"
-            given = row.values[f"{name}s"]
-            out.append({"prompt": row.values["prompt"], "chosen": responses[chosen], "rejected": responses[rejected],
+            out.append({"prompt": prompt, "chosen": responses[chosen], "rejected": responses[rejected],
                         f"{name}_chosen": given[chosen], f"{name}_rejected": given[rejected]})
     return out, total
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
-from alignlab.data.io import Row, read_rows, rename_columns, split_eval
+from alignlab.data.io import Row, check_readable, read_rows, rename_columns, split_eval
 from alignlab.data.mixture import is_mixture, load_mixture
 from alignlab.data.templates import Templater, encode_conversation, fit_length
 from alignlab.errors import DataError
@@ -54,6 +54,7 @@ def encode_sft_row(row: Row, templater: Templater) -> tuple[list[int], list[int]
 
 
 def _encode_sft_row(row: Row, templater: Templater) -> tuple[list[int], list[int]]:
+    check_readable(row)
     if "messages" in row.values:
         return encode_conversation(templater, check_messages(row, "messages"))
     if "prompt" not in row.values or "completion" not in row.values:
@@ -110,13 +111,15 @@ def load_sft_data(config, templater: Templater) -> tuple[list[SFTExample], list[
     options = dict(max_length=train.max_length, on_long=data.on_long, skip_bad_rows=data.skip_bad_rows)
     if is_mixture(data.train):  # a weighted list of sources (alignlab.data.mixture)
         read = lambda source, split, columns: rename_columns(  # noqa: E731
-            read_rows(source, split=split, max_rows=data.max_rows), columns)
+            read_rows(source, split=split, max_rows=data.max_rows, skip_bad_rows=data.skip_bad_rows), columns)
         train_examples, eval_examples = load_mixture(config, read, lambda rows: encode_sft_rows(rows, templater, **options))
         log.info("SFT data: %s", templater.stats.summary())
         return train_examples, eval_examples
-    rows = rename_columns(read_rows(data.train, split=data.split, max_rows=data.max_rows), data.columns)
+    skip = data.skip_bad_rows
+    rows = rename_columns(read_rows(data.train, split=data.split, max_rows=data.max_rows, skip_bad_rows=skip), data.columns)
     if data.eval:
-        eval_rows = rename_columns(read_rows(data.eval, split=data.eval_split or data.split), data.columns)
+        eval_rows = rename_columns(read_rows(data.eval, split=data.eval_split or data.split, skip_bad_rows=skip),
+                                   data.columns)
     else:
         rows, eval_rows = split_eval(rows, data.eval_fraction, train.seed)
     train_examples = encode_sft_rows(rows, templater, **options)

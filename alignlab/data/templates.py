@@ -9,10 +9,22 @@ Prefix consistency: tokenising the prompt alone must give the first tokens of to
 prompt + response. When it does not (a merge across the boundary, or a template that rewrites
 earlier turns), we keep the separate tokenisations, which is what the model sees when it
 generates, and count the mismatch so the caller can report it.
+
+Multi-turn SFT renders each assistant turn as the difference between the conversation up to it
+and up to the turn before. Templates that rewrite earlier turns (Qwen3 and the R1 distills strip
+the <think> block of every assistant turn but the last) break that: the render up to a turn is
+not a prefix of the next. Such a conversation is rendered once, whole, and each assistant turn is
+trained as it appears there (earlier turns without their reasoning, as the model sees them when
+it answers later), through its end-of-turn token; a turn that cannot be located fails, naming it.
+
+The end of a response is any stop id (`stop_ids`: the tokenizer's EOS plus the generation config's
+EOS ids, e.g. Qwen2.5-Instruct's <|im_end|> and <|endoftext|>): what a template writes after it
+is never trained and never generated.
 """
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Optional, Union
 
@@ -28,10 +40,12 @@ class EncodeStats:
     truncated: int = 0
     dropped_long: int = 0
     skipped_bad: int = 0
+    dropped: Counter = field(default_factory=Counter)  # rows that carry no preference, by reason ("ties")
     notes: list[str] = field(default_factory=list)
 
     def summary(self) -> str:
         parts = [f"{self.examples} examples"]
+        parts += [f"dropped {count} {reason}" for reason, count in self.dropped.items()]
         if self.truncated:
             parts.append(f"{self.truncated} truncated to train.max_length")
         if self.dropped_long:
@@ -59,11 +73,17 @@ def render_chat(tokenizer, messages: list[dict], **kwargs) -> str:
 class Templater:
     """Renders prompts and responses for one tokenizer; holds the choice of chat template or plain text."""
 
-    def __init__(self, tokenizer, *, use_chat_template: bool = True, system_prompt: Optional[str] = None):
+    def __init__(self, tokenizer, *, use_chat_template: bool = True, system_prompt: Optional[str] = None,
+                 stop_ids: Optional[list[int]] = None):
         self.tokenizer = tokenizer
         self.chat = bool(use_chat_template and getattr(tokenizer, "chat_template", None))
         self.system_prompt = system_prompt
+        self.stop_ids = set(stop_ids or []) | ({tokenizer.eos_token_id} - {None})
         self.stats = EncodeStats()
+
+    def first_stop(self, ids: list[int]) -> Optional[int]:
+        """Index of the first stop id in `ids`, or None."""
+        return next((i for i, token in enumerate(ids) if token in self.stop_ids), None)
 
     # -- text
     def messages(self, prompt: Prompt) -> list[dict]:
@@ -104,10 +124,10 @@ class Templater:
         joint = self.ids(prompt_text + response_text)
         if joint[: len(prompt_ids)] != prompt_ids or len(joint) != len(prompt_ids) + len(response_ids):
             self.stats.prefix_mismatches += 1
-        eos = self.tokenizer.eos_token_id
-        if eos is not None and eos in response_ids:
+        stop = self.first_stop(response_ids)
+        if stop is not None:
             # Drop what a template writes after end-of-turn (e.g. a newline): never trained, never generated.
-            response_ids = response_ids[: response_ids.index(eos) + 1]
+            response_ids = response_ids[: stop + 1]
         return prompt_ids, response_ids
 
 
@@ -143,25 +163,51 @@ def encode_conversation(templater: Templater, messages: list[dict]) -> tuple[lis
             ids += head + body
             mask += [0] * len(head) + [int(is_answer)] * len(body)
         return ids, mask
-    ids, mask, rendered = [], [], ""
+    if messages and messages[0]["role"] == "assistant":
+        raise DataError("the conversation starts with an assistant message; the chat template needs a user "
+                        "(or system) turn before it")
+    pieces, rendered = [], ""  # (text, is_answer), in order
     for i, message in enumerate(messages):
         if message["role"] != "assistant":
             continue
-        if i == 0:
-            raise DataError("the conversation starts with an assistant message; the chat template needs a user "
-                            "(or system) turn before it")
         before = render_chat(tok, messages[:i], add_generation_prompt=True)
         upto = render_chat(tok, messages[: i + 1])
         if not before.startswith(rendered) or not upto.startswith(before):
             templater.stats.prefix_mismatches += 1
-        context = templater.ids(before[len(rendered):])
-        answer = templater.ids(upto[len(before):])
-        eos = tok.eos_token_id
-        answer_mask = [1] * len(answer)
-        if eos is not None and eos in answer:
-            end = answer.index(eos) + 1
-            answer_mask = [1] * end + [0] * (len(answer) - end)
-        ids += context + answer
-        mask += [0] * len(context) + answer_mask
+            return _encode_by_spans(templater, messages)  # the template rewrites earlier turns
+        pieces += [(before[len(rendered):], False), (upto[len(before):], True)]
         rendered = upto
+    ids, mask = [], []
+    for text, is_answer in pieces:
+        piece = templater.ids(text)
+        stop = templater.first_stop(piece) if is_answer else None
+        trained = len(piece) if not is_answer else (stop + 1 if stop is not None else len(piece))
+        ids += piece
+        mask += [int(is_answer)] * trained + [0] * (len(piece) - trained)
+    return ids, mask
+
+
+def _encode_by_spans(templater: Templater, messages: list[dict]) -> tuple[list[int], list[int]]:
+    """The whole conversation rendered once; loss on each assistant turn as it appears there: from
+    where the template's generation prompt for it ends (the render of the turns before it, with
+    the generation prompt, is a prefix of the whole) through its first end-of-turn token."""
+    tok = templater.tokenizer
+    full = render_chat(tok, messages)
+    stop_texts = [t for t in tok.convert_ids_to_tokens(sorted(templater.stop_ids)) if t]
+    spans = []
+    for number, message in enumerate(messages):
+        if message["role"] != "assistant":
+            continue
+        before = render_chat(tok, messages[:number], add_generation_prompt=True)
+        if not full.startswith(before):
+            raise DataError(f"message {number} (assistant): the chat template renders the turns before it differently "
+                            "inside the whole conversation, so this turn's tokens cannot be located and masked")
+        start = len(before)
+        ends = [full.find(stop, start) for stop in stop_texts]
+        ends = [e + len(stop) for e, stop in zip(ends, stop_texts) if e >= 0]
+        end = min(ends) if ends else len(full)
+        spans.append((start, end))
+    encoded = tok(full, add_special_tokens=False, return_offsets_mapping=True)
+    ids, offsets = encoded["input_ids"], encoded["offset_mapping"]
+    mask = [int(any(a < e and b > s for s, e in spans)) for a, b in offsets]
     return ids, mask

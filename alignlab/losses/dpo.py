@@ -22,7 +22,9 @@ Variants (keys of `DPO_LOSSES`):
 Choices made:
   * Inputs are one log-prob per sequence, shape [B]. Whether that is a sum over completion tokens or a
     per-token mean is the caller's choice (`dpo.length_normalize`), so every variant sees the same
-    numbers; TRL instead length-normalises inside its IPO branch only.
+    numbers. The trainer's default matches TRL (which length-normalises inside its IPO branch, as
+    confirmed with the IPO authors): per-token means for ipo, sums for the others; with sums, IPO's
+    target 1/(2 beta) is compared with a margin that grows with length and beta loses its meaning.
   * Losses are returned per pair, not averaged, so the trainer owns reduction and accumulation.
   * Rewards are the implicit rewards beta (log pi - log ref) of the DPO paper, Eq. 5 up to the
     partition term, detached because they are metrics only.

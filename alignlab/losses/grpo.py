@@ -39,9 +39,10 @@ Choices made:
     its own count and accumulation re-weights tokens or sequences.
   * Metrics (kl, clip ratios) are detached means over the active tokens of this call.
 
+  * Unscorable completions (NaN rewards) are left out of the group statistics and get advantage 0.
+
 Left out: sequence-level importance ratios (GSPO), CISPO/SAPO/VESPO, the dual-clip delta bound,
-entropy bonus and masking, vLLM importance-sampling correction, token-level [B, T] advantages, and
-NaN (unscorable) rewards: the caller must map those to a number before `group_advantages`.
+entropy bonus and masking, vLLM importance-sampling correction, token-level [B, T] advantages.
 """
 
 from __future__ import annotations
@@ -55,8 +56,10 @@ __all__ = [
     "ADVANTAGE_SCALINGS",
     "LOSS_AGGREGATIONS",
     "GRPOLossOutput",
+    "constant_groups",
     "group_advantages",
     "grpo_loss",
+    "nan_std",
 ]
 
 # Added to the std so that a group with tiny but non-zero spread gets large, not infinite, advantages.
@@ -68,23 +71,23 @@ Count = Union[int, float, torch.Tensor]
 # ----------------------------------------------------------------------------------------- advantages
 
 
-def _unbiased_std(values: torch.Tensor, dim: Optional[int] = None) -> torch.Tensor:
-    """torch.std (Bessel-corrected), but 0 instead of NaN and a warning when there is one sample."""
-    count = values.numel() if dim is None else values.shape[dim]
-    if count < 2:
-        shape = () if dim is None else values.sum(dim=dim, keepdim=True).shape
-        return values.new_zeros(shape)  # [] or [B, 1]
-    if dim is None:
-        return values.std()  # []
-    return values.std(dim=dim, keepdim=True)  # [B, 1]
+def nan_std(values: torch.Tensor, dim: Optional[int] = None) -> torch.Tensor:
+    """Bessel-corrected std over the non-NaN entries (all of them, or along `dim` keeping it); 0
+    where fewer than two entries are numbers, instead of NaN."""
+    present = ~values.isnan()
+    count = present.sum() if dim is None else present.sum(dim=dim, keepdim=True)  # [] or [B, 1]
+    mean = values.nanmean() if dim is None else values.nanmean(dim=dim, keepdim=True)
+    squares = ((values - mean) ** 2).nan_to_num(0.0)
+    total = squares.sum() if dim is None else squares.sum(dim=dim, keepdim=True)
+    return torch.where(count > 1, (total / (count - 1).clamp(min=1)).sqrt(), torch.zeros_like(total))
 
 
 def _scale_by_group_std(centered: torch.Tensor, grouped: torch.Tensor) -> torch.Tensor:
-    return centered / (_unbiased_std(grouped, dim=1) + STD_EPS)  # [B, G]
+    return centered / (nan_std(grouped, dim=1) + STD_EPS)  # [B, G]
 
 
 def _scale_by_batch_std(centered: torch.Tensor, grouped: torch.Tensor) -> torch.Tensor:
-    return centered / (_unbiased_std(grouped) + STD_EPS)  # [B, G]
+    return centered / (nan_std(grouped) + STD_EPS)  # [B, G]
 
 
 def _no_scaling(centered: torch.Tensor, grouped: torch.Tensor) -> torch.Tensor:
@@ -98,11 +101,21 @@ ADVANTAGE_SCALINGS: dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tenso
 }
 
 
+def constant_groups(grouped: torch.Tensor) -> torch.Tensor:
+    """[B] bool: groups [B, G] whose numeric (non-NaN) rewards are all equal, or that have none."""
+    present = ~grouped.isnan()
+    high = grouped.masked_fill(~present, float("-inf")).amax(dim=1)  # [B]
+    low = grouped.masked_fill(~present, float("inf")).amin(dim=1)  # [B]
+    return high <= low
+
+
 def group_advantages(rewards: torch.Tensor, group_size: int, scale: str) -> torch.Tensor:
     """Group-relative advantages, shape [B*G], for rewards [B*G] laid out prompt by prompt.
 
     Entries g*G .. g*G + G - 1 are the G completions of prompt g. `scale` is a key of
-    ADVANTAGE_SCALINGS.
+    ADVANTAGE_SCALINGS. A NaN reward marks an unscorable completion (every reward function
+    returned None): it is left out of its group's mean and std (and the batch std), and its own
+    advantage is 0, so it neither moves the baseline nor gets pushed up or down (as TRL does).
     """
     if scale not in ADVANTAGE_SCALINGS:
         raise ValueError(f"unknown advantage scale {scale!r}; valid options: {sorted(ADVANTAGE_SCALINGS)}")
@@ -116,11 +129,11 @@ def group_advantages(rewards: torch.Tensor, group_size: int, scale: str) -> torc
     if not rewards.is_floating_point():
         rewards = rewards.float()  # [B*G]
     grouped = rewards.view(-1, group_size)  # [B, G]
-    centered = grouped - grouped.mean(dim=1, keepdim=True)  # [B, G]
+    centered = grouped - grouped.nanmean(dim=1, keepdim=True)  # [B, G]: NaN where unscorable
     advantages = ADVANTAGE_SCALINGS[scale](centered, grouped)  # [B, G]
     # The mean of equal floats need not equal them bit for bit; force the exact 0 such groups deserve.
-    constant = grouped.amax(dim=1, keepdim=True) == grouped.amin(dim=1, keepdim=True)  # [B, 1]
-    advantages = advantages.masked_fill(constant, 0.0)  # [B, G]
+    advantages = advantages.masked_fill(constant_groups(grouped)[:, None], 0.0)  # [B, G]
+    advantages = advantages.nan_to_num(0.0)  # unscorable completions: no signal
     return advantages.reshape(-1)  # [B*G]
 
 

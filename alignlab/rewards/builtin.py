@@ -6,8 +6,11 @@ list aligned with it. Unknown columns are accepted and ignored. ``None`` in the
 result means "not applicable to this row" (for example a row without a gold answer).
 
 Each built-in returns a float inside ``fn.reward_range`` for *any* string
-completion: malformed text earns the low end of the range, it never raises.
-Only the standard library is used; nothing in a completion is ever executed.
+completion: malformed text earns the low end of the range, it never raises. The one
+exception to "a float": ``answer_correct`` and ``boxed_correct`` give ``None`` for a
+row whose math check timed out or failed inside the verifier (see
+:mod:`alignlab.rewards.math_answers`). Only the standard library is imported here
+(math-verify is imported lazily by that helper); nothing in a completion is ever executed.
 
 A completion may also be a chat-style list of messages
 (``[{"role": "assistant", "content": "..."}]``); the content of the last message
@@ -20,12 +23,15 @@ import re
 from decimal import Decimal, InvalidOperation
 from typing import Any, Callable
 
+from alignlab.rewards.math_answers import last_boxed, looks_like_math, math_equal
+
 __all__ = [
     "BUILTINS",
     "boxed_format",
     "answer_correct",
     "answer_format",
     "boxed_correct",
+    "extract_boxed_answer",
     "extract_gsm8k_answer",
     "length_penalty",
     "parse_number",
@@ -148,26 +154,66 @@ def _text(completion: Any) -> str:
     )
 
 
+def extract_boxed_answer(solution: str) -> str:
+    r"""Return the gold answer of a MATH-style solution: the content of its last ``\boxed{...}``.
+
+    >>> extract_boxed_answer(r"Half of it: $\boxed{\frac{1}{2}}$. Check: \boxed{\dfrac{1}{2}}")
+    '\\dfrac{1}{2}'
+    >>> extract_boxed_answer(r"The roots are $\boxed{x \in \{1, 2\}}$.")
+    'x \\in \\{1, 2\\}'
+    >>> extract_boxed_answer("So the answer is 4.")
+    Traceback (most recent call last):
+    ...
+    ValueError: no \boxed{...} in the solution: 'So the answer is 4.'
+    """
+    if not isinstance(solution, str):
+        raise ValueError(f"the solution must be a string, got {type(solution).__name__}")
+    content = last_boxed(solution)
+    if content is None:
+        unclosed = "\\boxed{" in solution or "\\fbox{" in solution
+        what = "its last \\boxed{ is never closed" if unclosed else "no \\boxed{...} in the solution"
+        raise ValueError(f"{what}: {_preview(solution)}")
+    if not content.strip():
+        raise ValueError(f"the last \\boxed{{}} of the solution is empty: {_preview(solution)}")
+    return content.strip()
+
+
 def _gold(gold: Any) -> tuple[Decimal | None, str]:
     """Normalise a gold answer to (number or None, stripped string form).
 
-    A string containing ``####`` is treated as a full GSM8K solution.
+    A string containing ``####`` is treated as a full GSM8K solution, one containing
+    ``\\boxed{...}`` as a full MATH solution (its last box is the answer).
     """
     if isinstance(gold, str) and "####" in gold:
         try:
             gold = extract_gsm8k_answer(gold)
         except ValueError:
             pass
+    elif isinstance(gold, str) and last_boxed(gold) is not None:
+        gold = last_boxed(gold)
     return parse_number(gold), str(gold).strip()
 
 
-def _matches(predicted: str, gold: Any) -> bool:
-    """Numeric equality when the gold is a number, otherwise stripped string equality."""
+def _matches(predicted: str, gold: Any) -> bool | None:
+    """Whether a predicted answer is the gold one; None when the math verifier gave no verdict.
+
+    A plain-number gold (GSM8K) against a plain-number prediction: exact ``Decimal`` equality, the
+    fast path. Anything else (``\\frac{1}{2}``, ``x=3``, ``10\\%``, intervals, a prediction that is
+    not a plain number) goes to :func:`math_equal`; a prediction with neither digits nor LaTeX
+    against a number is wrong without asking it.
+    """
     gold_number, gold_text = _gold(gold)
     if gold_number is not None:
         predicted_number = parse_number(predicted)
-        return predicted_number is not None and predicted_number == gold_number
-    return predicted.strip() == gold_text
+        if predicted_number is not None:
+            return predicted_number == gold_number
+        if not looks_like_math(predicted):
+            return False
+    return math_equal(predicted, gold_text)
+
+
+def _score(verdict: bool | None, high: float) -> float | None:
+    return None if verdict is None else (high if verdict else 0.0)
 
 
 def _last_tag_content(text: str, open_tag: str, close_tag: str) -> str | None:
@@ -179,24 +225,6 @@ def _last_tag_content(text: str, open_tag: str, close_tag: str) -> str | None:
     if start < 0:
         return None
     return text[start + len(open_tag):end]
-
-
-def _last_boxed_content(text: str) -> str | None:
-    r"""Content of the last ``\boxed{...}``, honouring nested braces; None if absent or unclosed."""
-    start = text.rfind("\\boxed{")
-    if start < 0:
-        return None
-    i = start + len("\\boxed{")
-    depth = 1
-    for j in range(i, len(text)):
-        ch = text[j]
-        if ch == "{":
-            depth += 1
-        elif ch == "}":
-            depth -= 1
-            if depth == 0:
-                return text[i:j]
-    return None
 
 
 def _aligned(name: str, values: Any, n: int) -> list:
@@ -245,11 +273,14 @@ def answer_format(completions: list, **_: Any) -> list[float | None]:
 def answer_correct(completions: list, answer: list, **_: Any) -> list[float | None]:
     """2.0 if the last ``<answer>...</answer>`` equals the gold ``answer``, else 0.0.
 
-    Numbers are compared exactly with ``Decimal`` (``42.0`` == ``42``, ``1,000`` ==
-    ``1000``, spaces inside the tags are ignored). A gold that is not a number is
-    compared as a stripped string. A gold string containing ``####`` is read as a
-    full GSM8K solution. A ``None`` gold gives ``None`` (row not applicable).
-    Range: [0, 2].
+    Plain numbers are compared exactly with ``Decimal`` (``42.0`` == ``42``, ``1,000`` ==
+    ``1000``, spaces inside the tags are ignored): the fast path for GSM8K. Any other
+    answer (a LaTeX fraction, ``x=3``, a percentage, an interval, or a prediction that is
+    not a plain number) is checked for mathematical equivalence by math-verify
+    (:func:`alignlab.rewards.math_answers.math_equal`); a gold answer of words is compared
+    as a stripped string. A gold string containing ``####`` is read as a full GSM8K
+    solution, one containing a ``\\boxed{}`` as a full MATH solution (its last box). A ``None`` gold gives ``None`` (row not applicable), and so does a check
+    the verifier could not finish in time. Range: [0, 2].
 
     >>> answer_correct(
     ...     ["<answer>7</answer> wait, no: <answer> 42.0 </answer>",  # last tag wins
@@ -263,6 +294,9 @@ def answer_correct(completions: list, answer: list, **_: Any) -> list[float | No
     [2.0, 2.0, 2.0, 2.0, 0.0, 2.0, None]
     >>> answer_correct(["<answer>0.1</answer>", "<answer>1.2.3</answer>"], answer=[0.1, "1.2.3"])
     [2.0, 2.0]
+    >>> answer_correct(["<answer>1/2</answer>", "<answer>x = 3</answer>", "<answer>12 apples</answer>",  # units dropped
+    ...                 "<answer>13 apples</answer>", "<answer>Sirap</answer>"], answer=["0.5", "3", "12", "12", "Paris"])
+    [2.0, 2.0, 2.0, 0.0, 0.0]
     """
     scores: list[float | None] = []
     for completion, gold in zip(completions, _aligned("answer", answer, len(completions)), strict=True):
@@ -270,7 +304,7 @@ def answer_correct(completions: list, answer: list, **_: Any) -> list[float | No
             scores.append(None)
             continue
         content = _last_tag_content(_text(completion), "<answer>", "</answer>")
-        scores.append(2.0 if content is not None and _matches(content, gold) else 0.0)
+        scores.append(0.0 if content is None else _score(_matches(content, gold), 2.0))
     return scores
 
 
@@ -279,9 +313,12 @@ def boxed_correct(completions: list, answer: list, **_: Any) -> list[float | Non
     r"""1.0 if the content of the last ``\boxed{...}`` matches the gold ``answer``, else 0.0.
 
     Nested braces are handled (``\boxed{\frac{1}{2}}`` has content ``\frac{1}{2}``).
-    Numbers compare exactly (``\boxed{1,000}`` matches ``1000``), anything else as a
-    stripped string. If the last ``\boxed{`` is never closed the score is 0.0.
-    A ``None`` gold gives ``None``. Range: [0, 1].
+    Plain numbers compare exactly (``\boxed{1,000}`` matches ``1000``); anything else is
+    checked for mathematical equivalence by math-verify, as in ``answer_correct``
+    (``\dfrac{1}{2}`` = ``0.5``, ``x=3`` = ``3``, ``10\%`` = ``10``, ``(0, 1]`` = ``(0,1]``),
+    a gold of words as a stripped string. If the last ``\boxed{`` is never closed the
+    score is 0.0. A ``None`` gold gives ``None``, and so does a check the verifier could
+    not finish in time. Range: [0, 1].
 
     >>> boxed_correct(
     ...     [r"so \boxed{\frac{1}{2}}",
@@ -292,14 +329,19 @@ def boxed_correct(completions: list, answer: list, **_: Any) -> list[float | Non
     ...      r"\boxed{x}"],
     ...     answer=[r"\frac{1}{2}", "4", 1000, "5", "4", None])
     [1.0, 1.0, 1.0, 0.0, 0.0, None]
+    >>> boxed_correct(
+    ...     [r"\boxed{\dfrac{1}{2}}", r"\boxed{0.5}", r"\boxed{x=3}", r"\boxed{10\%}", r"\boxed{(0, 1]}",
+    ...      r"\boxed{[0,1]}", r"\boxed{\frac{1}{3}}", r"\boxed{2\sqrt{2}}", r"\boxed{\text{(B)}}"],
+    ...     answer=["0.5", r"\frac{1}{2}", "3", "10", "(0,1]", "(0,1]", "0.5", r"\sqrt{8}", "B"])
+    [1.0, 1.0, 1.0, 1.0, 1.0, 0.0, 0.0, 1.0, 1.0]
     """
     scores: list[float | None] = []
     for completion, gold in zip(completions, _aligned("answer", answer, len(completions)), strict=True):
         if gold is None:
             scores.append(None)
             continue
-        content = _last_boxed_content(_text(completion))
-        scores.append(1.0 if content is not None and _matches(content, gold) else 0.0)
+        content = last_boxed(_text(completion))
+        scores.append(0.0 if content is None else _score(_matches(content, gold), 1.0))
     return scores
 
 
@@ -355,9 +397,10 @@ def think_format(completions: list, **_: Any) -> list[float | None]:
 @_builtin("length_penalty", -1.0, 0.0)
 def length_penalty(
     completions: list,
-    max_length: Any = 512,
-    cache_length: Any = 128,
+    max_length: Any = None,
+    cache_length: Any = None,
     completion_lengths: list | None = None,
+    max_completion_length: Any = None,
     **_: Any,
 ) -> list[float | None]:
     """Soft over-length penalty (DAPO, Yu et al. 2025). Range: [-1, 0].
@@ -366,8 +409,11 @@ def length_penalty(
     falling linearly to -1 at ``L == max_length``, and -1 beyond. Length is counted
     in characters unless a ``completion_lengths`` column (e.g. token counts) is
     given; a ``None`` entry in it falls back to characters. ``max_length`` and
-    ``cache_length`` may be numbers or per-row columns. Raises ``ValueError`` if
-    ``max_length <= 0`` or ``cache_length`` is outside ``[0, max_length]``.
+    ``cache_length`` may be numbers or per-row columns. Defaults: ``max_length`` is the
+    ``max_completion_length`` column when given (GRPO passes grpo.max_completion_length
+    with token counts in ``completion_lengths``), else 512; ``cache_length`` is a quarter
+    of ``max_length``. Raises ``ValueError`` if ``max_length <= 0`` or ``cache_length``
+    is outside ``[0, max_length]``.
 
     >>> length_penalty(["a" * 10, "a" * 14, "a" * 16, "a" * 30, ""], max_length=16, cache_length=4)
     [0.0, -0.5, -1.0, -1.0, 0.0]
@@ -375,10 +421,17 @@ def length_penalty(
     [-0.5, 0.0]
     >>> length_penalty(["a" * 17], max_length=16, cache_length=0)
     [-1.0]
+    >>> length_penalty(["x", "y"], completion_lengths=[6, 8], max_completion_length=[8, 8])  # GRPO's columns
+    [0.0, -1.0]
     """
     n = len(completions)
+    if max_length is None:
+        max_length = max_completion_length if max_completion_length is not None else 512
     maxes = _aligned("max_length", max_length, n)
-    caches = _aligned("cache_length", cache_length, n)
+    if cache_length is None:  # a quarter of each max_length (bad ones are reported by the check below)
+        caches = [m / 4 if isinstance(m, (int, float)) and not isinstance(m, bool) else 0 for m in maxes]
+    else:
+        caches = _aligned("cache_length", cache_length, n)
     lengths = _aligned("completion_lengths", completion_lengths, n)
     scores: list[float | None] = []
     for completion, max_len, cache, length in zip(completions, maxes, caches, lengths, strict=True):

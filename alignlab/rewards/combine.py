@@ -22,14 +22,17 @@ class RewardScores:
     """Scores for one batch.
 
     ``total[i]`` is the weighted sum over functions of their score for row ``i``;
-    ``None`` scores are skipped (a row where every function gave ``None`` totals 0.0).
+    ``None`` scores are skipped, and a row where every function gave ``None`` is unscorable: its
+    total is NaN (not 0.0, which would pass for a real score and shift its group's baseline).
     ``per_function[name]`` holds each function's raw (unweighted) scores.
-    ``errors`` lists what was replaced by ``None`` when ``on_error="none"``.
+    ``errors`` lists what was replaced by ``None`` when ``on_error="none"``, and
+    ``error_rows[name]`` counts the rows of each function that failed so.
     """
 
     total: list[float]
     per_function: dict[str, list[float | None]]
     errors: list[str] = field(default_factory=list)
+    error_rows: dict[str, int] = field(default_factory=dict)
 
 
 def score_completions(
@@ -65,19 +68,19 @@ def score_completions(
 
     per_function: dict[str, list[float | None]] = {}
     errors: list[str] = []
+    error_rows: dict[str, int] = {}
     for name, fn in fns:
         kwargs = _select_columns(name, fn, columns)
-        per_function[name] = _run_one(name, fn, completions, kwargs, on_error, errors)
+        failed: set[int] = set()
+        per_function[name] = _run_one(name, fn, completions, kwargs, on_error, errors, failed)
+        error_rows[name] = len(failed)
 
     total = []
     for i in range(n):
-        row = 0.0
-        for (name, _), weight in zip(fns, weights):
-            value = per_function[name][i]
-            if value is not None:
-                row += weight * value
-        total.append(row)
-    return RewardScores(total=total, per_function=per_function, errors=errors)
+        values = [(weight, per_function[name][i]) for (name, _), weight in zip(fns, weights)]
+        scored = [weight * value for weight, value in values if value is not None]
+        total.append(math.fsum(scored) if scored else math.nan)
+    return RewardScores(total=total, per_function=per_function, errors=errors, error_rows=error_rows)
 
 
 # --------------------------------------------------------------------------- validation
@@ -177,6 +180,7 @@ def _run_one(
     kwargs: dict[str, list],
     on_error: str,
     errors: list[str],
+    failed: set[int],
 ) -> list[float | None]:
     n = len(completions)
     try:
@@ -186,7 +190,7 @@ def _run_one(
             row = _first_failing_row(fn, completions, kwargs)
             where = f"on row {row}" if row is not None else "on the batch (each row alone succeeds)"
             raise RewardError(f"reward function {name!r} raised {where}: {type(exc).__name__}: {exc}") from exc
-        return _run_rows(name, fn, completions, kwargs, errors)
+        return _run_rows(name, fn, completions, kwargs, errors, failed)
 
     values = _as_list(result)
     if values is None or len(values) != n:
@@ -195,7 +199,7 @@ def _run_one(
         if on_error == "raise":
             raise RewardError(message)
         errors.append(message + "; re-ran it row by row")
-        return _run_rows(name, fn, completions, kwargs, errors)
+        return _run_rows(name, fn, completions, kwargs, errors, failed)
 
     scores: list[float | None] = []
     for row, value in enumerate(values):
@@ -205,12 +209,14 @@ def _run_one(
             if on_error == "raise":
                 raise RewardError(message)
             errors.append(message)
+            failed.add(row)
         scores.append(score)
     return scores
 
 
 def _run_rows(
-    name: str, fn: Callable[..., Any], completions: list, kwargs: dict[str, list], errors: list[str]
+    name: str, fn: Callable[..., Any], completions: list, kwargs: dict[str, list], errors: list[str],
+    failed: set[int],
 ) -> list[float | None]:
     """Call ``fn`` on each row alone; rows that fail in any way score None."""
     scores: list[float | None] = []
@@ -219,16 +225,19 @@ def _run_rows(
             result = fn([completions[row]], **{key: [values[row]] for key, values in kwargs.items()})
         except Exception as exc:  # isolate the failing row; the message is kept in `errors`
             errors.append(f"reward function {name!r} raised on row {row}: {type(exc).__name__}: {exc}")
+            failed.add(row)
             scores.append(None)
             continue
         values = _as_list(result)
         if values is None or len(values) != 1:
             errors.append(f"reward function {name!r} did not return exactly one value for row {row} alone")
+            failed.add(row)
             scores.append(None)
             continue
         score, problem = _as_score(values[0])
         if problem is not None:
             errors.append(f"reward function {name!r} returned {problem} on row {row}")
+            failed.add(row)
         scores.append(score)
     return scores
 

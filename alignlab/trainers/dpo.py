@@ -3,7 +3,8 @@
 Choices, named:
 - Loss: picked by name from `alignlab.losses.dpo.DPO_LOSSES` (`dpo.loss_type`: sigmoid, robust,
   hinge, ipo), with `dpo.label_smoothing` (cDPO / rDPO) and an optional RPO NLL term on chosen
-  (`dpo.sft_weight`). `dpo.length_normalize` feeds per-token mean log-probs instead of sums.
+  (`dpo.sft_weight`). `dpo.length_normalize` feeds per-token mean log-probs instead of sums; by
+  default it is on for IPO only (see `alignlab.losses.dpo`).
 - Reference (`dpo.reference`): `auto` = precomputed when `dpo.precompute_ref` (default), else the
   adapter-disabled policy for LoRA and a frozen copy for full fine-tuning; `none` is reference-free.
   Precomputed log-probs are cached across runs (see `alignlab.pair_logps`).
@@ -24,14 +25,13 @@ from pathlib import Path
 
 import torch
 
-from alignlab.data.io import read_rows, rename_columns, split_eval
 from alignlab.data.mixture import finish_per_source, is_mixture, load_mixture, per_source_sums, source_names
-from alignlab.data.preference import load_preference_rows
 from alignlab.data.preference_encode import encode_pairs, pairs_fingerprint
+from alignlab.data.preference_sets import read_preference_examples, split_preference_examples
 from alignlab.data.templates import Templater
 from alignlab.errors import AlignlabError, ConfigError, DataError
 from alignlab.losses.dpo import DPO_LOSSES, nll_loss
-from alignlab.models import count_parameters, is_peft, load_model, load_tokenizer, resolve_model_path
+from alignlab.models import count_parameters, is_peft, load_model, load_tokenizer, model_stop_ids
 from alignlab.pair_logps import ReferenceCache, cache_key, compute_all, model_fingerprint, pair_logps
 from alignlab.rollout import generate
 from alignlab.tracking import append_jsonl
@@ -47,19 +47,16 @@ def load_pairs(config, templater):
         raise DataError("no training data: set data.train to a preference file (.jsonl/.json/.parquet/.csv) or dataset id")
 
     def read(source, split, columns=None):
-        rows = rename_columns(read_rows(source, split=split, max_rows=data.max_rows), data.columns if columns is None else columns)
-        examples, skipped = load_preference_rows(rows, skip_bad_rows=data.skip_bad_rows)
-        templater.stats.skipped_bad += skipped
+        examples, report = read_preference_examples(data, source, split, columns)
+        templater.stats.skipped_bad += report.skipped
+        templater.stats.dropped.update(report.dropped)  # WebGPT ties, SHP pairs under data.min_score_ratio, ...
         return examples
 
     options = dict(max_length=train.max_length, on_long=data.on_long)
     if is_mixture(data.train):  # a weighted list of sources (alignlab.data.mixture)
         return load_mixture(config, read, lambda examples: encode_pairs(examples, templater, **options))
-    train_examples = read(data.train, data.split)
-    if data.eval:
-        eval_examples = read(data.eval, data.eval_split or data.split)
-    else:
-        train_examples, eval_examples = split_eval(train_examples, data.eval_fraction, train.seed)
+    # `alignlab eval RUN` finds a run's held-out pairs through the same function (alignlab.data.preference_sets).
+    train_examples, eval_examples = split_preference_examples(config, read)
     train_pairs = encode_pairs(train_examples, templater, **options)
     log.info("DPO train data: %s", templater.stats.summary())
     eval_pairs = encode_pairs(eval_examples, templater, **options) if eval_examples else []
@@ -89,7 +86,7 @@ def reference_by_shares(run: TrainingRun, config, pairs) -> torch.Tensor:
     padded = pairs + [pairs[-1]] * (share * run.num_processes - len(pairs))
     index = run.accelerator.process_index
     model = run.unwrapped
-    with model.disable_adapter() if is_peft(model) else contextlib.nullcontext():
+    with model.disable_adapter() if is_peft(model) else contextlib.nullcontext(), run.autocast():
         mine = compute_all(
             model, padded[index * share : (index + 1) * share], run.tokenizer.pad_token_id, run.device,
             batch_size=max(config.train.eval_batch_size, config.train.batch_size),
@@ -100,12 +97,27 @@ def reference_by_shares(run: TrainingRun, config, pairs) -> torch.Tensor:
     return run.accelerator.gather(mine.to(run.device)).cpu()[: len(pairs)]  # in process order = pair order
 
 
+def resolved_length_normalize(dpo) -> bool:
+    return dpo.length_normalize if dpo.length_normalize is not None else dpo.loss_type == "ipo"
+
+
+def reference_settings(config) -> dict:
+    """Every setting that changes the reference's log-probs beyond the token ids and the weights: a
+    stale cached reference would silently make DPO optimise, e.g., quantisation error."""
+    model, train = config.model, config.train
+    return {
+        "max_length": train.max_length, "template": config.data.chat_template, "dtype": model.dtype,
+        "load_in_4bit": model.load_in_4bit, "mixed_precision": train.mixed_precision,
+        "attn_implementation": model.attn_implementation, "chunk_size": config.dpo.logprob_chunk_size,
+    }
+
+
 def precompute_reference(run: TrainingRun, config, pairs, name: str) -> torch.Tensor:
     """[N, 2] reference log-probs: from the shared cache, or computed now (shared by all processes)."""
     dpo = config.dpo
     cache = ReferenceCache(Path(dpo.ref_cache_dir) if dpo.ref_cache_dir else run.run_dir.parent / ".ref_cache")
-    settings = {"max_length": config.train.max_length, "dtype": config.model.dtype, "template": config.data.chat_template}
-    key = cache_key(pairs_fingerprint(pairs), model_fingerprint(resolve_model_path(config.model.name_or_path)), settings)
+    key = cache_key(pairs_fingerprint(pairs), model_fingerprint(config.model.name_or_path, config.model.revision),
+                    reference_settings(config))
     # The main process decides between cache and computing, and tells the others: were each to look
     # for itself, a slower one could find the file the main process has just written and skip work
     # (and collectives) the others do.
@@ -134,8 +146,7 @@ class DPOStep:
     def __init__(self, run: TrainingRun, config, reference: str, ref_model=None):
         self.run, self.config, self.reference, self.ref_model = run, config, reference, ref_model
         self.loss_fn = DPO_LOSSES[config.dpo.loss_type]
-        # transformers turns the KV cache off under gradient checkpointing; then run prompts twice.
-        self.share_prompt = not config.train.gradient_checkpointing
+        self.length_normalize = resolved_length_normalize(config.dpo)
         self.sources: list[str] = []  # data mixture source names: rewards/accuracies/<source> is logged per source
 
     def reference_logps(self, pairs, cached):
@@ -153,16 +164,16 @@ class DPOStep:
         return self._normalise(ref.chosen, ref.chosen_tokens), self._normalise(ref.rejected, ref.rejected_tokens)
 
     def _normalise(self, logps, lengths):
-        return logps / lengths.clamp(min=1) if self.config.dpo.length_normalize else logps
+        return logps / lengths.clamp(min=1) if self.length_normalize else logps
 
     def __call__(self, pairs, cached_ref=None):
         """(sum of per-pair losses, metric sums) for these pairs; the caller normalises."""
         dpo = self.config.dpo
         policy = pair_logps(self.run.model, pairs, self.run.tokenizer.pad_token_id, self.run.device,
-                            chunk_size=dpo.logprob_chunk_size, share_prompt=self.share_prompt)
+                            chunk_size=dpo.logprob_chunk_size)
         chosen = self._normalise(policy.chosen, policy.chosen_tokens)  # [B]
         rejected = self._normalise(policy.rejected, policy.rejected_tokens)  # [B]
-        if cached_ref is not None and dpo.length_normalize:
+        if cached_ref is not None and self.length_normalize:
             cached_ref = cached_ref / torch.stack([policy.chosen_tokens, policy.rejected_tokens], 1).cpu().clamp(min=1)
         ref_chosen, ref_rejected = self.reference_logps(pairs, cached_ref)
         out = self.loss_fn(chosen, rejected, ref_chosen, ref_rejected, beta=dpo.beta, label_smoothing=dpo.label_smoothing)
@@ -214,7 +225,8 @@ def train_dpo(config) -> TrainingRun:
         raise ConfigError(f"dpo.label_smoothing is defined for the sigmoid and robust losses, not '{config.dpo.loss_type}'")
     run = TrainingRun("dpo", config)
     tokenizer = load_tokenizer(config.model.name_or_path, trust_remote_code=config.model.trust_remote_code)
-    templater = Templater(tokenizer, use_chat_template=config.data.chat_template, system_prompt=config.data.system_prompt)
+    templater = Templater(tokenizer, use_chat_template=config.data.chat_template, system_prompt=config.data.system_prompt,
+                          stop_ids=model_stop_ids(config.model, tokenizer))
     train_pairs, eval_pairs = load_pairs(config, templater)
     model = load_model(config.model, config.lora, gradient_checkpointing=config.train.gradient_checkpointing)
     reference = resolve_reference(config, model)

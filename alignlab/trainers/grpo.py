@@ -5,8 +5,19 @@ Choices, named:
   completions (TRL's per_device_train_batch_size counts completions). An optimizer step sees
   batch_size x grad_accum x processes prompts.
 - Rollout: sampled with a KV cache (`alignlab.rollout`), temperature / top_p / top_k, stopping at
-  EOS; the completion mask keeps the first EOS. Rollout code computes no rewards and no loss.
-- Rewards: pure Python functions from `alignlab.rewards`, weighted and summed.
+  any EOS id (the tokenizer's and the generation config's); the completion mask keeps the first.
+  `grpo.rollout_batch_size` completions are decoded together. Rollout code computes no rewards and
+  no loss. Prompts longer than train.max_length - grpo.max_completion_length follow data.on_long
+  (drop, truncate from the left, or error).
+- Temperature: every log-prob and entropy (current, old, reference) is of softmax(logits / T), the
+  distribution the rollout sampled from, as TRL and verl do; otherwise the policy gradient is
+  biased at T != 1 and the clipped ratio is not the importance ratio. The sampler records its own
+  log-prob of each token, and `sampling/sampling_logp_difference/{mean,max}` (TRL's names) log
+  |trainer - sampler| over completion tokens at the first update of each rollout: ~0 in float32.
+- Rewards: pure Python functions from `alignlab.rewards`, weighted and summed. A completion every
+  function scored None is unscorable: NaN, left out of its group's mean and std, advantage 0 (as
+  TRL); counted in `rewards/unscorable`. With grpo.reward_errors=none, failed rows count in
+  `rewards/<fn>/errors` and the first error message is logged once.
 - Advantages: group-relative, `grpo.scale_rewards` = group (default), batch, or none (Dr. GRPO);
   computed over the whole global batch (groups are never split across processes).
 - Dynamic sampling (`grpo.skip_zero_std_groups`, DAPO): groups whose rewards are all equal carry no
@@ -14,8 +25,11 @@ Choices, named:
   `grpo.max_resample_rounds` extra rollouts per step.
 - Loss: `alignlab.losses.grpo.grpo_loss`: per-token clipped ratio (epsilon_low / epsilon_high),
   k3 KL to the reference when `grpo.beta` > 0 (LoRA: adapter disabled; full: frozen copy; beta = 0:
-  no reference at all), aggregation `grpo.loss_type` (grpo, bnpo, dapo, dr_grpo), normalised by the
-  count of the whole optimizer step, so accumulation is exact.
+  no reference at all), aggregation `grpo.loss_type` (grpo, dapo, dr_grpo normalised by the count
+  of the whole optimizer step, so accumulation is exact; bnpo, as TRL, by each micro-batch's own
+  token count, averaged over the step's micro-batches).
+- `reward_std` is the std of all rewards of the step (TRL's name and meaning); the mean std
+  within groups is `reward_std/within_group`.
 - mu = `grpo.num_iterations` optimizer steps per rollout batch; the old log-probs are recorded once
   (with mu = 1 they are the current ones, detached: no extra forward pass).
 - Left out: PPO value function, reward models (use a reward function), vLLM, entropy bonus.
@@ -25,18 +39,20 @@ from __future__ import annotations
 
 import copy
 import logging
+import math
 import time
 
 import torch
 
 from alignlab.data.prompts import load_prompt_data
 from alignlab.data.templates import Templater
-from alignlab.errors import ConfigError
+from alignlab.errors import ConfigError, DataError
 from alignlab.evaluate import evaluate_prompts
 from alignlab.logprobs import shared_prefix_token_logps, token_logps
-from alignlab.losses.grpo import ADVANTAGE_SCALINGS, LOSS_AGGREGATIONS, group_advantages, grpo_loss
-from alignlab.models import count_parameters, is_peft, load_model, load_tokenizer
-from alignlab.rewards import get_reward, score_completions
+from alignlab.losses.grpo import (ADVANTAGE_SCALINGS, LOSS_AGGREGATIONS, constant_groups, group_advantages,
+                                  grpo_loss, nan_std)
+from alignlab.models import count_parameters, is_peft, load_model, load_tokenizer, model_stop_ids
+from alignlab.rewards import RewardScores, get_reward, score_completions
 from alignlab.rollout import Rollout, concat_rollouts, generate
 from alignlab.tracking import append_jsonl
 from alignlab.training import IndexSampler, TrainingRun
@@ -61,9 +77,12 @@ class GRPOTrainer:
         self.config, self.grpo, self.train = config, config.grpo, config.train
         self.run = TrainingRun("grpo", config)
         self.tokenizer = load_tokenizer(config.model.name_or_path, trust_remote_code=config.model.trust_remote_code)
-        self.templater = Templater(self.tokenizer, use_chat_template=config.data.chat_template, system_prompt=config.data.system_prompt)
+        self.templater = Templater(self.tokenizer, use_chat_template=config.data.chat_template,
+                                   system_prompt=config.data.system_prompt,
+                                   stop_ids=model_stop_ids(config.model, self.tokenizer))
         self.prompts, self.eval_prompts = load_prompt_data(config)
-        self.prompt_ids = [self.templater.ids(self.templater.prompt_text(p.prompt)) for p in self.prompts]
+        self.prompts, self.prompt_ids = self._fit_prompts(
+            self.prompts, [self.templater.ids(self.templater.prompt_text(p.prompt)) for p in self.prompts])
         self.sources = sorted({p.group for p in self.prompts} - {""})  # data mixture sources: reward/<source>
         # Metric names use a plugin's function name, not its file path.
         self.reward_fns = [(name.rsplit(":", 1)[-1], get_reward(name)) for name in self.grpo.rewards]
@@ -82,21 +101,50 @@ class GRPOTrainer:
         self.sampler = IndexSampler(len(self.prompts), self.train.seed)
         self.buffer: list = []  # remaining (rollout, iteration) work of the current rollout batch
         self.zero_std_streak = 0
+        self.reward_error_logged = False
+
+    def _fit_prompts(self, items: list, ids: list[list[int]]) -> tuple[list, list[list[int]]]:
+        """Apply data.on_long to prompts that leave no room for a whole completion in train.max_length."""
+        limit = self.train.max_length - self.grpo.max_completion_length
+        if limit < 1:
+            raise ConfigError(f"train.max_length={self.train.max_length} leaves no room for a prompt next to "
+                              f"grpo.max_completion_length={self.grpo.max_completion_length}: raise train.max_length")
+        long = [i for i, p in enumerate(ids) if len(p) > limit]
+        if not long:
+            return items, ids
+        policy = self.config.data.on_long
+        if policy == "error":
+            raise DataError(f"{items[long[0]].where}: the prompt has {len(ids[long[0]])} tokens, more than "
+                            f"train.max_length - grpo.max_completion_length = {limit} (set data.on_long=truncate or drop)")
+        if policy == "truncate":  # keep the end of the prompt, where the question and the generation prompt are
+            log.warning("%d prompts longer than %d tokens truncated from the left", len(long), limit)
+            return items, [p[-limit:] for p in ids]
+        keep = [i for i in range(len(ids)) if len(ids[i]) <= limit]
+        if not keep:
+            raise DataError(f"every prompt is longer than train.max_length - grpo.max_completion_length = {limit} tokens")
+        log.warning("dropped %d of %d prompts longer than train.max_length - grpo.max_completion_length = %d tokens "
+                    "(data.on_long=truncate keeps them)", len(long), len(ids), limit)
+        return [items[i] for i in keep], [ids[i] for i in keep]
 
     # ------------------------------------------------------------ rollout
 
-    def _rollout(self, indices: list[int]) -> tuple[Rollout, dict, torch.Tensor]:
+    def _rollout(self, indices: list[int]) -> tuple[Rollout, RewardScores]:
         model = self.run.unwrapped
         rollout = generate(
             model, self.tokenizer, [self.prompt_ids[i] for i in indices],
             num_generations=self.grpo.num_generations, max_new_tokens=self.grpo.max_completion_length,
             temperature=self.grpo.temperature, top_p=self.grpo.top_p, top_k=self.grpo.top_k, device=self.run.device,
-            synced=self.run.lockstep_forwards,
+            synced=self.run.lockstep_forwards, batch_size=self.grpo.rollout_batch_size,
         )
         columns = self._columns(indices, self.prompts, self.grpo.num_generations)
-        columns["completion_lengths"] = rollout.completion_mask.sum(1).tolist()
+        columns["completion_lengths"] = rollout.completion_mask.sum(1).tolist()  # tokens, for length rewards
+        columns["max_completion_length"] = [self.grpo.max_completion_length] * len(rollout.texts)
         scores = score_completions(self.reward_fns, self.weights, rollout.texts, columns, on_error=self.grpo.reward_errors)
-        return rollout, scores.per_function, torch.tensor(scores.total, dtype=torch.float32)
+        if scores.errors and not self.reward_error_logged:
+            log.warning("a reward function failed and its rows score None (grpo.reward_errors=none); the first error: "
+                        "%s. Failures are counted in rewards/<fn>/errors.", scores.errors[0])
+            self.reward_error_logged = True
+        return rollout, scores
 
     @staticmethod
     def _columns(indices, items, repeat) -> dict[str, list]:
@@ -109,8 +157,9 @@ class GRPOTrainer:
         count = self.train.batch_size * self.train.grad_accum
         global_indices = self.sampler.take(count * self.run.num_processes)
         indices = self.run.rank_slice(global_indices)
-        rollout, per_fn, rewards = self._rollout(indices)
-        stats = self._reward_stats(per_fn, rewards, rollout)
+        rollout, scores = self._rollout(indices)
+        rewards = torch.tensor(scores.total, dtype=torch.float32)  # [N]: NaN where unscorable
+        stats = self._reward_stats(scores, rewards, rollout)
         stats.update(self._source_rewards(indices, rewards))
         if self.grpo.skip_zero_std_groups:
             rollout, rewards = self._refill(rollout, rewards, count)
@@ -124,9 +173,9 @@ class GRPOTrainer:
         G = self.grpo.num_generations
         keep_rollouts, keep_rewards = [], []
         for round_ in range(self.grpo.max_resample_rounds + 1):
-            grouped = rewards.view(-1, G)  # [n, G]
-            useful = [g for g in range(grouped.shape[0]) if grouped[g].max() > grouped[g].min()]
-            rows = [g * G + j for g in useful for j in range(G)]
+            flat = constant_groups(rewards.view(-1, G))  # [n]: no reward variance, no gradient
+            rows = [g * G + j for g in range(flat.shape[0]) if not flat[g] for j in range(G)]
+            rest = [g * G + j for g in range(flat.shape[0]) if flat[g] for j in range(G)]
             if rows:
                 keep_rollouts.append(rollout.select(rows))
                 keep_rewards.append(rewards[rows])
@@ -135,11 +184,14 @@ class GRPOTrainer:
             # order (and under FSDP or ZeRO-3 every rollout is a collective), so all must sample as often.
             if self.run.global_sum(float(have < count)) == 0 or round_ == self.grpo.max_resample_rounds:
                 break
-            rollout, _, rewards = self._rollout(self.run.rank_slice(self.sampler.take(count * self.run.num_processes)))
-        if not keep_rewards or sum(len(r) for r in keep_rewards) // G < count:
-            # Not enough informative groups within the bound: top up with uninformative ones (advantage 0).
-            keep_rollouts.append(rollout)
-            keep_rewards.append(rewards)
+            rollout, scores = self._rollout(self.run.rank_slice(self.sampler.take(count * self.run.num_processes)))
+            rewards = torch.tensor(scores.total, dtype=torch.float32)
+        if sum(len(r) for r in keep_rewards) // G < count:
+            # Not enough informative groups within the bound: top up with the last round's uninformative
+            # ones (advantage 0). Its informative groups are kept already; adding them again would
+            # train on them twice.
+            keep_rollouts.append(rollout.select(rest))
+            keep_rewards.append(rewards[rest])
         merged = concat_rollouts(keep_rollouts, self.tokenizer.pad_token_id)
         rows = list(range(count * G))
         return merged.select(rows), torch.cat(keep_rewards)[rows]
@@ -157,33 +209,40 @@ class GRPOTrainer:
         totals = self.run.global_sums([x for values in value_lists for x in (sum(values), len(values))])
         return [total / count if count else None for total, count in zip(totals[0::2], totals[1::2])]
 
-    def _reward_stats(self, per_fn: dict, rewards: torch.Tensor, rollout: Rollout) -> dict:
-        grouped = rewards.view(-1, self.grpo.num_generations)  # [n, G]
-        group_std = grouped.std(dim=1) if grouped.shape[1] > 1 else torch.zeros(grouped.shape[0])
+    def _reward_stats(self, scores: RewardScores, rewards: torch.Tensor, rollout: Rollout) -> dict:
+        """Reward metrics over every process's completions of this rollout (the same on all processes)."""
+        G = self.grpo.num_generations
+        everyone = self.run.accelerator.gather(rewards.to(self.run.device)).cpu().double()  # [processes * n*G]
+        grouped = everyone.view(-1, G)  # [groups, G]
         lengths = rollout.completion_mask.sum(1).float()
         stats = {
-            "reward": float(rewards.mean()),
-            "reward_std": float(group_std.nan_to_num(0.0).mean()),
-            "frac_reward_zero_std": float((grouped.max(1).values == grouped.min(1).values).float().mean()),
+            "reward": float(everyone.nanmean()) if not everyone.isnan().all() else float("nan"),
+            "reward_std": float(nan_std(everyone)),  # over the whole batch, as TRL logs it
+            "reward_std/within_group": float(nan_std(grouped, dim=1).mean()),
+            "frac_reward_zero_std": float(constant_groups(grouped).double().mean()),
+            "rewards/unscorable": float(everyone.isnan().sum()),
             "completions/mean_length": float(lengths.mean()),
             "completions/clipped_ratio": float((~rollout.ended).float().mean()),
         }
         # Over every process's scored completions: a failed reward (None) leaves counts unequal, so a
         # mean of per-process means would weigh them wrongly.
+        per_fn = scores.per_function
         means = self._global_means([v for v in values if v is not None] for values in per_fn.values())
-        for name, mean in zip(per_fn, means):
+        error_counts = self.run.global_sums([scores.error_rows.get(name, 0) for name in per_fn])
+        for name, mean, failed in zip(per_fn, means, error_counts):
             stats[f"rewards/{name}/mean"] = float("nan") if mean is None else mean
+            if self.grpo.reward_errors == "none":
+                stats[f"rewards/{name}/errors"] = failed
         return stats
 
     # ------------------------------------------------------------ update
 
     def _logps(self, model, rollout: Rollout, rows, *, with_entropy=False):
-        """Per-token log-probs [b, C] of the completions in `rows` (whole groups, in order)."""
-        G, device = self.grpo.num_generations, self.run.device
-        if self.train.gradient_checkpointing or len(rows) % G:
-            # transformers disables the KV cache under gradient checkpointing: score full sequences.
+        """Per-token log-probs [b, C] of the completions in `rows` at the sampling temperature."""
+        G, device, temperature = self.grpo.num_generations, self.run.device, self.grpo.temperature
+        if len(rows) % G:  # not whole groups: score each completion with its own prompt
             input_ids, attention, loss_mask = (t[rows].to(device) for t in rollout.sequences())
-            out = token_logps(model, input_ids, attention, loss_mask, with_entropy=with_entropy)
+            out = token_logps(model, input_ids, attention, loss_mask, with_entropy=with_entropy, temperature=temperature)
             width = rollout.prompt_ids.shape[1]
             return (out[0][:, width:], out[1][:, width:]) if with_entropy else out[:, width:]
         heads = rows[::G]  # one row per group: its prompt
@@ -191,7 +250,7 @@ class GRPOTrainer:
         return shared_prefix_token_logps(
             model, rollout.prompt_ids[heads].to(device), rollout.prompt_mask[heads].to(device),
             rollout.completion_ids[rows].to(device), rollout.completion_mask[rows].to(device), index,
-            with_entropy=with_entropy,
+            with_entropy=with_entropy, temperature=temperature,
         )
 
     @torch.no_grad()
@@ -222,28 +281,38 @@ class GRPOTrainer:
         rollout, advantages, ref, old, stats, generation_seconds = self.buffer.pop()
         fresh = len(self.buffer) == self.grpo.num_iterations - 1
         train_tick = time.perf_counter()
-        metrics = self._update(rollout, advantages, ref, old)
+        metrics = self._update(rollout, advantages, ref, old, fresh)
         metrics.update(stats)
         metrics["time/generation"] = generation_seconds if fresh else 0.0
         metrics["time/training"] = time.perf_counter() - train_tick
         return metrics
 
-    def _update(self, rollout: Rollout, advantages, ref, old) -> dict:
+    def _update(self, rollout: Rollout, advantages, ref, old, fresh: bool = True) -> dict:
         grpo, G = self.grpo, self.grpo.num_generations
         mask_all = rollout.completion_mask.float()  # [N, C]
-        normalizer = {
-            "grpo": len(rollout.texts),
-            "bnpo": float(mask_all.sum()),
-            "dapo": float(mask_all.sum()),
-            "dr_grpo": len(rollout.texts) * grpo.max_completion_length,
-        }[grpo.loss_type]
-        normalizer = self.run.global_sum(normalizer)
+        micro = self.train.batch_size * G
         rows_all = list(range(len(rollout.texts)))
-        sums = {"loss": 0.0, "kl": 0.0, "clip_ratio": 0.0, "entropy": 0.0}
-        tokens = 0.0
-        for rows in self.run.micro_batches(rows_all, self.train.batch_size * G):
+        normalizer = None
+        if grpo.loss_type != "bnpo":
+            normalizer = self.run.global_sum({
+                "grpo": len(rollout.texts),
+                "dapo": float(mask_all.sum()),
+                "dr_grpo": len(rollout.texts) * grpo.max_completion_length,
+            }[grpo.loss_type])
+        # bnpo (TRL): each micro-batch by its own tokens, averaged over the step's micro-batches of all processes.
+        micro_batches = math.ceil(len(rows_all) / micro) * self.run.num_processes
+        sums = {"loss": 0.0, "kl": 0.0, "clip_ratio": 0.0, "entropy": 0.0, "logp_gap": 0.0}
+        tokens, gap_max = 0.0, 0.0
+        for rows in self.run.micro_batches(rows_all, micro):
             logps, entropy = self._logps(self.run.model, rollout, rows, with_entropy=True)  # [b, C]
             mask = rollout.completion_mask[rows].to(self.run.device)  # [b, C]
+            if fresh and rollout.sampling_logps is not None:
+                # The policy being updated is the one that sampled: any gap is a trainer/sampler mismatch.
+                gap = (logps.detach() - rollout.sampling_logps[rows].to(self.run.device)).abs() * mask  # [b, C]
+                sums["logp_gap"] += float(gap.sum())
+                gap_max = max(gap_max, float(gap.max()) if gap.numel() else 0.0)
+            if grpo.loss_type == "bnpo":
+                normalizer = float(mask.sum().clamp(min=1)) * micro_batches
             out = grpo_loss(
                 logps, old[rows].to(self.run.device) if old is not None else None,
                 ref[rows].to(self.run.device) if ref is not None else None,
@@ -259,12 +328,19 @@ class GRPOTrainer:
             sums["clip_ratio"] += float(out.clip_ratio) * active
             sums["entropy"] += float((entropy * mask).sum())
         # Token means over every process's completions (not a mean of per-process means).
-        active_all = self.run.global_sum(float(mask_all.sum()))
-        return {
-            "loss": self.run.global_sum(sums["loss"]),
-            **{k: self.run.global_sum(sums[k]) / max(active_all, 1.0) for k in ("kl", "clip_ratio", "entropy")},
-            "tokens": tokens,
-        }
+        keys = ("kl", "clip_ratio", "entropy", "logp_gap")
+        totals = self.run.global_sums([sums["loss"], float(mask_all.sum())] + [sums[k] for k in keys])
+        loss, means = totals[0], [t / max(totals[1], 1.0) for t in totals[2:]]
+        metrics = {"loss": loss, **dict(zip(keys[:3], means[:3])), "tokens": tokens}
+        if fresh and rollout.sampling_logps is not None:
+            metrics["sampling/sampling_logp_difference/mean"] = means[3]
+            metrics["sampling/sampling_logp_difference/max"] = self._global_max(gap_max)
+        return metrics
+
+    def _global_max(self, value: float) -> float:
+        if self.run.num_processes == 1:
+            return value
+        return float(self.run.accelerator.gather(torch.tensor([value], device=self.run.device)).max())
 
     def _warn_if_flat(self, stats: dict) -> None:
         self.zero_std_streak = self.zero_std_streak + 1 if stats["frac_reward_zero_std"] >= ZERO_STD_WARN_FRACTION else 0
@@ -284,7 +360,7 @@ class GRPOTrainer:
         prompts = self.eval_prompts[: self.grpo.eval_max_prompts]
         result = evaluate_prompts(
             self.run.unwrapped, self.tokenizer, self.templater, prompts, self.reward_fns, self.weights,
-            max_new_tokens=self.grpo.max_completion_length, batch_size=max(self.train.eval_batch_size, 64),
+            max_new_tokens=self.grpo.max_completion_length, batch_size=self.train.eval_batch_size,
             synced=self.run.lockstep_forwards,
         )
         if self.run.is_main:

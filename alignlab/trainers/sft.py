@@ -14,7 +14,7 @@ from alignlab.data.collate import collate_masked
 from alignlab.data.sft import load_sft_data
 from alignlab.data.templates import Templater
 from alignlab.logprobs import token_logps
-from alignlab.models import count_parameters, load_model, load_tokenizer
+from alignlab.models import count_parameters, load_model, load_tokenizer, model_stop_ids
 from alignlab.training import IndexSampler, TrainingRun
 
 log = logging.getLogger("alignlab")
@@ -25,7 +25,8 @@ def train_sft(config, *, extra_eval=None, stop_fn=None) -> TrainingRun:
     `stop_fn(record) -> bool` ends training early (the demo stops on a dev-accuracy threshold)."""
     run = TrainingRun("sft", config)
     tokenizer = load_tokenizer(config.model.name_or_path, trust_remote_code=config.model.trust_remote_code)
-    templater = Templater(tokenizer, use_chat_template=config.data.chat_template, system_prompt=config.data.system_prompt)
+    templater = Templater(tokenizer, use_chat_template=config.data.chat_template, system_prompt=config.data.system_prompt,
+                          stop_ids=model_stop_ids(config.model, tokenizer))
     train_set, eval_set = load_sft_data(config, templater)
     model = load_model(config.model, config.lora, gradient_checkpointing=config.train.gradient_checkpointing)
     trainable, total = count_parameters(model)
