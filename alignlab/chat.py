@@ -3,7 +3,8 @@
 Interactive on a terminal, with `/reset` (forget the conversation), `/system TEXT` (set the system
 prompt; `/system` alone clears it), `/quit`. With `--prompt TEXT`, or text piped into stdin, it
 answers once, prints only the answer, and exits, so scripts can use it:
-`echo "12+30=?" | alignlab chat runs/grpo_x --temperature 0`.
+`echo "12+30=?" | alignlab chat runs/grpo_x --temperature 0`. Piped text is one prompt, however many
+lines it has; with `--each-line` every non-empty line is answered on its own, in a new conversation.
 
 Streaming uses transformers' `TextStreamer` (synchronous: no thread), whose decoding holds back
 incomplete words and bytes until they are whole; the history keeps the decoded generated ids.
@@ -120,18 +121,29 @@ def chat_loop(session: ChatSession, read: Callable[[str], str] = input) -> None:
 
 def chat_command(model: str, *, prompt: Optional[str] = None, system: Optional[str] = None, max_new_tokens: int = 256,
                  temperature: float = 0.7, top_p: float = 0.9, dtype: str = "auto", seed: Optional[int] = None,
-                 stdin=None, out=None) -> Optional[str]:
-    """Answer `prompt` (or piped stdin) once and return the answer, or run the interactive loop."""
+                 each_line: bool = False, stdin=None, out=None):
+    """Answer `prompt` (or piped stdin) once and return the answer, or run the interactive loop.
+    With `each_line`, every non-empty line is a prompt of its own, in a new conversation, and the
+    answers are returned as a list."""
     stdin, out = stdin or sys.stdin, out or sys.stdout
     if prompt is None and not stdin.isatty():
         prompt = stdin.read().strip()
         if not prompt:
             raise AlignlabError("no prompt: stdin was empty (pipe some text in, or pass --prompt TEXT)")
+    prompts = None
+    if each_line and prompt is not None:
+        prompts = [line.strip() for line in prompt.splitlines() if line.strip()]
     loaded = load_for_inference(model, dtype=dtype)
     if seed is not None:
         torch.manual_seed(seed)
     session = ChatSession(loaded, system=system, max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
                           out=out)
+    if prompts is not None:
+        answers = []
+        for text in prompts:
+            session.reset()
+            answers.append(session.reply(text))
+        return answers
     if prompt is not None:
         return session.reply(prompt)
     chat_loop(session)

@@ -10,9 +10,9 @@ import importlib
 import os
 import sys
 
-from alignlab.errors import AlignlabError, Interrupted
+from alignlab.errors import AlignlabError, ConfigError, Interrupted
 
-TRAIN_HELP = """key=value overrides, e.g. train.lr=1e-4 lora.enabled=true report_to=[tensorboard].
+TRAIN_HELP = """key=value overrides, e.g. train.lr=1e-4 lora.enabled=true train.report_to=[tensorboard].
 Keys are the config's sections and fields (see `alignlab show-config`)."""
 
 # command -> (module, function) so `alignlab --help` does not import torch.
@@ -42,7 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
     show = sub.add_parser("show-config", help="print the resolved config (defaults + file + overrides)")
     show.add_argument("-c", "--config")
     show.add_argument("--command", dest="for_command", choices=sorted(TRAINERS) + ["eval", "iterate"], default=None,
-                      help="which trainer's config (default: guessed from the file's sections, else sft)")
+                      help="which command's config (default: read from the file, see `alignlab sweep --help`; else sft)")
     show.add_argument("overrides", nargs="*", help=TRAIN_HELP)
 
     tiny = sub.add_parser("tiny-model", help="write the small random-init offline model and tokenizer (HF format)")
@@ -73,9 +73,13 @@ def _add_inference_commands(sub) -> None:
 
     chat = sub.add_parser("chat", help="chat with a model, streaming; --prompt or piped stdin answers once",
                           description="Interactive chat with the chat template: /reset, /system TEXT, /quit. "
-                          "With --prompt TEXT or text on a non-terminal stdin it answers once and exits.")
+                          "With --prompt TEXT or text on a non-terminal stdin it answers once and exits: piped "
+                          "text is read whole as one prompt (several lines stay one prompt) unless --each-line.")
     chat.add_argument("model", metavar="MODEL_OR_RUN")
     chat.add_argument("--prompt", help="answer this once and exit")
+    chat.add_argument("--each-line", action="store_true",
+                      help="answer every non-empty line of piped stdin (or --prompt) as its own prompt, each in a new "
+                      "conversation; each answer ends with a newline")
     chat.add_argument("--system", help="system prompt")
     _add_generation_options(chat, max_new_tokens=256)
     chat.add_argument("--temperature", type=float, default=0.7, help="0 = greedy")
@@ -116,10 +120,12 @@ def _add_data_and_grid_commands(sub) -> None:
     sweep = sub.add_parser("sweep", help="a grid of runs (key=a,b,c), then a summary table and CSV",
                            description="Every combination of the comma-separated overrides is one run under "
                            "runs/sweep_<time>/<run-name>/; DPO runs share precomputed reference log-probs. "
-                           "Failed runs are reported and do not stop the others.")
+                           "Failed runs are reported and do not stop the others; the sweep then exits with code 2.")
     sweep.add_argument("-c", "--config", help="YAML config file")
     sweep.add_argument("--command", dest="for_command", choices=sorted(TRAINERS), default=None,
-                       help="which trainer (default: guessed from the file's sections)")
+                       help="which trainer (default: read from the config: its first line `# alignlab <command>` "
+                       "in a run's config.yaml, a dpo: or grpo: section, or a header comment `alignlab <command> -c "
+                       "<this file>`; required when the file does not say)")
     sweep.add_argument("--out", help="sweep directory (default runs/sweep_<time>)")
     sweep.add_argument("--metric", help="sort by this metric (default eval/loss, else loss)")
     sweep.add_argument("--mode", choices=["auto", "min", "max"], default="auto",
@@ -133,29 +139,31 @@ def _add_generation_options(parser, *, max_new_tokens: int) -> None:
                         help="auto = bfloat16 on a GPU, float32 on CPU")
 
 
-def _guess_command(path):
-    if not path:
-        return "sft"
-    import yaml
+def _sweep_command(args) -> str:
+    from alignlab.config import infer_command
 
-    try:
-        with open(path) as handle:
-            sections = yaml.safe_load(handle) or {}
-    except (OSError, yaml.YAMLError):
-        return "sft"
-    for name in ("iterate", "dpo", "grpo", "eval"):
-        if isinstance(sections, dict) and name in sections:
-            return name
-    return "sft"
+    if args.for_command:
+        return args.for_command
+    command = infer_command(args.config)
+    if command in TRAINERS:
+        return command
+    if command is not None:
+        raise ConfigError(f"{args.config} is a config for `alignlab {command}`; a sweep runs sft, dpo or grpo")
+    where = f"{args.config} does not say which trainer it is for (no dpo: or grpo: section, no `# alignlab <command>` " \
+            "first line)" if args.config else "no config file (-c) to tell which trainer to run"
+    raise ConfigError(f"{where}: pass --command sft, --command dpo or --command grpo")
 
 
 def run(args: argparse.Namespace) -> None:
-    from alignlab.config import load_config, to_yaml
+    from alignlab.config import infer_command, load_config, to_yaml
 
-    if args.command in TRAINERS or args.command in ("demo", "eval", "chat", "compare", "iterate", "sweep"):
+    if args.command in TRAINERS or args.command in ("demo", "eval", "chat", "compare", "iterate", "sweep", "tiny-model"):
         from transformers.utils import logging as hf_logging
 
+        from alignlab.sharding import import_deepspeed_only_when_used
+
         hf_logging.disable_progress_bar()
+        import_deepspeed_only_when_used()
 
     if args.command in TRAINERS:
         config = load_config(args.command, args.config, args.overrides)
@@ -165,7 +173,7 @@ def run(args: argparse.Namespace) -> None:
         if trainer_run.is_main:  # once, not once per process
             print(f"done: {trainer_run.run_dir}")
     elif args.command == "show-config":
-        command = args.for_command or _guess_command(args.config)
+        command = args.for_command or infer_command(args.config) or "sft"
         print(to_yaml(load_config(command, args.config, args.overrides)), end="")
     elif args.command == "tiny-model":
         from alignlab.demo.tiny import write_tiny_model
@@ -184,7 +192,8 @@ def run(args: argparse.Namespace) -> None:
         from alignlab.chat import chat_command
 
         chat_command(args.model, prompt=args.prompt, system=args.system, max_new_tokens=args.max_new_tokens,
-                     temperature=args.temperature, top_p=args.top_p, dtype=args.dtype, seed=args.seed)
+                     temperature=args.temperature, top_p=args.top_p, dtype=args.dtype, seed=args.seed,
+                     each_line=args.each_line)
     elif args.command == "compare":
         from alignlab.compare import compare_command
 
@@ -201,8 +210,8 @@ def run(args: argparse.Namespace) -> None:
     elif args.command == "sweep":
         from alignlab.sweep import sweep_command
 
-        sweep_command(args.config, args.overrides, command=args.for_command or _guess_command(args.config),
-                      out=args.out, metric=args.metric, mode=args.mode)
+        sweep_command(args.config, args.overrides, command=_sweep_command(args), out=args.out, metric=args.metric,
+                      mode=args.mode)
     elif args.command == "report":
         from alignlab.report import write_report
 

@@ -74,7 +74,7 @@ class TrainConfig:
     weight_decay: float = 0.0
     warmup_steps: int = 0
     lr_scheduler: str = "constant"  # constant | linear | cosine (transformers' schedulers)
-    max_grad_norm: float = 1.0
+    max_grad_norm: float = 1.0  # 0 = no clipping
     adam_beta1: float = 0.9
     adam_beta2: float = 0.999
     max_length: int = 512
@@ -86,7 +86,7 @@ class TrainConfig:
     eval_batch_size: int = 32
     save_every: int = 0  # 0 = only the final checkpoint
     save_total_limit: Optional[int] = None
-    resume: Any = False  # true = continue the run in output_dir; or a run directory path
+    resume: Any = False  # true = continue the run in output_dir; or a run directory path; auto = continue one if there
     report_to: list[str] = field(default_factory=list)  # tensorboard, wandb
     progress: bool = True
     max_bad_steps: int = 5  # consecutive non-finite losses before aborting
@@ -268,6 +268,8 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
     if tp is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return float(value)
+        if isinstance(value, str) and value.strip().lower() in ("inf", "+inf"):  # YAML spells it .inf
+            return float("inf")
         raise ConfigError(f"config key '{key}' expects a number, got {value!r}")
     if tp is str:
         if isinstance(value, str):
@@ -278,20 +280,54 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
     return value
 
 
-def _set_section(section: Any, values: dict, prefix: str) -> None:
+# YAML 1.1 reads `no` (and `off`) as false, so `mixed_precision: no`, the documented default,
+# arrives as False: for these keys false stands for the word.
+_FALSE_MEANS = {"train.mixed_precision": "no"}
+
+
+def _sections(root: Any) -> dict[str, Any]:
+    values = {f.name: getattr(root, f.name) for f in dataclasses.fields(root)}
+    return {name: value for name, value in values.items() if dataclasses.is_dataclass(value)}
+
+
+def _suggest(key: str, names: list[str], prefix: str, root: Any) -> str:
+    """The key meant: the same field in another section first (`lr` -> `train.lr`), then the
+    nearest spelling of a key here or, at the top level, of any section's field (`lrr` -> `train.lr`)."""
+    key = str(key)  # YAML keys may be numbers or null
+    fields: dict[str, list[str]] = {}  # field name -> its dotted keys
+    for section_name, section in _sections(root).items():
+        for f in dataclasses.fields(section):
+            fields.setdefault(f.name, []).append(f"{section_name}.{f.name}")
+    if key in fields:
+        return f" Did you mean {' or '.join(repr(k) for k in fields[key])}?"
+    options = {name: [f"{prefix}{name}"] for name in names}  # a key here wins a tie with a field elsewhere
+    if not prefix:
+        options.update({name: dotted for name, dotted in fields.items() if name not in options})
+    match = difflib.get_close_matches(key, list(options), n=1, cutoff=0.5)
+    if match:
+        return f" Did you mean {' or '.join(repr(k) for k in options[match[0]])}?"
+    return _closest(key, names, prefix)
+
+
+def _set_section(section: Any, values: dict, prefix: str, root: Any = None, set_keys: Optional[set] = None) -> None:
+    root = section if root is None else root
     hints = typing.get_type_hints(type(section))
     names = [f.name for f in dataclasses.fields(section)]
     for key, value in values.items():
         full = f"{prefix}{key}"
         if key not in names:
-            raise ConfigError(f"unknown config key '{full}'.{_closest(key, names, prefix)}")
+            raise ConfigError(f"unknown config key '{full}'.{_suggest(key, names, prefix, root)}")
         current = getattr(section, key)
         if dataclasses.is_dataclass(current):
             if not isinstance(value, dict):
                 raise ConfigError(f"config key '{full}' is a section; give it a mapping, e.g. {full}.<key>=...")
-            _set_section(current, value, f"{full}.")
+            _set_section(current, value, f"{full}.", root, set_keys)
         else:
+            if value is False and full in _FALSE_MEANS:
+                value = _FALSE_MEANS[full]
             setattr(section, key, _coerce(value, hints[key], full))
+            if set_keys is not None:
+                set_keys.add(full)
 
 
 def _nest(dotted: dict[str, Any]) -> dict:
@@ -320,6 +356,7 @@ def parse_overrides(overrides: list[str]) -> dict[str, Any]:
 def load_config(command: str, path: Optional[str] = None, overrides: Optional[list[str]] = None):
     """The run config for `command` from a YAML file plus `a.b=c` overrides (overrides win)."""
     config = RUN_CONFIGS[command]()
+    set_keys: set[str] = set()
     if path:
         file = Path(path)
         if not file.is_file():
@@ -332,20 +369,136 @@ def load_config(command: str, path: Optional[str] = None, overrides: Optional[li
             raise ConfigError(f"{path} is not UTF-8 text") from None
         if not isinstance(values, dict):
             raise ConfigError(f"{path}: expected a mapping of sections at the top level")
-        _set_section(config, values, "")
+        _set_section(config, values, "", set_keys=set_keys)
     if overrides:
-        _set_section(config, _nest(parse_overrides(overrides)), "")
+        _set_section(config, _nest(parse_overrides(overrides)), "", set_keys=set_keys)
     validate(config)
+    config._set_keys = frozenset(set_keys)  # not a field: to_dict and config.yaml leave it out
     return config
 
 
+def was_set(config, key: str) -> bool:
+    """Whether the dotted `key` was given in the config file or on the command line (not for a
+    default, nor in a config built in code)."""
+    return key in getattr(config, "_set_keys", ())
+
+
+def infer_command(path: Optional[str]) -> Optional[str]:
+    """The command a config file is for, or None when it does not say: the `# alignlab <command>`
+    line that alignlab writes first in a run's config.yaml, a section only that command has
+    (iterate, dpo, grpo, eval), or the shipped configs' header naming the file
+    (`alignlab sft -c configs/sft_tiny.yaml`)."""
+    if not path:
+        return None
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+        values = yaml.load(text, Loader=_Loader)
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        return None
+    first = re.match(r"#\s*alignlab\s+(\w+)", text)
+    if first and first.group(1) in RUN_CONFIGS:
+        return first.group(1)
+    for name in ("iterate", "dpo", "grpo", "eval"):
+        if isinstance(values, dict) and name in values:
+            return name
+    named = set(re.findall(rf"^#.*\balignlab\s+(\w+)\s+-c\s+\S*\b{re.escape(Path(path).name)}\b", text, re.M))
+    named &= set(RUN_CONFIGS)
+    return named.pop() if len(named) == 1 else None
+
+
+# The allowed range of every numeric key that has an obvious one: "> 0", ">= 1", "[0, 1)" (interval
+# brackets: [ ] include the bound, ( ) exclude it), and why, where the range is not self-evident.
+# Checked when a config loads, so a bad value fails before any work with the key and its range.
+RANGES: dict[str, tuple[str, str]] = {
+    "train.max_steps": (">= 1", ""),
+    "train.batch_size": (">= 1", ""),
+    "train.grad_accum": (">= 1", ""),
+    "train.max_length": (">= 1", ""),
+    "train.lr": ("> 0", ""),
+    "train.weight_decay": (">= 0", ""),
+    "train.warmup_steps": (">= 0", ""),
+    "train.max_grad_norm": (">= 0", "0 = no clipping"),
+    "train.adam_beta1": ("[0, 1)", ""),
+    "train.adam_beta2": ("[0, 1)", ""),
+    "train.log_every": (">= 1", ""),
+    "train.eval_every": (">= 0", "0 = only at the end"),
+    "train.eval_batch_size": (">= 1", ""),
+    "train.save_every": (">= 0", "0 = only the final checkpoint"),
+    "train.save_total_limit": (">= 1", "null keeps every checkpoint"),
+    "train.max_bad_steps": (">= 1", ""),
+    "lora.r": (">= 1", ""),
+    "lora.alpha": ("> 0", ""),
+    "lora.dropout": ("[0, 1)", ""),
+    "data.eval_fraction": ("[0, 1)", ""),
+    "data.max_rows": (">= 1", "null reads every row"),
+    "dpo.beta": ("> 0", ""),
+    "dpo.label_smoothing": ("[0, 0.5)", "at 0.5 each label is as likely flipped as not: the loss prefers neither response"),
+    "dpo.sft_weight": (">= 0", ""),
+    "dpo.logprob_chunk_size": (">= 0", "0 = auto"),
+    "dpo.num_samples_logged": (">= 0", ""),
+    "dpo.sample_max_new_tokens": (">= 1", ""),
+    "grpo.num_generations": (">= 2", "advantages compare completions within a group: with 1 every advantage is 0"),
+    "grpo.max_completion_length": (">= 1", ""),
+    "grpo.temperature": ("> 0", ""),
+    "grpo.top_p": ("(0, 1]", ""),
+    "grpo.top_k": (">= 0", "0 = no top-k"),
+    "grpo.beta": (">= 0", "0 = no KL term and no reference model"),
+    "grpo.epsilon_low": ("[0, 1)", ""),
+    "grpo.epsilon_high": (">= 0", ""),
+    "grpo.num_iterations": (">= 1", ""),
+    "grpo.max_resample_rounds": (">= 0", ""),
+    "grpo.rollout_batch_size": (">= 1", ""),
+    "grpo.eval_max_prompts": (">= 1", ""),
+    "grpo.num_samples_logged": (">= 0", ""),
+    "iterate.rounds": (">= 1", ""),
+    "iterate.samples_per_prompt": (">= 2", "pairs need two responses"),
+    "iterate.prompts_per_round": (">= 1", "null uses every prompt"),
+    "iterate.min_margin": (">= 0", ""),
+    "iterate.max_new_tokens": (">= 1", ""),
+    "iterate.temperature": ("> 0", ""),
+    "iterate.eval_samples": (">= 0", "0 = greedy only"),
+    "iterate.eval_max_prompts": (">= 1", ""),
+    "eval.num_samples": (">= 1", ""),
+    "eval.max_new_tokens": (">= 1", ""),
+    "eval.temperature": ("> 0", "greedy accuracy is always measured"),
+    "eval.batch_size": (">= 1", ""),
+    "eval.beta": ("> 0", ""),
+    "eval.max_length": (">= 1", ""),
+}
+
+
+def in_range(value: float, spec: str) -> bool:
+    """`value` within `spec` (a RANGES entry): ">= 1", "> 0", "[0, 1)", "(0, 1]". NaN never is."""
+    if spec.startswith((">", "<")):
+        op, bound = spec.split()
+        bound = float(bound)
+        return {">": value > bound, ">=": value >= bound, "<": value < bound, "<=": value <= bound}[op]
+    low, high = (float(x) for x in spec[1:-1].split(","))
+    above = value >= low if spec[0] == "[" else value > low
+    below = value <= high if spec[-1] == "]" else value < high
+    return above and below
+
+
+def check_ranges(config) -> None:
+    sections = _sections(config)
+    for key, (spec, why) in RANGES.items():
+        section_name, name = key.split(".")
+        section = sections.get(section_name)
+        if section is None or not hasattr(section, name):  # a key of another command's config
+            continue
+        value = getattr(section, name)
+        if value is None or isinstance(value, bool):  # null where it is allowed; type errors are caught when set
+            continue
+        if not in_range(value, spec):
+            allowed = spec if spec.startswith((">", "<")) else f"in {spec}"
+            raise ConfigError(f"config key '{key}' must be {allowed}, got {value}" + (f" ({why})" if why else ""))
+
+
 def validate(config) -> None:
+    check_ranges(config)
     if isinstance(config, EvalRunConfig):
         return validate_eval(config)
     train = config.train
-    for key in ("max_steps", "batch_size", "grad_accum", "max_length"):
-        if getattr(train, key) < 1:
-            raise ConfigError(f"config key 'train.{key}' must be at least 1, got {getattr(train, key)}")
     if train.lr_scheduler not in ("constant", "linear", "cosine"):
         raise ConfigError(f"train.lr_scheduler must be constant, linear or cosine, got '{train.lr_scheduler}'")
     if train.mixed_precision not in ("no", "bf16", "fp16"):
@@ -356,31 +509,22 @@ def validate(config) -> None:
         raise ConfigError(f"data.format must be one of {', '.join(DATA_FORMATS)}, got '{config.data.format}'")
     if config.data.min_score_ratio is not None and config.data.min_score_ratio <= 0:
         raise ConfigError(f"data.min_score_ratio must be positive (or null), got {config.data.min_score_ratio}")
-    if not 0.0 <= config.data.eval_fraction < 1.0:
-        raise ConfigError(f"data.eval_fraction must be in [0, 1), got {config.data.eval_fraction}")
     if config.model.dtype not in ("float32", "bfloat16", "float16", "auto"):
         raise ConfigError(f"model.dtype must be float32, bfloat16, float16 or auto, got '{config.model.dtype}'")
     if hasattr(config, "iterate"):
         it = config.iterate
-        for key in ("rounds", "samples_per_prompt", "max_new_tokens", "eval_max_prompts"):
-            if getattr(it, key) < 1:
-                raise ConfigError(f"config key 'iterate.{key}' must be at least 1, got {getattr(it, key)}")
-        if it.samples_per_prompt < 2:
-            raise ConfigError("iterate.samples_per_prompt must be at least 2 (pairs need two responses)")
         if it.strategy not in ("best-vs-worst", "best-vs-rest", "all-pairs"):
             raise ConfigError(f"iterate.strategy must be best-vs-worst, best-vs-rest or all-pairs, got '{it.strategy}'")
         if it.reward_weights is not None and len(it.reward_weights) != len(it.rewards):
             raise ConfigError(f"iterate.reward_weights has {len(it.reward_weights)} values for {len(it.rewards)} rewards")
-        if it.temperature <= 0:
-            raise ConfigError(f"iterate.temperature must be positive, got {it.temperature}")
     if hasattr(config, "grpo"):
         grpo = config.grpo
-        if grpo.num_generations < 1:
-            raise ConfigError("grpo.num_generations must be at least 1")
         if grpo.reward_weights is not None and len(grpo.reward_weights) != len(grpo.rewards):
             raise ConfigError(
                 f"grpo.reward_weights has {len(grpo.reward_weights)} values for {len(grpo.rewards)} rewards"
             )
+        if grpo.reward_errors not in ("raise", "none"):
+            raise ConfigError(f"grpo.reward_errors must be raise or none, got '{grpo.reward_errors}'")
 
 
 def to_dict(config) -> dict:
@@ -432,11 +576,5 @@ RUN_CONFIGS["eval"] = EvalRunConfig
 
 
 def validate_eval(config: EvalRunConfig) -> None:
-    ev = config.eval
-    for key in ("num_samples", "max_new_tokens", "batch_size", "max_length"):
-        if getattr(ev, key) < 1:
-            raise ConfigError(f"config key 'eval.{key}' must be at least 1, got {getattr(ev, key)}")
-    if ev.temperature <= 0:
-        raise ConfigError(f"eval.temperature must be positive (greedy accuracy is always measured), got {ev.temperature}")
     if config.model.dtype not in ("float32", "bfloat16", "float16", "auto"):
         raise ConfigError(f"model.dtype must be float32, bfloat16, float16 or auto, got '{config.model.dtype}'")

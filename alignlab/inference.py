@@ -11,8 +11,6 @@ from pathlib import Path
 
 import torch
 
-from alignlab.errors import AlignlabError
-
 
 @dataclass
 class LoadedModel:
@@ -44,9 +42,6 @@ def load_for_inference(name_or_path: str, *, dtype: str = "auto", trust_remote_c
     from alignlab.data.templates import Templater
     from alignlab.models import load_model, load_tokenizer, stop_token_ids
 
-    path = Path(name_or_path)
-    if not path.exists() and (name_or_path.startswith((".", "/", "~")) or name_or_path.count("/") > 1):
-        raise AlignlabError(f"model not found: {name_or_path} (give a hub id, a model or adapter dir, or a run dir)")
     config = ModelConfig(name_or_path=name_or_path, dtype=pick_dtype(dtype), trust_remote_code=trust_remote_code)
     tokenizer = load_tokenizer(name_or_path, trust_remote_code=trust_remote_code)
     model = load_model(config, None, for_training=False)

@@ -184,7 +184,7 @@ class Rounds:
         dpo.data.train = str(pairs_file)
         dpo.train.output_dir = str(self.out / f"round_{round_index}")
         # A round's run directory exists only if an earlier attempt at this round was cut off: continue it.
-        dpo.train.resume = True
+        dpo.train.resume = "auto"
         if not dpo.dpo.ref_cache_dir:
             dpo.dpo.ref_cache_dir = str(self.out / ".ref_cache")
         return dpo

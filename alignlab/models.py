@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import logging
 import os
+import re
 import warnings
 import shutil
 from pathlib import Path
@@ -31,19 +33,107 @@ for _name in ("qwen2", "qwen3", "qwen2_moe", "qwen3_moe", "mistral", "mixtral", 
     LORA_TARGETS[_name] = LORA_TARGETS["llama"]
 
 
-def resolve_model_path(name_or_path: str) -> str:
-    """A run directory stands for its final checkpoint (merged weights), else its latest checkpoint."""
-    path = Path(name_or_path)
-    if (path / "config.yaml").is_file() and (path / "checkpoints.jsonl").exists():
-        if (path / "final").is_dir():
-            return str(path / "final")
-        from alignlab.checkpoint import latest_checkpoint
+EXPECTED = ("a model directory (with config.json, or adapter_config.json for a LoRA adapter), a run directory "
+            "(with final/ or a checkpoint-*/), a hub id like org/name, or tiny (the offline model alignlab builds)")
+# A hub id is `name` or `org/name`; anything else that does not exist is a path that is not there.
+HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?$")
 
-        latest = latest_checkpoint(path)
-        if latest is None:
-            raise AlignlabError(f"run directory {path} has no checkpoint yet")
-        return str(latest / "model")
+
+def resolve_model_path(name_or_path: str) -> str:
+    """What to load: a model or adapter directory as it is; a run directory's final/ (merged
+    weights), else its latest checkpoint's model/; a hub id as it is. Anything else fails with
+    what was expected there and what is missing."""
+    path = Path(name_or_path).expanduser()
+    if path.is_dir():
+        if (path / "config.json").is_file() or _is_adapter_dir(str(path)):
+            return str(path)
+        if (path / "config.yaml").is_file():  # a run directory
+            if (path / "final").is_dir():
+                return str(path / "final")
+            from alignlab.checkpoint import latest_checkpoint
+
+            latest = latest_checkpoint(path)
+            if latest is None:
+                raise AlignlabError(
+                    f"run directory {path} has no final/ and no checkpoint-*/: its run saved no model yet (checkpoints "
+                    "come every train.save_every steps and at the end). Give a run that saved one, or a model directory"
+                )
+            return str(latest / "model")
+        found = sorted(p.name + ("/" if p.is_dir() else "") for p in path.iterdir())
+        listing = f"it holds {', '.join(found[:8])}{', ...' if len(found) > 8 else ''}" if found else "it is empty"
+        raise AlignlabError(f"{path} is not a model: no config.json, adapter_config.json, final/ or checkpoint-*/ in "
+                            f"it ({listing}). Expected {EXPECTED}")
+    if path.exists():
+        raise AlignlabError(f"{path} is a file, not a model. Expected {EXPECTED}")
+    if not HUB_ID.match(name_or_path) or ".." in name_or_path:
+        raise AlignlabError(f"model not found: {name_or_path} does not exist. Expected {EXPECTED}")
     return name_or_path
+
+
+def _hub_offline() -> bool:
+    from huggingface_hub import constants
+
+    flags = (os.environ.get(name, "").strip().lower() for name in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
+    return bool(getattr(constants, "HF_HUB_OFFLINE", False)) or any(f in ("1", "true", "yes", "on") for f in flags)
+
+
+@functools.lru_cache(maxsize=None)
+def hub_reachable(timeout: float = 2.0) -> bool:
+    """One TCP connection to the hub (or the HTTPS proxy): offline, huggingface_hub would retry
+    each file with back-off for about 50 s before giving up."""
+    import socket
+    import urllib.request
+    from urllib.parse import urlsplit
+
+    endpoint = urlsplit(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
+    proxy = urllib.request.getproxies().get(endpoint.scheme)
+    target = urlsplit(proxy) if proxy and not urllib.request.proxy_bypass(endpoint.hostname or "") else endpoint
+    port = target.port or (443 if target.scheme == "https" else 80)
+    try:
+        with socket.create_connection((target.hostname, port), timeout=timeout):
+            return True
+    except (OSError, TypeError):  # no route, no DNS, refused; TypeError: no host in the URL
+        return False
+
+
+def hub_options(path: str, revision: Optional[str] = None) -> dict:
+    """from_pretrained's options for `path` (after resolve_model_path): none for a local directory;
+    for a hub id, the cached copy when the hub cannot be reached, or an error saying what to do."""
+    if Path(path).exists():
+        return {}
+    from huggingface_hub import try_to_load_from_cache
+
+    cached = isinstance(try_to_load_from_cache(path, "config.json", revision=revision), str)
+    if _hub_offline():
+        if cached:
+            return {}
+        raise AlignlabError(_hub_message(path, "HF_HUB_OFFLINE is set"))
+    if hub_reachable():
+        return {}
+    if cached:
+        log.warning("the hub cannot be reached: loading %s from the local cache", path)
+        return {"local_files_only": True}
+    endpoint = os.environ.get("HF_ENDPOINT", "https://huggingface.co")
+    raise AlignlabError(_hub_message(path, f"{endpoint} cannot be reached (offline?)"))
+
+
+def _hub_message(name: str, why: str) -> str:
+    return (f"cannot load '{name}': there is no such local directory, so it was taken for a hub id, but {why} and it "
+            "is not in the local hub cache. Give a local model directory (with config.json) or a run directory, or, "
+            "offline, use `tiny` (the model alignlab builds) or write a small one with `alignlab tiny-model DIR`")
+
+
+def _load_error(what: str, name: str, path: str, exc: Exception) -> AlignlabError:
+    """A loading failure as one message: what was asked for, and transformers' reason (first line)."""
+    reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    hint = ""
+    if what == "tokenizer" and Path(path).is_dir() and not any(
+            (Path(path) / f).is_file() for f in ("tokenizer.json", "tokenizer_config.json", "tokenizer.model")):
+        hint = f" ({path} has no tokenizer.json or tokenizer_config.json: save the tokenizer next to the model)"
+    elif not Path(path).exists() and _hub_offline():
+        hint = " (HF_HUB_OFFLINE is set: give a local model directory, or write one with `alignlab tiny-model DIR`)"
+    shown = name if name == path else f"{name} ({path})"
+    return AlignlabError(f"cannot load a {what} from {shown}: {reason}{hint}")
 
 
 def ensure_tiny_model(name_or_path: str, cache_root: str = "runs") -> str:
@@ -74,9 +164,11 @@ def load_tokenizer(name_or_path: str, *, trust_remote_code: bool = False):
 
     path = resolve_model_path(ensure_tiny_model(name_or_path))
     try:
-        tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
-    except OSError as exc:
-        raise AlignlabError(f"cannot load a tokenizer from '{name_or_path}': {exc}") from None
+        tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code, **hub_options(path))
+    except (OSError, ValueError) as exc:  # ValueError: no tokenizer files (its advice, install sentencepiece, misleads)
+        raise _load_error("tokenizer", name_or_path, path, exc) from None
+    if len(tokenizer) < 2:  # transformers builds an empty one from config.json alone when the files are missing
+        raise _load_error("tokenizer", name_or_path, path, ValueError("the tokenizer it builds is empty"))
     if tokenizer.pad_token is None:
         # Padding is always masked out, so any existing token works as pad.
         tokenizer.pad_token = tokenizer.eos_token
@@ -99,7 +191,8 @@ def model_stop_ids(model_cfg, tokenizer) -> list[int]:
 
     path = resolve_model_path(ensure_tiny_model(model_cfg.name_or_path))
     try:
-        config = GenerationConfig.from_pretrained(path, revision=model_cfg.revision)
+        config = GenerationConfig.from_pretrained(path, revision=model_cfg.revision,
+                                                  **hub_options(path, model_cfg.revision))
     except (OSError, ValueError):  # none saved: the tokenizer's EOS is all there is
         config = None
     return stop_token_ids(tokenizer, config)
@@ -114,7 +207,8 @@ def load_model(model_cfg, lora_cfg=None, *, for_training: bool = True, gradient_
     from transformers import AutoModelForCausalLM
 
     path = resolve_model_path(ensure_tiny_model(model_cfg.name_or_path))
-    kwargs = dict(dtype=DTYPES[model_cfg.dtype], trust_remote_code=model_cfg.trust_remote_code)
+    kwargs = dict(dtype=DTYPES[model_cfg.dtype], trust_remote_code=model_cfg.trust_remote_code,
+                  **hub_options(path, model_cfg.revision))
     if model_cfg.revision:
         kwargs["revision"] = model_cfg.revision
     if model_cfg.attn_implementation:
@@ -129,8 +223,8 @@ def load_model(model_cfg, lora_cfg=None, *, for_training: bool = True, gradient_
             model = AutoPeftModelForCausalLM.from_pretrained(path, **kwargs).merge_and_unload()
         else:
             model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
-    except OSError as exc:
-        raise AlignlabError(f"cannot load model '{model_cfg.name_or_path}': {exc}") from None
+    except (OSError, ValueError) as exc:
+        raise _load_error("model", model_cfg.name_or_path, path, exc) from None
     if model.generation_config.pad_token_id is None:
         model.generation_config.pad_token_id = model.generation_config.eos_token_id
     if gradient_checkpointing:
@@ -201,6 +295,16 @@ def save_model(model, tokenizer, out_dir: Path) -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out_dir, safe_serialization=True)
     tokenizer.save_pretrained(out_dir)
+    _usual_file_modes(out_dir)
+
+
+def _usual_file_modes(out_dir: Path) -> None:
+    """safetensors writes its files through a private temporary file (mode 0600); give them the mode
+    every other file here gets (0666 less the umask), so others who can read the run can load it."""
+    umask = os.umask(0)
+    os.umask(umask)
+    for file in Path(out_dir).glob("*.safetensors"):
+        os.chmod(file, 0o666 & ~umask)
 
 
 def save_merged(model, tokenizer, out_dir: Path, model_cfg=None) -> None:

@@ -18,6 +18,7 @@ training loop does differently when processes hold only shards of the weights or
 from __future__ import annotations
 
 import os
+import sys
 
 import torch
 
@@ -35,6 +36,25 @@ def fsdp_requested() -> bool:
 
 def deepspeed_requested() -> bool:
     return os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true"
+
+
+def import_deepspeed_only_when_used() -> None:
+    """accelerate's unwrap, which every `save_pretrained` and `Accelerator.unwrap_model` call goes
+    through, imports DeepSpeed whenever it is installed, only to check whether the model is a
+    DeepSpeed engine: seconds of import and DeepSpeed's "Setting accelerator to CPU" warning in
+    runs that never use it. A model can be an engine only once deepspeed is imported, so until then
+    the check is skipped; the answer is the same."""
+    from accelerate.utils import other
+
+    available = getattr(other, "is_deepspeed_available", None)
+    if available is None or getattr(available, "only_when_imported", False):
+        return
+
+    def imported_and_available() -> bool:
+        return "deepspeed" in sys.modules and available()
+
+    imported_and_available.only_when_imported = True
+    other.is_deepspeed_available = imported_and_available
 
 
 def enable_on_cpu(accelerator) -> None:

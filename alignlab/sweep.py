@@ -8,7 +8,9 @@
 - DPO runs share one reference cache, `<sweep>/.ref_cache`: runs with the same data and base model
   compute their reference log-probs once (the first run) and read them afterwards.
 - Runs go one after another in this process. A run that fails is recorded with its error and the
-  sweep goes on; the summary lists it as failed.
+  sweep goes on; the summary lists it as failed, and the sweep ends with an error naming every
+  failed run (exit code 2).
+- The trainer is `--command`, or what the config file says (`alignlab.config.infer_command`).
 - The summary (`summary.csv`, `summary.json`, and a printed table) gives each run's final and best
   value of every eval metric (and the final training loss), sorted by `--metric` (default `eval/loss`,
   else `loss`; best = min for losses, else max, unless `--mode` says). `alignlab report <sweep>`
@@ -188,6 +190,9 @@ def sweep_command(config_path: Optional[str], overrides: list[str], *, command: 
 
         print(f"report: {write_report(done, sweep_dir / 'report.html')}")
     print(f"summary: {sweep_dir / 'summary.csv'}" + (f"; {len(failed)} of {len(runs)} runs failed" if failed else ""))
+    if failed:  # the table above has every run; the exit code says the sweep is not whole
+        raise AlignlabError(f"{len(failed)} of {len(runs)} sweep runs failed: "
+                            + "; ".join(f"{r.name}: {r.error}" for r in failed))
     return runs
 
 

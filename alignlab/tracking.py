@@ -15,26 +15,68 @@ from alignlab.errors import ConfigError
 log = logging.getLogger("alignlab")
 
 
-def setup_logging(log_file: Optional[Path] = None, *, console: bool = True) -> None:
-    """alignlab's logger writes to train.log and (through tqdm, so bars stay intact) to the console."""
+def setup_logging(log_file: Optional[Path] = None, *, console: bool = True, hold: bool = False) -> None:
+    """alignlab's logger writes to `log_file` and (through tqdm, so bars stay intact) to the console.
+
+    `hold`: no file yet; what is logged meanwhile is kept and written first into the next call's
+    file (a run makes its directory only once its data and model have loaded). Files added with
+    `keep_log_file` stay through every call."""
     logger = logging.getLogger("alignlab")
     logger.setLevel(logging.INFO)
     logger.propagate = False
+    held = []
     for handler in list(logger.handlers):
-        logger.removeHandler(handler)
-        handler.close()
+        if isinstance(handler, _Held):
+            held += handler.records
+        if not getattr(handler, "kept", False):
+            logger.removeHandler(handler)
+            handler.close()
     if console:
         logger.addHandler(_TqdmHandler())
     if log_file is not None:
-        handler = logging.FileHandler(log_file, encoding="utf-8")
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+        handler = _file_handler(log_file)
+        for record in held:
+            handler.handle(record)
         logger.addHandler(handler)
+    if hold:  # from now on; lines held for a start that failed are dropped
+        logger.addHandler(_Held())
+
+
+def keep_log_file(log_file: Path) -> logging.Handler:
+    """Everything alignlab logs also goes to `log_file` until `drop_log_file` (the demo's log holds
+    every stage's run)."""
+    handler = _file_handler(log_file)
+    handler.kept = True
+    logging.getLogger("alignlab").addHandler(handler)
+    return handler
+
+
+def drop_log_file(handler: logging.Handler) -> None:
+    logging.getLogger("alignlab").removeHandler(handler)
+    handler.close()
+
+
+def _file_handler(log_file: Path) -> logging.Handler:
+    handler = logging.FileHandler(log_file, encoding="utf-8")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+    return handler
+
+
+class _Held(logging.Handler):
+    def __init__(self):
+        super().__init__()
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record):
+        self.records.append(record)
 
 
 class _TqdmHandler(logging.Handler):
     def emit(self, record):
         from tqdm import tqdm
 
+        if getattr(record, "file_only", False):  # already printed to stdout (the demo's stage lines)
+            return
         tqdm.write(self.format(record), file=sys.stderr)
 
 

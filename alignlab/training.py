@@ -29,11 +29,11 @@ import torch
 
 from alignlab import checkpoint as ckpt
 from alignlab import sharding
-from alignlab.config import to_dict, to_yaml
+from alignlab.config import to_dict, to_yaml, was_set
 from alignlab.errors import AlignlabError, Interrupted
-from alignlab.models import is_peft, save_merged, save_model
+from alignlab.models import is_peft, resolve_model_path, save_merged, save_model
 from alignlab.run_dir import resolve_run_dir
-from alignlab.tracking import Tracker, setup_logging
+from alignlab.tracking import Tracker, read_jsonl, setup_logging
 
 log = logging.getLogger("alignlab")
 
@@ -154,21 +154,44 @@ class TrainingRun:
             sharding.load_models_whole()
         self.is_main = self.accelerator.is_main_process
         self.run_dir, self.resuming = resolve_run_dir(command, config)
-        if self.is_main:
-            self.run_dir.mkdir(parents=True, exist_ok=True)
-            ckpt.atomic_write_text(self.run_dir / "config.yaml", f"# alignlab {command}\n" + to_yaml(config))
-        self.accelerator.wait_for_everyone()
-        setup_logging(self.run_dir / "train.log" if self.is_main else None, console=self.is_main)
+        # The run directory is made by prepare(), once the data and model have loaded, so a start that
+        # fails on them leaves nothing behind; what is logged until then is held for train.log.
+        setup_logging(None, console=self.is_main, hold=self.is_main)
+        self._log_model()
         if self.num_processes > 1:
             mode = ("FSDP: weights, gradients and optimizer state sharded" if self.sharded else
                     f"DeepSpeed ZeRO-{self.zero_stage}" if self.deepspeed else "data parallel")
             log.info("%d processes (%s)", self.num_processes, mode)
-        self.tracker = Tracker(self.run_dir, config.train.report_to, to_dict(config), enabled=self.is_main)
+        self.tracker: Optional[Tracker] = None  # from prepare() on
         seed_everything(config.train.seed)
         self.model = self.optimizer = self.scheduler = self.tokenizer = None
         self.step = 0
         self.bad_steps = 0
         self.skipped_steps = 0
+
+    def _log_model(self) -> None:
+        name = self.config.model.name_or_path
+        if name == "tiny" and not was_set(self.config, "model.name_or_path"):
+            log.warning("model.name_or_path is not set: training `tiny`, the small random-init model alignlab builds for "
+                        "offline tests. Set model.name_or_path to a hub id, a model directory or a run directory.")
+            return
+        path = resolve_model_path(name)  # a wrong path fails here, before any data is read
+        log.info("model: %s", name if path == name else f"{name} ({path})")
+
+    def _open_run_dir(self) -> None:
+        """The run directory, with config.yaml, train.log (from what was held) and the trackers."""
+        created = not self.run_dir.exists()
+        if self.is_main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            ckpt.atomic_write_text(self.run_dir / "config.yaml", f"# alignlab {self.command}\n" + to_yaml(self.config))
+        self.accelerator.wait_for_everyone()
+        setup_logging(self.run_dir / "train.log" if self.is_main else None, console=self.is_main)
+        try:
+            self.tracker = Tracker(self.run_dir, self.config.train.report_to, to_dict(self.config), enabled=self.is_main)
+        except AlignlabError:  # e.g. tensorboard not installed: the run never started
+            if created and self.is_main:
+                shutil.rmtree(self.run_dir, ignore_errors=True)
+            raise
 
     @property
     def device(self):
@@ -197,6 +220,7 @@ class TrainingRun:
             sharding.configure_deepspeed(self.accelerator, train)
         self.model, self.optimizer, self.scheduler = self.accelerator.prepare(model, optimizer, scheduler)
         self.tokenizer = tokenizer
+        self._open_run_dir()
         # Every process built the same model from the same seed; from here on each draws from its own
         # stream, so GRPO's processes sample different completions (and dropout masks differ), as one
         # process sampling the whole batch would. Process 0 is untouched: a 1-process run is unchanged.
@@ -515,6 +539,8 @@ class TrainingRun:
         self.save(extra_state_fn() if extra_state_fn else None, sampler, model=model)
         self.save_final(model=model)
         self.tracker.close()
+        if self.is_main:
+            log.info("%s", run_summary(read_jsonl(self.tracker.path) + history, self.step, self.run_dir / "final"))
         return history
 
     def _any_process(self, flag: bool) -> bool:
@@ -569,6 +595,34 @@ def peak_memory() -> dict:
     return out
 
 
+def run_summary(records: list[dict], step: int, final_dir: Path) -> str:
+    """How the run went: the last eval's metrics and, after several evals, the best value of the
+    headline one (eval/loss, else eval/accuracy, else eval/reward); without evals, the last loss."""
+    evals = {}  # step -> eval metrics; a record of the same step logged twice counts once
+    for record in records:
+        metrics = {k: v for k, v in record.items() if k.startswith("eval/") and isinstance(v, (int, float))}
+        if metrics:
+            evals.setdefault(record["step"], {}).update(metrics)
+    parts = []
+    if evals:
+        last = evals[max(evals)]
+        parts.append(f"last eval (step {max(evals)}): " + ", ".join(f"{k}={v:.4g}" for k, v in last.items()))
+        headline = next((k for k in ("eval/loss", "eval/accuracy", "eval/reward") if k in last), next(iter(last)))
+        scored = [(metrics[headline], s) for s, metrics in sorted(evals.items())
+                  if math.isfinite(metrics.get(headline, float("nan")))]
+        if len(scored) > 1:
+            value, at = (min if "loss" in headline else max)(scored, key=lambda vs: vs[0])
+            parts.append(f"best {headline}={value:.4g} at step {at} (of {len(scored)} evals)")
+    else:
+        losses = [r["loss"] for r in records if isinstance(r.get("loss"), (int, float))]
+        parts.append(f"final loss {losses[-1]:.4g} (no eval set)" if losses else "no steps logged")
+    return f"finished at step {step}: {'; '.join(parts)}. Final model: {final_dir}"
+
+
+# Progress bar labels: short enough that tqdm shows them whole.
+POSTFIX = {"loss": "loss", "reward": "reward", "rewards/accuracies": "acc", "eval/accuracy": "eval_acc", "lr": "lr",
+           "tokens_per_second": "tok/s"}
+
+
 def _postfix(record: dict) -> dict:
-    keys = ("loss", "reward", "rewards/accuracies", "eval/accuracy", "lr", "tokens_per_second")
-    return {k.split("/")[-1][:10]: f"{record[k]:.3g}" for k in keys if k in record and record[k] is not None}
+    return {label: f"{record[k]:.3g}" for k, label in POSTFIX.items() if record.get(k) is not None}

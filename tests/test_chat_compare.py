@@ -82,6 +82,31 @@ def test_chat_streams_and_handles_commands(models):
     assert next(lines) == "never read"  # /quit stopped the loop
 
 
+def test_chat_each_line_answers_every_line_on_its_own(models, capsys):
+    from alignlab.chat import chat_command
+
+    class Piped(io.StringIO):
+        def isatty(self):
+            return False
+
+    lines = ["12+30=?", "5+5=?"]
+    kwargs = dict(temperature=0, max_new_tokens=6)
+    out = io.StringIO()
+    answers = chat_command(str(models[0]), each_line=True, stdin=Piped("12+30=?\n\n5+5=?\n"), out=out, **kwargs)
+    # Each answer is the one a fresh conversation gives to that line alone.
+    assert answers == [chat_command(str(models[0]), prompt=line, out=io.StringIO(), **kwargs) for line in lines]
+    assert out.getvalue() == "".join(a + "\n" for a in answers)
+    # Without the flag, piped lines are one prompt (the documented default).
+    whole = chat_command(str(models[0]), stdin=Piped("12+30=?\n5+5=?\n"), out=io.StringIO(), **kwargs)
+    assert isinstance(whole, str)
+    from alignlab.cli import main
+
+    with pytest.raises(SystemExit):
+        main(["chat", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "--each-line" in text and "read whole as one prompt" in text
+
+
 # ------------------------------------------------------------------------------ compare
 
 

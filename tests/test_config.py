@@ -220,3 +220,117 @@ def test_readme_set_up_commands_are_what_ci_runs():
     assert len(commands) == 2 and commands[0].endswith("alignlab demo")
     ci = (root / ".ci" / "run").read_text().strip().splitlines()
     assert ci[-1].strip() == commands[1]
+
+
+# ------------------------------------------------------------------------------ ranges, `no`, suggestions
+
+
+@pytest.mark.parametrize(
+    "command, override, allowed",
+    [
+        ("sft", "train.lr=-1e-4", "'train.lr' must be > 0"),
+        ("sft", "train.lr=0", "'train.lr' must be > 0"),
+        ("sft", "train.lr=nan", "'train.lr' must be > 0"),
+        ("sft", "train.weight_decay=-0.1", "'train.weight_decay' must be >= 0"),
+        ("sft", "train.warmup_steps=-1", "'train.warmup_steps' must be >= 0"),
+        ("sft", "train.adam_beta1=1", "'train.adam_beta1' must be in [0, 1)"),
+        ("sft", "train.adam_beta2=-0.5", "'train.adam_beta2' must be in [0, 1)"),
+        ("sft", "train.max_grad_norm=-1", "'train.max_grad_norm' must be >= 0"),
+        ("sft", "train.log_every=0", "'train.log_every' must be >= 1"),
+        ("sft", "train.save_total_limit=0", "'train.save_total_limit' must be >= 1"),
+        ("sft", "lora.r=0", "'lora.r' must be >= 1"),
+        ("sft", "lora.dropout=1", "'lora.dropout' must be in [0, 1)"),
+        ("sft", "data.eval_fraction=1", "'data.eval_fraction' must be in [0, 1)"),
+        ("dpo", "dpo.beta=0", "'dpo.beta' must be > 0"),
+        ("dpo", "dpo.label_smoothing=0.5", "'dpo.label_smoothing' must be in [0, 0.5)"),
+        ("grpo", "grpo.num_generations=1", "'grpo.num_generations' must be >= 2"),
+        ("grpo", "grpo.temperature=0", "'grpo.temperature' must be > 0"),
+        ("grpo", "grpo.top_p=0", "'grpo.top_p' must be in (0, 1]"),
+        ("grpo", "grpo.top_p=1.5", "'grpo.top_p' must be in (0, 1]"),
+        ("grpo", "grpo.top_k=-1", "'grpo.top_k' must be >= 0"),
+        ("grpo", "grpo.beta=-0.1", "'grpo.beta' must be >= 0"),
+        ("grpo", "grpo.epsilon_low=1", "'grpo.epsilon_low' must be in [0, 1)"),
+        ("grpo", "grpo.epsilon_high=-0.2", "'grpo.epsilon_high' must be >= 0"),
+        ("grpo", "grpo.max_completion_length=0", "'grpo.max_completion_length' must be >= 1"),
+        ("grpo", "grpo.num_iterations=0", "'grpo.num_iterations' must be >= 1"),
+        ("eval", "eval.beta=0", "'eval.beta' must be > 0"),
+    ],
+)
+def test_out_of_range_values_name_the_key_and_the_range(command, override, allowed):
+    with pytest.raises(ConfigError) as info:
+        load_config(command, None, [override])
+    assert allowed in str(info.value) and ", got " in str(info.value)  # the key, its range and the value given
+
+
+@pytest.mark.parametrize(
+    "command, override",
+    [("sft", "train.max_grad_norm=inf"), ("sft", "train.max_grad_norm=0"), ("sft", "train.warmup_steps=0"), ("sft", "train.adam_beta2=0"),
+     ("dpo", "dpo.label_smoothing=0.49"), ("grpo", "grpo.top_p=1"), ("grpo", "grpo.beta=0"),
+     ("grpo", "grpo.num_generations=2"), ("grpo", "grpo.top_k=0"), ("sft", "train.save_total_limit=null")],
+)
+def test_range_bounds_that_are_allowed(command, override):
+    load_config(command, None, [override])
+
+
+def test_inf_is_a_number_in_a_file_too(tmp_path):
+    path = write_yaml(tmp_path / "run.yaml", "train:\n  max_grad_norm: inf\n")
+    assert load_config("sft", path).train.max_grad_norm == float("inf")
+    with pytest.raises(ConfigError, match="0 = no clipping"):
+        load_config("sft", None, ["train.max_grad_norm=-1"])
+
+
+def test_negative_lr_fails_before_any_work(cli, tmp_path, tiny_model_dir, sft_train):
+    result = cli(["sft", f"model.name_or_path={tiny_model_dir}", f"data.train={sft_train}",
+                  f"train.output_dir={tmp_path / 'out'}", "train.lr=-1e-4"])
+    assert result.code == 2 and "'train.lr' must be > 0" in result.err and "Traceback" not in result.err
+    assert not (tmp_path / "out").exists()
+
+
+def test_mixed_precision_no_in_a_file_and_on_the_command_line(tmp_path):
+    """YAML 1.1 reads the documented default `no` as false."""
+    path = write_yaml(tmp_path / "run.yaml", "train:\n  mixed_precision: no\n")
+    assert load_config("sft", path).train.mixed_precision == "no"
+    assert load_config("sft", None, ["train.mixed_precision=no"]).train.mixed_precision == "no"
+    assert load_config("sft", path, ["train.mixed_precision=bf16"]).train.mixed_precision == "bf16"
+    # What show-config prints for it loads back as the same value.
+    printed = write_yaml(tmp_path / "printed.yaml", yaml.safe_dump(to_dict(load_config("sft", path))))
+    assert load_config("sft", printed).train.mixed_precision == "no"
+
+
+@pytest.mark.parametrize(
+    "command, override, suggestion",
+    [
+        ("sft", "lr=1e-4", "train.lr"),
+        ("sft", "seed=1", "train.seed"),
+        ("sft", "lrr=1e-4", "train.lr"),
+        ("sft", "mixed_precision=bf16", "train.mixed_precision"),
+        ("dpo", "train.beta=0.2", "dpo.beta"),
+        ("grpo", "num_generations=4", "grpo.num_generations"),
+    ],
+)
+def test_a_key_in_the_wrong_place_suggests_its_full_dotted_key(command, override, suggestion):
+    with pytest.raises(ConfigError) as info:
+        load_config(command, None, [override])
+    assert f"Did you mean '{suggestion}'?" in str(info.value)
+
+
+def test_help_example_uses_the_dotted_report_to_key(capsys):
+    from alignlab.cli import main
+
+    with pytest.raises(SystemExit):
+        main(["sft", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "train.report_to=[tensorboard]" in text and " report_to=[tensorboard]" not in text
+
+
+def test_infer_command_from_a_config_file(tmp_path):
+    from alignlab.config import infer_command
+
+    root = Path(__file__).resolve().parent.parent
+    assert infer_command(write_yaml(tmp_path / "a.yaml", "# alignlab grpo\ntrain:\n  lr: 1.0\n")) == "grpo"
+    assert infer_command(write_yaml(tmp_path / "b.yaml", "dpo:\n  beta: 0.2\n")) == "dpo"
+    assert infer_command(write_yaml(tmp_path / "c.yaml", "train:\n  lr: 1.0\n")) is None
+    assert infer_command(str(root / "configs" / "sft_tiny.yaml")) == "sft"  # its header names it
+    assert infer_command(str(root / "configs" / "dpo_tiny.yaml")) == "dpo"
+    assert infer_command(str(root / "configs" / "iterate_tiny.yaml")) == "iterate"
+    assert infer_command(None) is None and infer_command(str(tmp_path / "missing.yaml")) is None

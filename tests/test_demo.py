@@ -18,6 +18,9 @@ def _run(tmp_path, *flags):
 def test_fast_demo_structure_and_each_stage_improves_its_objective(tmp_path):
     summary, out = _run(tmp_path, "--fast", "--seed", "1")
     assert summary["task"] == "addition" and summary["seed"] == 1
+    log = (out / "demo.log").read_text()  # every stage's log and the stage lines, in order
+    assert log.index("[ sft]") < log.index(f"saved {out / 'dpo'}") < log.index("[ dpo]") < log.index("[grpo]")
+    assert "[ sft]" not in (out / "sft" / "train.log").read_text()
     assert summary["test_prompts"] == 100 and summary["seconds"] > 0
     assert set(summary["stages"]) == {"sft", "dpo", "grpo"}
     for name, stage in summary["stages"].items():

@@ -1,5 +1,5 @@
 """SIGKILL a training run at random moments (one of them inside a checkpoint save), restart it with
-train.resume=true until it finishes, and get exactly the uninterrupted run's numbers.
+train.resume=auto until it finishes, and get exactly the uninterrupted run's numbers.
 
 After every kill, each file in the run directory must still parse: metrics.jsonl and
 checkpoints.jsonl line by line as JSON, config.yaml as YAML, and every complete checkpoint
@@ -34,7 +34,7 @@ def sft_args(model_dir, data, eval_data, out) -> list[str]:
     return base_args(
         "sft", model_dir, data, out, f"data.eval={eval_data}", f"train.max_steps={STEPS}",
         f"train.save_every={SAVE_EVERY}", "train.eval_every=10", "train.batch_size=4", "train.lr=3e-3",
-        "train.resume=true",
+        "train.resume=auto",  # the first launch starts the run; every later one continues it
     )
 
 

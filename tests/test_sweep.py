@@ -60,8 +60,33 @@ def test_failed_run_is_reported_and_others_continue(tmp_path, tiny_model_dir, pr
     out = tmp_path / "sweep"
     result = cli(["sweep", "--command", "dpo", "--out", out, "--metric", "loss",
                   *_common(tiny_model_dir, prefs, prefs), "train.max_steps=1", "dpo.loss_type=nonsense,sigmoid"])
-    assert result.code == 0, result.err
     runs = {r["name"]: r for r in json.loads((out / "summary.json").read_text())["runs"]}
     assert runs["loss_typenonsense"]["status"] == "failed" and "nonsense" in runs["loss_typenonsense"]["error"]
     assert runs["loss_typesigmoid"]["status"] == "ok" and "loss" in runs["loss_typesigmoid"]["final"]
     assert "1 of 2 runs failed" in result.out
+    # A sweep with a failed run is not a success: exit 2, naming the run and why it failed.
+    assert result.code == 2 and "Traceback" not in result.err
+    assert "1 of 2 sweep runs failed: loss_typenonsense: dpo.loss_type 'nonsense'" in result.err
+    assert not (out / "loss_typenonsense").exists()  # a failed start leaves no run directory
+
+
+def test_sweep_reads_the_trainer_from_the_config_or_asks_for_it(tmp_path, cli):
+    plain = tmp_path / "plain.yaml"
+    plain.write_text("train:\n  max_steps: 1\n")
+    for argv in (["sweep", "-c", plain], ["sweep"]):
+        result = cli([*argv, "--out", tmp_path / "s", "train.lr=1e-4,1e-3"])
+        assert result.code == 2 and "pass --command sft, --command dpo or --command grpo" in result.err
+    assert not (tmp_path / "s").exists()  # nothing ran, in particular not SFT
+    iterate = tmp_path / "it.yaml"
+    iterate.write_text("iterate:\n  rounds: 1\n")
+    result = cli(["sweep", "-c", iterate, "train.lr=1e-4,1e-3"])
+    assert result.code == 2 and "a sweep runs sft, dpo or grpo" in result.err
+
+
+def test_sweep_infers_dpo_from_a_dpo_section(tmp_path, cli, tiny_model_dir, prefs):
+    config = tmp_path / "dpo.yaml"
+    config.write_text("dpo:\n  loss_type: nonsense\n")  # fails at once inside the DPO trainer, which names it
+    result = cli(["sweep", "-c", config, "--out", tmp_path / "s", *_common(tiny_model_dir, prefs, prefs),
+                  "dpo.beta=0.1,0.2"])
+    assert result.code == 2 and "2 of 2 sweep runs failed" in result.err and "dpo.loss_type 'nonsense'" in result.err
+    assert json.loads((tmp_path / "s" / "sweep.json").read_text())["command"] == "dpo"

@@ -18,7 +18,7 @@ from alignlab.config import load_config
 from alignlab.demo.tasks import TASKS, make_splits, write_jsonl
 from alignlab.demo.tiny import write_tiny_model
 from alignlab.errors import AlignlabError
-from alignlab.tracking import read_jsonl, setup_logging
+from alignlab.tracking import drop_log_file, keep_log_file, read_jsonl, setup_logging
 
 log = logging.getLogger("alignlab")
 CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
@@ -40,7 +40,10 @@ def _config(command: str, overrides: list[str]):
 
 
 def _stage_line(name: str, seconds: float, detail: str) -> None:
-    print(f"[{name:>4}] {detail} ({seconds:.0f}s)", flush=True)
+    line = f"[{name:>4}] {detail} ({seconds:.0f}s)"
+    print(line, flush=True)
+    setup_logging(None)  # the last stage's train.log is done; demo.log (kept) stays
+    log.info(line, extra={"file_only": True})  # into demo.log, between the stages' own lines
 
 
 class Demo:
@@ -145,15 +148,24 @@ class Demo:
 
 def run_demo(out: str = "runs/demo", task: str = "addition", seed: int = 0, fast: bool = False) -> dict:
     """Run every stage, measure, print the table, write summary.json; returns the summary."""
+    start = time.perf_counter()
+    demo = Demo(out, task, seed, fast)
+    setup_logging(None)
+    # Kept through every stage's run, each of which logs to its own train.log as well.
+    demo_log = keep_log_file(demo.out / "demo.log")
+    try:
+        return _run_stages(demo, task, seed, fast, start)
+    finally:
+        drop_log_file(demo_log)
+
+
+def _run_stages(demo: Demo, task: str, seed: int, fast: bool, start: float) -> dict:
     from alignlab.data.io import Row
     from alignlab.data.preference import normalize_preference_row
     from alignlab.data.preference_encode import encode_pairs
     from alignlab.data.templates import Templater
     from alignlab.demo import summary as S
 
-    start = time.perf_counter()
-    demo = Demo(out, task, seed, fast)
-    setup_logging(demo.out / "demo.log")
     timings, stages = {}, {}
 
     tick = time.perf_counter()

@@ -89,10 +89,10 @@ def build_model(tokenizer, *, layers: int = 4, hidden: int = 128, heads: int = 4
 
 def write_tiny_model(out_dir: str | Path, *, layers: int = 4, hidden: int = 128, heads: int = 4, seed: int = 0) -> Path:
     """Build and save the tiny model and tokenizer to `out_dir`; returns the path."""
+    from alignlab.models import save_model
+
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     tokenizer = build_tokenizer()
     model = build_model(tokenizer, layers=layers, hidden=hidden, heads=heads, seed=seed)
-    model.save_pretrained(out, safe_serialization=True)
-    tokenizer.save_pretrained(out)
+    save_model(model, tokenizer, out)
     return out

@@ -223,8 +223,6 @@ def train_dpo(config) -> TrainingRun:
         raise ConfigError(f"dpo.loss_type '{config.dpo.loss_type}' is not one of {sorted(DPO_LOSSES)}")
     if config.dpo.label_smoothing and config.dpo.loss_type in ("hinge", "ipo"):
         raise ConfigError(f"dpo.label_smoothing is defined for the sigmoid and robust losses, not '{config.dpo.loss_type}'")
-    if config.dpo.loss_type == "robust" and not 0 <= config.dpo.label_smoothing < 0.5:
-        raise ConfigError("dpo.label_smoothing must be in [0, 0.5) for the robust loss")
     run = TrainingRun("dpo", config)
     tokenizer = load_tokenizer(config.model.name_or_path, trust_remote_code=config.model.trust_remote_code)
     templater = Templater(tokenizer, use_chat_template=config.data.chat_template, system_prompt=config.data.system_prompt,
