@@ -11,16 +11,12 @@ import os
 import sys
 
 from alignlab.errors import AlignlabError, ConfigError, Interrupted
+from alignlab.trainers import TRAINERS
 
 TRAIN_HELP = """key=value overrides, e.g. train.lr=1e-4 lora.enabled=true train.report_to=[tensorboard].
 Keys are the config's sections and fields (see `alignlab show-config`)."""
 
 # command -> (module, function) so `alignlab --help` does not import torch.
-TRAINERS = {
-    "sft": ("alignlab.trainers.sft", "train_sft"),
-    "dpo": ("alignlab.trainers.dpo", "train_dpo"),
-    "grpo": ("alignlab.trainers.grpo", "train_grpo"),
-}
 
 
 def _add_train_command(sub, name: str, summary: str) -> None:
@@ -160,7 +156,7 @@ def run(args: argparse.Namespace) -> None:
     if args.command in TRAINERS or args.command in ("demo", "eval", "chat", "compare", "iterate", "sweep", "tiny-model"):
         from transformers.utils import logging as hf_logging
 
-        from alignlab.sharding import import_deepspeed_only_when_used
+        from alignlab.engine.sharding import import_deepspeed_only_when_used
 
         hf_logging.disable_progress_bar()
         import_deepspeed_only_when_used()
@@ -176,26 +172,26 @@ def run(args: argparse.Namespace) -> None:
         command = args.for_command or infer_command(args.config) or "sft"
         print(to_yaml(load_config(command, args.config, args.overrides)), end="")
     elif args.command == "tiny-model":
-        from alignlab.demo.tiny import write_tiny_model
+        from alignlab.model.tiny import write_tiny_model
 
         path = write_tiny_model(args.out_dir, layers=args.layers, hidden=args.hidden, heads=args.heads, seed=args.seed)
         print(f"wrote the tiny model to {path}")
     elif args.command == "demo":
-        from alignlab.demo.pipeline import run_demo
+        from alignlab.commands.demo.pipeline import run_demo
 
         run_demo(out=args.out, task=args.task, seed=args.seed, fast=args.fast)
     elif args.command == "eval":
-        from alignlab.evaluate_cmd import eval_command
+        from alignlab.commands.evaluate import eval_command
 
         eval_command(args.model, args.config, args.overrides)
     elif args.command == "chat":
-        from alignlab.chat import chat_command
+        from alignlab.commands.chat import chat_command
 
         chat_command(args.model, prompt=args.prompt, system=args.system, max_new_tokens=args.max_new_tokens,
                      temperature=args.temperature, top_p=args.top_p, dtype=args.dtype, seed=args.seed,
                      each_line=args.each_line)
     elif args.command == "compare":
-        from alignlab.compare import compare_command
+        from alignlab.commands.compare import compare_command
 
         compare_command(args.models, prompts=args.prompts, rewards=[r for r in args.rewards.split(",") if r],
                         max_new_tokens=args.max_new_tokens, dtype=args.dtype, interactive=args.interactive)
@@ -204,16 +200,16 @@ def run(args: argparse.Namespace) -> None:
 
         pairs_command(args.input, args.output, strategy=args.strategy, min_margin=args.min_margin)
     elif args.command == "iterate":
-        from alignlab.iterate import iterate_command
+        from alignlab.commands.iterate import iterate_command
 
         iterate_command(args.config, args.overrides, rounds=args.rounds)
     elif args.command == "sweep":
-        from alignlab.sweep import sweep_command
+        from alignlab.commands.sweep import sweep_command
 
         sweep_command(args.config, args.overrides, command=_sweep_command(args), out=args.out, metric=args.metric,
                       mode=args.mode)
     elif args.command == "report":
-        from alignlab.report import write_report
+        from alignlab.commands.report import write_report
 
         print(f"wrote {write_report(args.run_dirs, args.out)}")
 

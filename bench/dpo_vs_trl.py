@@ -49,9 +49,9 @@ def worker_prepare(spec: dict) -> dict:
     """Tiny model + identical preference data in both formats + a held-out eval set."""
     import random
 
-    from alignlab.demo.tasks import TASKS, make_splits, write_jsonl
-    from alignlab.demo.tiny import write_tiny_model
-    from alignlab.models import load_tokenizer
+    from alignlab.commands.demo.tasks import TASKS, make_splits, write_jsonl
+    from alignlab.model.tiny import write_tiny_model
+    from alignlab.model.loading import load_tokenizer
     from alignlab.data.templates import Templater
 
     work = Path(spec["workdir"])
@@ -107,8 +107,8 @@ def heldout_eval(policy, spec: dict) -> dict:
     from alignlab.data.preference import load_preference_rows
     from alignlab.data.preference_encode import encode_pairs
     from alignlab.data.templates import Templater
-    from alignlab.models import load_tokenizer
-    from alignlab.pair_logps import pair_logps
+    from alignlab.model.loading import load_tokenizer
+    from alignlab.model.pair_logps import pair_logps
 
     tokenizer = load_tokenizer(spec["tiny"])
     examples, _ = load_preference_rows(read_rows(str(Path(spec["workdir"]) / "eval_pairs.jsonl")), skip_bad_rows=False)
@@ -143,7 +143,7 @@ def worker_ours(spec: dict) -> dict:
 
     base = common_baseline(spec)
     from alignlab.config import load_config
-    from alignlab.tracking import read_jsonl
+    from alignlab.engine.tracking import read_jsonl
     from alignlab.trainers.dpo import train_dpo
 
     run_dir = Path(spec["run_dir"])

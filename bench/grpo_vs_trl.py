@@ -44,9 +44,9 @@ SIDES = ["ours", "trl"]
 def worker_prepare(spec: dict) -> dict:
     """Tiny model -> quick SFT with alignlab (cached), plus the prompt files for both sides."""
     from alignlab.config import load_config
-    from alignlab.demo.tasks import TASKS, make_splits, write_jsonl
-    from alignlab.demo.tiny import write_tiny_model
-    from alignlab.tracking import read_jsonl
+    from alignlab.commands.demo.tasks import TASKS, make_splits, write_jsonl
+    from alignlab.model.tiny import write_tiny_model
+    from alignlab.engine.tracking import read_jsonl
     from alignlab.trainers.sft import train_sft
 
     work = Path(spec["workdir"])
@@ -100,7 +100,7 @@ def worker_ours(spec: dict) -> dict:
     base = common.rss_mib()  # torch + transformers + model: the same base in both workers
     del model
     from alignlab.config import load_config
-    from alignlab.tracking import read_jsonl
+    from alignlab.engine.tracking import read_jsonl
     from alignlab.trainers.grpo import train_grpo
 
     run_dir = Path(spec["run_dir"])

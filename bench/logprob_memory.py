@@ -1,5 +1,5 @@
 """Peak memory of per-token log-probs at a real vocabulary size: alignlab's chunked
-`alignlab.logprobs.token_logps` vs the straightforward `full_logits_token_logps` ([B, T, V] float32 logits).
+`alignlab.model.logprobs.token_logps` vs the straightforward `full_logits_token_logps` ([B, T, V] float32 logits).
 
 Model: random-init Qwen2 architecture with Qwen2.5's vocabulary (151,936), hidden 256, 2 layers,
 4 heads, intermediate 1024, tied embeddings: the LM head (38.9M of ~41M parameters) dominates.
@@ -52,7 +52,7 @@ def build(spec: dict):
 
 def logps_fn(method: str):
     """"full" or "chunked-<chunk size>"."""
-    from alignlab.logprobs import full_logits_token_logps, token_logps
+    from alignlab.model.logprobs import full_logits_token_logps, token_logps
 
     if method.startswith("chunked-"):
         chunk = int(method.split("-")[1])

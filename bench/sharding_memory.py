@@ -43,7 +43,7 @@ def write_model(out_dir: Path, layers: int) -> dict:
     import torch
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
-    from alignlab.demo.tiny import build_tokenizer
+    from alignlab.model.tiny import build_tokenizer
 
     config = Qwen2Config(
         vocab_size=151936, hidden_size=896, intermediate_size=4864, num_hidden_layers=layers, num_attention_heads=14,

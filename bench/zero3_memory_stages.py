@@ -28,7 +28,7 @@ def probe(stage: int, model_dir: str) -> None:
     from accelerate import Accelerator
     from transformers import AutoModelForCausalLM
 
-    from alignlab import sharding
+    from alignlab.engine import sharding
 
     accelerator = Accelerator(cpu=True)
     sharding.enable_on_cpu(accelerator)  # ACCELERATE_USE_DEEPSPEED=true from the parent for ZeRO-3

@@ -54,7 +54,7 @@ def eval_records(run_dir) -> list[dict]:
 
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory) -> Path:
-    from alignlab.demo.tiny import write_tiny_model
+    from alignlab.model.tiny import write_tiny_model
 
     return write_tiny_model(tmp_path_factory.mktemp("tiny") / "model", layers=TINY_LAYERS, hidden=TINY_HIDDEN)
 
@@ -68,7 +68,7 @@ def tiny_tokenizer(tiny_model_dir):
 
 @pytest.fixture(scope="session")
 def addition_splits() -> dict[str, list[dict]]:
-    from alignlab.demo.tasks import TASKS, make_splits
+    from alignlab.commands.demo.tasks import TASKS, make_splits
 
     return make_splits(TASKS["addition"], 0)
 
@@ -76,7 +76,7 @@ def addition_splits() -> dict[str, list[dict]]:
 @pytest.fixture(scope="session")
 def data_dir(tmp_path_factory, addition_splits) -> Path:
     """addition-task files: sft_train (16 rows), sft_eval (8), prefs (32 pairs), prompts (32)."""
-    from alignlab.demo.tasks import write_jsonl as task_write_jsonl
+    from alignlab.commands.demo.tasks import write_jsonl as task_write_jsonl
 
     root = tmp_path_factory.mktemp("data")
     train, dev = addition_splits["train"], addition_splits["dev"]
@@ -177,7 +177,7 @@ def grpo_ddp_run(tmp_path_factory, tiny_model_dir, prompts, sharded_grpo_args) -
 def poison(monkeypatch):
     """`poison(steps)`: NaN gradients on those optimizer-step attempts (tests/poison.py), undone
     after the test (or by `monkeypatch.undo()`)."""
-    from alignlab.training import TrainingRun
+    from alignlab.engine.loop import TrainingRun
     from poison import install
 
     monkeypatch.setattr(TrainingRun, "backward", TrainingRun.backward)

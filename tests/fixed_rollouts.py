@@ -16,7 +16,7 @@ def install(setattr_fn) -> None:
     import torch
 
     import alignlab.trainers.grpo as grpo_module
-    from alignlab.rollout import concat_rollouts, generate
+    from alignlab.generation.sampler import concat_rollouts, generate
 
     seen: dict[tuple, int] = {}
 

@@ -13,7 +13,7 @@ import sys
 
 
 def install(steps) -> None:
-    from alignlab.training import TrainingRun
+    from alignlab.engine.loop import TrainingRun
 
     steps = {int(s) for s in steps}
     backward = TrainingRun.backward

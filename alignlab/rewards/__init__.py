@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 from typing import Any, Callable
 
-from alignlab.rewards import builtin
+from alignlab.rewards import builtin, length
 from alignlab.rewards.combine import RewardError, RewardScores, score_completions
 
 __all__ = [
@@ -29,7 +29,8 @@ __all__ = [
 ]
 
 #: Registered reward functions by name. The built-ins are always present.
-REWARDS: dict[str, Callable[..., Any]] = dict(builtin.BUILTINS)
+REWARDS: dict[str, Callable[..., Any]] = dict(builtin.BUILTINS)  # length registers length_penalty there
+assert length.length_penalty is REWARDS["length_penalty"]
 
 
 def register_reward(name: str, *, overwrite: bool = False) -> Callable[[Callable[..., Any]], Callable[..., Any]]:

@@ -7,10 +7,10 @@ Choices, named:
   default it is on for IPO only (see `alignlab.losses.dpo`).
 - Reference (`dpo.reference`): `auto` = precomputed when `dpo.precompute_ref` (default), else the
   adapter-disabled policy for LoRA and a frozen copy for full fine-tuning; `none` is reference-free.
-  Precomputed log-probs are cached across runs (see `alignlab.pair_logps`).
+  Precomputed log-probs are cached across runs (see `alignlab.model.pair_logps`).
 - Batching: `train.batch_size` pairs per micro-batch; chosen and rejected in one forward; the
   step's loss is the mean over every pair in it (all micro-batches and processes).
-- Log-probs: completion tokens only, never the full [B, T, V] float32 logits (`alignlab.logprobs`).
+- Log-probs: completion tokens only, never the full [B, T, V] float32 logits (`alignlab.model.logprobs`).
 - Metrics: loss, rewards/{chosen,rejected,accuracies,margins}, logps/{chosen,rejected}, and the
   same on the eval set as eval/... every `train.eval_every` steps.
 """
@@ -31,11 +31,12 @@ from alignlab.data.preference_sets import read_preference_examples, split_prefer
 from alignlab.data.templates import Templater
 from alignlab.errors import AlignlabError, ConfigError, DataError
 from alignlab.losses.dpo import DPO_LOSSES, nll_loss
-from alignlab.models import count_parameters, is_peft, load_model, load_tokenizer, model_stop_ids
-from alignlab.pair_logps import ReferenceCache, cache_key, compute_all, model_fingerprint, pair_logps
-from alignlab.rollout import generate
-from alignlab.tracking import append_jsonl
-from alignlab.training import IndexSampler, TrainingRun
+from alignlab.model.loading import count_parameters, is_peft, load_model, load_tokenizer, model_stop_ids
+from alignlab.model.pair_logps import ReferenceCache, cache_key, compute_all, model_fingerprint, pair_logps
+from alignlab.generation.sampler import generate
+from alignlab.engine.tracking import append_jsonl
+from alignlab.engine.data_order import IndexSampler
+from alignlab.engine.loop import TrainingRun
 
 log = logging.getLogger("alignlab")
 

@@ -4,7 +4,7 @@ Choices, named:
 - Batch: `train.batch_size` counts PROMPTS per micro-batch, each with G = `grpo.num_generations`
   completions (TRL's per_device_train_batch_size counts completions). An optimizer step sees
   batch_size x grad_accum x processes prompts.
-- Rollout: sampled with a KV cache (`alignlab.rollout`), temperature / top_p / top_k, stopping at
+- Rollout: sampled with a KV cache (`alignlab.generation.sampler`), temperature / top_p / top_k, stopping at
   any EOS id (the tokenizer's and the generation config's); the completion mask keeps the first.
   `grpo.rollout_batch_size` completions are decoded together. Rollout code computes no rewards and
   no loss. Prompts longer than train.max_length - grpo.max_completion_length follow data.on_long
@@ -32,7 +32,7 @@ Choices, named:
   within groups is `reward_std/within_group`.
 - mu = `grpo.num_iterations` optimizer steps per rollout batch; the old log-probs are recorded once
   (with mu = 1 they are the current ones, detached: no extra forward pass).
-- Backends (`grpo.backend`): hf, our sampler; vllm, a colocated vLLM engine (`alignlab.vllm_rollout`)
+- Backends (`grpo.backend`): hf, our sampler; vllm, a colocated vLLM engine (`alignlab.generation.vllm`)
   that gets the policy's weights before each rollout that follows an optimizer step; its
   sampled-token log-probs drive truncated importance sampling (`grpo.vllm_importance_sampling_cap`).
 - Left out: PPO value function, reward models (use a reward function), entropy bonus.
@@ -51,16 +51,17 @@ import torch
 from alignlab.data.prompts import load_prompt_data
 from alignlab.data.templates import Templater
 from alignlab.errors import ConfigError, DataError
-from alignlab.evaluate import evaluate_prompts
-from alignlab.logprobs import shared_prefix_token_logps, token_logps
+from alignlab.generation.prompt_eval import evaluate_prompts
+from alignlab.model.logprobs import shared_prefix_token_logps, token_logps
 from alignlab.losses.grpo import (ADVANTAGE_SCALINGS, LOSS_AGGREGATIONS, constant_groups, group_advantages,
                                   grpo_loss, nan_std)
-from alignlab.models import count_parameters, is_peft, load_model, load_tokenizer, model_stop_ids
+from alignlab.model.loading import count_parameters, is_peft, load_model, load_tokenizer, model_stop_ids
 from alignlab.rewards import RewardScores, get_reward, score_completions
-from alignlab.rollout import Rollout, concat_rollouts, generate
-from alignlab.vllm_rollout import build_engine, engine_or_none
-from alignlab.tracking import append_jsonl
-from alignlab.training import IndexSampler, TrainingRun
+from alignlab.generation.sampler import Rollout, concat_rollouts, generate
+from alignlab.generation.vllm import build_engine, engine_or_none
+from alignlab.engine.tracking import append_jsonl
+from alignlab.engine.data_order import IndexSampler
+from alignlab.engine.loop import TrainingRun
 
 log = logging.getLogger("alignlab")
 ZERO_STD_WARN_FRACTION, ZERO_STD_WARN_STEPS = 0.8, 5

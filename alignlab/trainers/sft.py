@@ -13,9 +13,10 @@ import torch
 from alignlab.data.collate import collate_masked
 from alignlab.data.sft import load_sft_data
 from alignlab.data.templates import Templater
-from alignlab.logprobs import token_logps
-from alignlab.models import count_parameters, load_model, load_tokenizer, model_stop_ids
-from alignlab.training import IndexSampler, TrainingRun
+from alignlab.model.logprobs import token_logps
+from alignlab.model.loading import count_parameters, load_model, load_tokenizer, model_stop_ids
+from alignlab.engine.data_order import IndexSampler
+from alignlab.engine.loop import TrainingRun
 
 log = logging.getLogger("alignlab")
 

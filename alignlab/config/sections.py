@@ -1,0 +1,213 @@
+"""The config sections and the run config of each command (dataclasses): the only home of defaults."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+
+@dataclass
+class ModelConfig:
+    name_or_path: str = "tiny"  # hub id or local dir; "tiny" = the offline model alignlab builds
+    dtype: str = "float32"  # float32 | bfloat16 | float16 | auto
+    trust_remote_code: bool = False
+    load_in_4bit: bool = False  # QLoRA (bitsandbytes NF4, CUDA only)
+    attn_implementation: Optional[str] = None
+    revision: Optional[str] = None  # a hub model's branch, tag or commit
+
+
+@dataclass
+class LoraConfig:
+    enabled: bool = False
+    r: int = 16
+    alpha: int = 32
+    dropout: float = 0.05
+    target_modules: Optional[list[str]] = None  # None = per-architecture default (models.py)
+
+
+@dataclass
+class DataConfig:
+    train: Any = None  # path / hub id (str), or a list of sources (dicts with path, weight, ...)
+    eval: Optional[str] = None
+    eval_fraction: float = 0.0  # split this share off train when no eval set is given
+    split: str = "train"  # split of a hub dataset
+    eval_split: Optional[str] = None
+    columns: dict[str, str] = field(default_factory=dict)  # our name -> the dataset's column name
+    system_prompt: Optional[str] = None  # prepended as a system message to every prompt
+    chat_template: bool = True  # apply the tokenizer's chat template when it has one
+    on_long: str = "drop"  # rows longer than train.max_length: drop (with a warning) | truncate | error
+    skip_bad_rows: bool = False  # count and skip malformed rows instead of failing
+    max_rows: Optional[int] = None
+    format: str = "auto"  # auto (detected from the columns) | one of DATA_FORMATS (alignlab/data/public_formats.py)
+    min_score_ratio: Optional[float] = None  # Stanford SHP: keep pairs whose score_ratio is at least this
+
+
+# data.format's values: the table of alignlab/data/public_formats.py (a test keeps the two lists equal).
+DATA_FORMATS = ("auto", "preference", "shp", "webgpt", "ultrafeedback",
+                "prompt", "gsm8k", "math-answer", "math", "math-messages")
+
+
+@dataclass
+class TrainConfig:
+    output_dir: Optional[str] = None  # None = runs/<command>_<model>_lr<lr>_<date-time>
+    max_steps: int = 100  # optimizer steps
+    batch_size: int = 8  # per process and micro-batch: sequences (SFT), pairs (DPO), prompts (GRPO)
+    grad_accum: int = 1
+    sort_by_length: bool = True  # micro-batches of one step formed from length-sorted examples: same gradient, less padding
+    lr: float = 2e-4
+    weight_decay: float = 0.0
+    warmup_steps: int = 0
+    lr_scheduler: str = "constant"  # constant | linear | cosine (transformers' schedulers)
+    max_grad_norm: float = 1.0  # 0 = no clipping
+    adam_beta1: float = 0.9
+    adam_beta2: float = 0.999
+    max_length: int = 512
+    seed: int = 0
+    mixed_precision: str = "no"  # no | bf16 | fp16 (accelerate)
+    gradient_checkpointing: bool = False
+    log_every: int = 1
+    eval_every: int = 0  # 0 = only at the end
+    eval_batch_size: int = 32
+    save_every: int = 0  # 0 = only the final checkpoint
+    save_total_limit: Optional[int] = None
+    resume: Any = False  # true = continue the run in output_dir; or a run directory path; auto = continue one if there
+    report_to: list[str] = field(default_factory=list)  # tensorboard, wandb
+    progress: bool = True
+    max_bad_steps: int = 5  # consecutive non-finite losses before aborting
+
+
+@dataclass
+class DPOConfig:
+    beta: float = 0.1
+    loss_type: str = "sigmoid"  # a key of alignlab.losses.dpo.DPO_LOSSES
+    label_smoothing: float = 0.0
+    sft_weight: float = 0.0  # RPO: weight of the NLL term on chosen
+    # Per-token mean log-probs instead of sums. None = on for IPO (its 1/(2 beta) target is set for
+    # per-token margins, as TRL and the IPO authors do), off for the other losses.
+    length_normalize: Optional[bool] = None
+    reference: str = "auto"  # auto | adapter | copy | none (reference-free, SimPO style)
+    precompute_ref: bool = True
+    ref_cache_dir: Optional[str] = None  # None = <runs root>/.ref_cache
+    logprob_chunk_size: int = 0  # rows per LM-head chunk; 0 = auto (about 256 MiB of float32 logits)
+    num_samples_logged: int = 4  # eval prompts answered greedily at each eval, into samples.jsonl (0 = none)
+    sample_max_new_tokens: int = 64
+
+
+@dataclass
+class GRPOConfig:
+    num_generations: int = 8  # G completions per prompt
+    max_completion_length: int = 64
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 0
+    rewards: list[str] = field(default_factory=lambda: ["answer_format", "answer_correct"])
+    reward_weights: Optional[list[float]] = None
+    reward_errors: str = "raise"  # raise | none (score a failing row None)
+    scale_rewards: str = "group"  # group | batch | none (Dr. GRPO)
+    loss_type: str = "dapo"  # grpo | bnpo | dapo | dr_grpo
+    beta: float = 0.0  # KL coefficient; 0 = no reference model
+    epsilon_low: float = 0.2
+    epsilon_high: float = 0.2
+    num_iterations: int = 1  # mu: policy updates per rollout batch
+    skip_zero_std_groups: bool = False  # dynamic sampling (DAPO)
+    max_resample_rounds: int = 3
+    rollout_batch_size: int = 512  # completions decoded together: bounds the KV cache's peak memory
+    backend: str = "hf"  # hf (alignlab's KV-cache sampler) | vllm (a colocated vLLM engine; pip install ".[vllm]")
+    vllm_gpu_memory_utilization: float = 0.3  # share of GPU memory the engine takes (weights + KV cache)
+    vllm_sleep: bool = False  # GPU: release the engine's KV cache while training (vLLM sleep mode)
+    vllm_max_model_len: Optional[int] = None  # None = train.max_length
+    vllm_importance_sampling_cap: float = 3.0  # truncated importance sampling of the sampler/trainer gap; 0 = off
+    eval_max_prompts: int = 200
+    num_samples_logged: int = 4
+
+
+@dataclass
+class SFTRunConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    lora: LoraConfig = field(default_factory=LoraConfig)
+
+
+@dataclass
+class DPORunConfig(SFTRunConfig):
+    dpo: DPOConfig = field(default_factory=DPOConfig)
+
+
+@dataclass
+class GRPORunConfig(SFTRunConfig):
+    grpo: GRPOConfig = field(default_factory=GRPOConfig)
+
+
+@dataclass
+class IterateConfig:
+    """`alignlab iterate`: rounds of sample -> score -> pair -> DPO -> evaluate (alignlab/iterate.py)."""
+
+    rounds: int = 2
+    prompts: Optional[str] = None  # prompt file / hub id to sample from (a prompt plus reward columns, e.g. answer)
+    eval_prompts: Optional[str] = None  # held-out prompts evaluated after every round (None = no task eval)
+    prompts_per_round: Optional[int] = None  # a fresh random subset each round; None = every prompt
+    samples_per_prompt: int = 4  # K responses sampled per prompt from the current policy
+    rewards: list[str] = field(default_factory=lambda: ["answer_format", "answer_correct"])  # GRPO's registry
+    reward_weights: Optional[list[float]] = None
+    strategy: str = "best-vs-worst"  # best-vs-worst | best-vs-rest | all-pairs (alignlab pairs)
+    min_margin: float = 0.0
+    max_new_tokens: int = 32
+    temperature: float = 1.0
+    eval_samples: int = 4  # sampled completions per eval prompt for eval/sampled_reward (0 = greedy only)
+    eval_max_prompts: int = 200
+    backend: str = "hf"  # hf | vllm: the engine that samples each round's responses and evaluates
+
+
+@dataclass
+class IterateRunConfig(DPORunConfig):
+    iterate: IterateConfig = field(default_factory=IterateConfig)
+
+
+RUN_CONFIGS = {"sft": SFTRunConfig, "dpo": DPORunConfig, "grpo": GRPORunConfig, "iterate": IterateRunConfig}
+
+# ---------------------------------------------------------------- `alignlab eval`
+
+
+@dataclass
+class EvalDataConfig:
+    prompts: Optional[str] = None  # prompt file / hub id for task metrics (prompt + answer, GSM8K question/answer)
+    pairs: Optional[str] = None  # preference file / hub id for preference accuracy
+    split: str = "test"  # split of a hub dataset
+    columns: dict[str, str] = field(default_factory=dict)  # our name -> the dataset's column name
+    system_prompt: Optional[str] = None
+    chat_template: bool = True
+    max_rows: Optional[int] = None
+    skip_bad_rows: bool = False
+
+
+@dataclass
+class EvalConfig:
+    rewards: list[str] = field(default_factory=lambda: ["answer_format", "answer_correct"])
+    num_samples: int = 1  # k: sampled completions per prompt for pass@k (1 = greedy only)
+    max_new_tokens: int = 256
+    temperature: float = 1.0  # for the k samples; accuracy is always also measured greedily
+    batch_size: int = 64  # sequences per generate / forward call
+    reference: Optional[str] = None  # reference model for DPO implicit rewards, beta * (log pi - log ref)
+    beta: float = 0.1
+    max_length: int = 1024  # longer pairs are truncated (the preference data policy)
+    seed: int = 0
+    output: Optional[str] = None  # JSON path; None = <run dir>/eval.json, or runs/eval/<model>_<time>.json
+    backend: str = "hf"  # hf | vllm: the engine that generates for task metrics
+
+
+@dataclass
+class EvalRunConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: EvalDataConfig = field(default_factory=EvalDataConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+
+RUN_CONFIGS["eval"] = EvalRunConfig
+
+
+def config_sections(root: Any) -> dict[str, Any]:
+    """The sections of a run config (its dataclass-valued fields), by name."""
+    values = {f.name: getattr(root, f.name) for f in dataclasses.fields(root)}
+    return {name: value for name, value in values.items() if dataclasses.is_dataclass(value)}

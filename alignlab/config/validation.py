@@ -1,0 +1,133 @@
+"""Checks a loaded config before any work: every numeric key's range, and the choices and lists that
+must agree."""
+
+from __future__ import annotations
+
+from alignlab.config.sections import DATA_FORMATS, EvalRunConfig, config_sections
+from alignlab.errors import ConfigError
+
+
+# The allowed range of every numeric key that has an obvious one: "> 0", ">= 1", "[0, 1)" (interval
+# brackets: [ ] include the bound, ( ) exclude it), and why, where the range is not self-evident.
+# Checked when a config loads, so a bad value fails before any work with the key and its range.
+RANGES: dict[str, tuple[str, str]] = {
+    "train.max_steps": (">= 1", ""),
+    "train.batch_size": (">= 1", ""),
+    "train.grad_accum": (">= 1", ""),
+    "train.max_length": (">= 1", ""),
+    "train.lr": ("> 0", ""),
+    "train.weight_decay": (">= 0", ""),
+    "train.warmup_steps": (">= 0", ""),
+    "train.max_grad_norm": (">= 0", "0 = no clipping"),
+    "train.adam_beta1": ("[0, 1)", ""),
+    "train.adam_beta2": ("[0, 1)", ""),
+    "train.log_every": (">= 1", ""),
+    "train.eval_every": (">= 0", "0 = only at the end"),
+    "train.eval_batch_size": (">= 1", ""),
+    "train.save_every": (">= 0", "0 = only the final checkpoint"),
+    "train.save_total_limit": (">= 1", "null keeps every checkpoint"),
+    "train.max_bad_steps": (">= 1", ""),
+    "lora.r": (">= 1", ""),
+    "lora.alpha": ("> 0", ""),
+    "lora.dropout": ("[0, 1)", ""),
+    "data.eval_fraction": ("[0, 1)", ""),
+    "data.max_rows": (">= 1", "null reads every row"),
+    "dpo.beta": ("> 0", ""),
+    "dpo.label_smoothing": ("[0, 0.5)", "at 0.5 each label is as likely flipped as not: the loss prefers neither response"),
+    "dpo.sft_weight": (">= 0", ""),
+    "dpo.logprob_chunk_size": (">= 0", "0 = auto"),
+    "dpo.num_samples_logged": (">= 0", ""),
+    "dpo.sample_max_new_tokens": (">= 1", ""),
+    "grpo.num_generations": (">= 2", "advantages compare completions within a group: with 1 every advantage is 0"),
+    "grpo.max_completion_length": (">= 1", ""),
+    "grpo.temperature": ("> 0", ""),
+    "grpo.top_p": ("(0, 1]", ""),
+    "grpo.top_k": (">= 0", "0 = no top-k"),
+    "grpo.beta": (">= 0", "0 = no KL term and no reference model"),
+    "grpo.epsilon_low": ("[0, 1)", ""),
+    "grpo.epsilon_high": (">= 0", ""),
+    "grpo.num_iterations": (">= 1", ""),
+    "grpo.max_resample_rounds": (">= 0", ""),
+    "grpo.rollout_batch_size": (">= 1", ""),
+    "grpo.eval_max_prompts": (">= 1", ""),
+    "grpo.num_samples_logged": (">= 0", ""),
+    "iterate.rounds": (">= 1", ""),
+    "iterate.samples_per_prompt": (">= 2", "pairs need two responses"),
+    "iterate.prompts_per_round": (">= 1", "null uses every prompt"),
+    "iterate.min_margin": (">= 0", ""),
+    "iterate.max_new_tokens": (">= 1", ""),
+    "iterate.temperature": ("> 0", ""),
+    "iterate.eval_samples": (">= 0", "0 = greedy only"),
+    "iterate.eval_max_prompts": (">= 1", ""),
+    "eval.num_samples": (">= 1", ""),
+    "eval.max_new_tokens": (">= 1", ""),
+    "eval.temperature": ("> 0", "greedy accuracy is always measured"),
+    "eval.batch_size": (">= 1", ""),
+    "eval.beta": ("> 0", ""),
+    "eval.max_length": (">= 1", ""),
+}
+
+
+def in_range(value: float, spec: str) -> bool:
+    """`value` within `spec` (a RANGES entry): ">= 1", "> 0", "[0, 1)", "(0, 1]". NaN never is."""
+    if spec.startswith((">", "<")):
+        op, bound = spec.split()
+        bound = float(bound)
+        return {">": value > bound, ">=": value >= bound, "<": value < bound, "<=": value <= bound}[op]
+    low, high = (float(x) for x in spec[1:-1].split(","))
+    above = value >= low if spec[0] == "[" else value > low
+    below = value <= high if spec[-1] == "]" else value < high
+    return above and below
+
+
+def check_ranges(config) -> None:
+    sections = config_sections(config)
+    for key, (spec, why) in RANGES.items():
+        section_name, name = key.split(".")
+        section = sections.get(section_name)
+        if section is None or not hasattr(section, name):  # a key of another command's config
+            continue
+        value = getattr(section, name)
+        if value is None or isinstance(value, bool):  # null where it is allowed; type errors are caught when set
+            continue
+        if not in_range(value, spec):
+            allowed = spec if spec.startswith((">", "<")) else f"in {spec}"
+            raise ConfigError(f"config key '{key}' must be {allowed}, got {value}" + (f" ({why})" if why else ""))
+
+
+def validate(config) -> None:
+    check_ranges(config)
+    if isinstance(config, EvalRunConfig):
+        return validate_eval(config)
+    train = config.train
+    if train.lr_scheduler not in ("constant", "linear", "cosine"):
+        raise ConfigError(f"train.lr_scheduler must be constant, linear or cosine, got '{train.lr_scheduler}'")
+    if train.mixed_precision not in ("no", "bf16", "fp16"):
+        raise ConfigError(f"train.mixed_precision must be no, bf16 or fp16, got '{train.mixed_precision}'")
+    if config.data.on_long not in ("drop", "truncate", "error"):
+        raise ConfigError(f"data.on_long must be drop, truncate or error, got '{config.data.on_long}'")
+    if config.data.format not in DATA_FORMATS:
+        raise ConfigError(f"data.format must be one of {', '.join(DATA_FORMATS)}, got '{config.data.format}'")
+    if config.data.min_score_ratio is not None and config.data.min_score_ratio <= 0:
+        raise ConfigError(f"data.min_score_ratio must be positive (or null), got {config.data.min_score_ratio}")
+    if config.model.dtype not in ("float32", "bfloat16", "float16", "auto"):
+        raise ConfigError(f"model.dtype must be float32, bfloat16, float16 or auto, got '{config.model.dtype}'")
+    if hasattr(config, "iterate"):
+        it = config.iterate
+        if it.strategy not in ("best-vs-worst", "best-vs-rest", "all-pairs"):
+            raise ConfigError(f"iterate.strategy must be best-vs-worst, best-vs-rest or all-pairs, got '{it.strategy}'")
+        if it.reward_weights is not None and len(it.reward_weights) != len(it.rewards):
+            raise ConfigError(f"iterate.reward_weights has {len(it.reward_weights)} values for {len(it.rewards)} rewards")
+    if hasattr(config, "grpo"):
+        grpo = config.grpo
+        if grpo.reward_weights is not None and len(grpo.reward_weights) != len(grpo.rewards):
+            raise ConfigError(
+                f"grpo.reward_weights has {len(grpo.reward_weights)} values for {len(grpo.rewards)} rewards"
+            )
+        if grpo.reward_errors not in ("raise", "none"):
+            raise ConfigError(f"grpo.reward_errors must be raise or none, got '{grpo.reward_errors}'")
+
+
+def validate_eval(config: EvalRunConfig) -> None:
+    if config.model.dtype not in ("float32", "bfloat16", "float16", "auto"):
+        raise ConfigError(f"model.dtype must be float32, bfloat16, float16 or auto, got '{config.model.dtype}'")

@@ -1,0 +1,50 @@
+"""Reproducible randomness of a run: the seeds of each process and the shuffled data order (whose
+position is part of every checkpoint)."""
+
+from __future__ import annotations
+
+import random
+
+import numpy as np
+import torch
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def process_seed(seed: int, process_index: int) -> int:
+    """The seed of process `process_index`'s own RNG stream (process 0 keeps `seed`)."""
+    return seed + 1_000_003 * process_index
+
+
+class IndexSampler:
+    """Reproducible epochs of shuffled example indices; its state is the data position."""
+
+    def __init__(self, size: int, seed: int):
+        self.size, self.seed, self.epoch, self.offset = size, seed, 0, 0
+        self._order = self._permutation()
+
+    def _permutation(self) -> list[int]:
+        generator = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+        return torch.randperm(self.size, generator=generator).tolist()
+
+    def take(self, count: int) -> list[int]:
+        out = []
+        while len(out) < count:
+            if self.offset >= self.size:
+                self.epoch, self.offset = self.epoch + 1, 0
+                self._order = self._permutation()
+            grab = min(count - len(out), self.size - self.offset)
+            out += self._order[self.offset : self.offset + grab]
+            self.offset += grab
+        return out
+
+    def state(self) -> dict:
+        return {"epoch": self.epoch, "offset": self.offset}
+
+    def load(self, state: dict) -> None:
+        self.epoch, self.offset = state["epoch"], state["offset"]
+        self._order = self._permutation()

@@ -1,0 +1,120 @@
+"""Evaluation: task accuracy on prompts (greedy, sampled, pass@k) and preference accuracy on pairs.
+
+Definitions (what the numbers mean):
+- accuracy: share of completions whose correctness rewards (functions named `*_correct`) are all > 0;
+- format_rate: share whose format rewards (`*_format`) are all > 0;
+- pass@k: share of prompts with at least one correct completion among k samples;
+- reward: mean weighted total reward; rewards/<fn>/mean: each function's mean;
+- mean_length: mean completion length in tokens (EOS included);
+- preference_accuracy: share of held-out pairs where the chosen response gets the higher implicit
+  reward, beta * (log pi - log ref); without a reference, the higher log-prob (a different
+  quantity: `alignlab eval` reports that one as reference_free/accuracy and reference_free/margin).
+"""
+
+from __future__ import annotations
+
+import math
+
+from dataclasses import dataclass, field
+from typing import Optional
+
+import torch
+
+from alignlab.rewards import score_completions
+from alignlab.generation.sampler import generate
+
+
+@dataclass
+class EvalResult:
+    metrics: dict
+    samples: list[dict] = field(default_factory=list)
+
+
+def _all_positive(per_fn: dict, suffix: str, n: int) -> Optional[list[bool]]:
+    names = [k for k in per_fn if k.endswith(suffix)]
+    if not names:
+        return None
+    return [all((per_fn[k][i] or 0.0) > 0 for k in names) for i in range(n)]
+
+
+def evaluate_prompts(
+    model,
+    tokenizer,
+    templater,
+    items,
+    reward_fns,
+    weights,
+    *,
+    max_new_tokens: int,
+    num_samples: int = 1,
+    greedy: bool = True,
+    temperature: float = 1.0,
+    batch_size: int = 256,
+    synced: bool = False,
+    engine=None,
+) -> EvalResult:
+    """Generate for each prompt item (greedy, or `num_samples` samples) and score with the rewards
+    (`synced`: under FSDP or ZeRO-3, every process evaluates the same items together; `engine`: a
+    vLLM engine holding the model's weights generates instead of our sampler)."""
+    prompt_ids = [templater.ids(templater.prompt_text(item.prompt)) for item in items]
+    k = 1 if greedy else num_samples
+    if engine is not None:
+        rollout = engine.generate(prompt_ids, num_generations=k, max_new_tokens=max_new_tokens, greedy=greedy,
+                                  temperature=temperature)
+    else:
+        rollout = generate(
+            model, tokenizer, prompt_ids, num_generations=k, max_new_tokens=max_new_tokens,
+            greedy=greedy, temperature=temperature, batch_size=batch_size, synced=synced,
+        )
+    names = sorted({c for item in items for c in item.columns})
+    columns = {n: [item.columns.get(n) for item in items for _ in range(k)] for n in names}
+    columns["completion_lengths"] = rollout.completion_mask.sum(1).tolist()
+    scores = score_completions(reward_fns, weights, rollout.texts, columns, on_error="none")
+    n = len(rollout.texts)
+    metrics = {
+        "reward": _mean([t for t in scores.total if not math.isnan(t)]),  # unscorable completions left out
+        "mean_length": float(rollout.completion_mask.sum(1).float().mean()),
+        "prompts": len(items),
+    }
+    for name, values in scores.per_function.items():
+        scored = [v for v in values if v is not None]
+        metrics[f"rewards/{name}/mean"] = sum(scored) / len(scored) if scored else 0.0
+    correct = _all_positive(scores.per_function, "_correct", n)
+    formatted = _all_positive(scores.per_function, "_format", n)
+    if correct is not None:
+        metrics["accuracy"] = sum(correct) / n
+        if k > 1:
+            metrics[f"pass@{k}"] = sum(any(correct[i * k : (i + 1) * k]) for i in range(len(items))) / len(items)
+    if formatted is not None:
+        metrics["format_rate"] = sum(formatted) / n
+    samples = [
+        {"prompt": templater.prompt_text(items[i // k].prompt), "completion": rollout.texts[i], "reward": scores.total[i],
+         **({"answer": items[i // k].columns["answer"]} if "answer" in items[i // k].columns else {})}
+        for i in range(n)
+    ]
+    return EvalResult(metrics, samples)
+
+
+@torch.no_grad()
+def preference_accuracy(model, tokenizer, pairs, *, ref_logps: Optional[torch.Tensor] = None, batch_size: int = 64,
+                        beta: float = 1.0) -> dict:
+    """Held-out preference accuracy and mean margin; `ref_logps` [N, 2] when a reference is given."""
+    from alignlab.model.pair_logps import compute_all
+
+    device = next(model.parameters()).device
+    policy = compute_all(model, pairs, tokenizer.pad_token_id, device, batch_size=batch_size, chunk_size=0)  # [N, 2]
+    ratios = policy - ref_logps if ref_logps is not None else policy  # [N, 2]
+    margins = beta * (ratios[:, 0] - ratios[:, 1])  # [N]
+    metrics = {
+        "preference_accuracy": float((margins > 0).float().mean()),
+        "margin": float(margins.mean()),
+        "pairs": len(pairs),
+    }
+    if ref_logps is not None:  # DPO's implicit rewards, beta * (log pi - log ref), of each response
+        metrics["rewards/chosen"] = float(beta * ratios[:, 0].mean())
+        metrics["rewards/rejected"] = float(beta * ratios[:, 1].mean())
+    return metrics
+
+
+def _mean(values: list[float]) -> float:
+    return sum(values) / len(values) if values else float("nan")

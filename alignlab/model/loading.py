@@ -1,0 +1,334 @@
+"""Load the policy and tokenizer (hub id, local dir, run dir or "tiny"), apply LoRA/QLoRA, save and merge."""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import json
+import logging
+import os
+import re
+import warnings
+import shutil
+from pathlib import Path
+from typing import Optional
+
+import torch
+
+from alignlab.errors import AlignlabError
+from alignlab.model.run_files import save_model
+
+log = logging.getLogger("alignlab")
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16, "auto": "auto"}
+
+# LoRA targets by architecture: every linear layer of attention and MLP, as QLoRA recommends.
+LORA_TARGETS = {
+    "llama": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+    "gpt2": ["c_attn", "c_proj", "c_fc"],
+    "gpt_neox": ["query_key_value", "dense", "dense_h_to_4h", "dense_4h_to_h"],
+    "phi": ["q_proj", "k_proj", "v_proj", "dense", "fc1", "fc2"],
+    "falcon": ["query_key_value", "dense", "dense_h_to_4h", "dense_4h_to_h"],
+}
+for _name in ("qwen2", "qwen3", "qwen2_moe", "qwen3_moe", "mistral", "mixtral", "gemma", "gemma2", "gemma3_text", "olmo2", "smollm3", "phi3"):
+    LORA_TARGETS[_name] = LORA_TARGETS["llama"]
+
+
+EXPECTED = ("a model directory (with config.json, or adapter_config.json for a LoRA adapter), a run directory "
+            "(with final/ or a checkpoint-*/), a hub id like org/name, or tiny (the offline model alignlab builds)")
+# A hub id is `name` or `org/name`; anything else that does not exist is a path that is not there.
+HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?$")
+
+
+def resolve_model_path(name_or_path: str) -> str:
+    """What to load: a model or adapter directory as it is; a run directory's final/ (merged
+    weights), else its latest checkpoint's model/; a hub id as it is. Anything else fails with
+    what was expected there and what is missing."""
+    path = Path(name_or_path).expanduser()
+    if path.is_dir():
+        if (path / "config.json").is_file() or _is_adapter_dir(str(path)):
+            return str(path)
+        if (path / "config.yaml").is_file():  # a run directory
+            if (path / "final").is_dir():
+                return str(path / "final")
+            from alignlab.model.run_files import latest_checkpoint
+
+            latest = latest_checkpoint(path)
+            if latest is None:
+                raise AlignlabError(
+                    f"run directory {path} has no final/ and no checkpoint-*/: its run saved no model yet (checkpoints "
+                    "come every train.save_every steps and at the end). Give a run that saved one, or a model directory"
+                )
+            return str(latest / "model")
+        found = sorted(p.name + ("/" if p.is_dir() else "") for p in path.iterdir())
+        listing = f"it holds {', '.join(found[:8])}{', ...' if len(found) > 8 else ''}" if found else "it is empty"
+        raise AlignlabError(f"{path} is not a model: no config.json, adapter_config.json, final/ or checkpoint-*/ in "
+                            f"it ({listing}). Expected {EXPECTED}")
+    if path.exists():
+        raise AlignlabError(f"{path} is a file, not a model. Expected {EXPECTED}")
+    if not HUB_ID.match(name_or_path) or ".." in name_or_path:
+        raise AlignlabError(f"model not found: {name_or_path} does not exist. Expected {EXPECTED}")
+    return name_or_path
+
+
+def _hub_offline() -> bool:
+    from huggingface_hub import constants
+
+    flags = (os.environ.get(name, "").strip().lower() for name in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
+    return bool(getattr(constants, "HF_HUB_OFFLINE", False)) or any(f in ("1", "true", "yes", "on") for f in flags)
+
+
+@functools.lru_cache(maxsize=None)
+def hub_reachable(timeout: float = 2.0) -> bool:
+    """One TCP connection to the hub (or the HTTPS proxy): offline, huggingface_hub would retry
+    each file with back-off for about 50 s before giving up."""
+    import socket
+    import urllib.request
+    from urllib.parse import urlsplit
+
+    endpoint = urlsplit(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
+    proxy = urllib.request.getproxies().get(endpoint.scheme)
+    target = urlsplit(proxy) if proxy and not urllib.request.proxy_bypass(endpoint.hostname or "") else endpoint
+    port = target.port or (443 if target.scheme == "https" else 80)
+    try:
+        with socket.create_connection((target.hostname, port), timeout=timeout):
+            return True
+    except (OSError, TypeError):  # no route, no DNS, refused; TypeError: no host in the URL
+        return False
+
+
+def hub_options(path: str, revision: Optional[str] = None) -> dict:
+    """from_pretrained's options for `path` (after resolve_model_path): none for a local directory;
+    for a hub id, the cached copy when the hub cannot be reached, or an error saying what to do."""
+    if Path(path).exists():
+        return {}
+    from huggingface_hub import try_to_load_from_cache
+
+    cached = isinstance(try_to_load_from_cache(path, "config.json", revision=revision), str)
+    if _hub_offline():
+        if cached:
+            return {}
+        raise AlignlabError(_hub_message(path, "HF_HUB_OFFLINE is set"))
+    if hub_reachable():
+        return {}
+    if cached:
+        log.warning("the hub cannot be reached: loading %s from the local cache", path)
+        return {"local_files_only": True}
+    endpoint = os.environ.get("HF_ENDPOINT", "https://huggingface.co")
+    raise AlignlabError(_hub_message(path, f"{endpoint} cannot be reached (offline?)"))
+
+
+def _hub_message(name: str, why: str) -> str:
+    return (f"cannot load '{name}': there is no such local directory, so it was taken for a hub id, but {why} and it "
+            "is not in the local hub cache. Give a local model directory (with config.json) or a run directory, or, "
+            "offline, use `tiny` (the model alignlab builds) or write a small one with `alignlab tiny-model DIR`")
+
+
+def _load_error(what: str, name: str, path: str, exc: Exception) -> AlignlabError:
+    """A loading failure as one message: what was asked for, and transformers' reason (first line)."""
+    reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    hint = ""
+    if what == "tokenizer" and Path(path).is_dir() and not any(
+            (Path(path) / f).is_file() for f in ("tokenizer.json", "tokenizer_config.json", "tokenizer.model")):
+        hint = f" ({path} has no tokenizer.json or tokenizer_config.json: save the tokenizer next to the model)"
+    elif not Path(path).exists() and _hub_offline():
+        hint = " (HF_HUB_OFFLINE is set: give a local model directory, or write one with `alignlab tiny-model DIR`)"
+    shown = name if name == path else f"{name} ({path})"
+    return AlignlabError(f"cannot load a {what} from {shown}: {reason}{hint}")
+
+
+def ensure_tiny_model(name_or_path: str, cache_root: str = "runs") -> str:
+    """`tiny` means the offline demo model: written once under runs/.tiny-model."""
+    if name_or_path != "tiny":
+        return name_or_path
+    from alignlab.model.tiny import write_tiny_model
+
+    path = Path(cache_root) / ".tiny-model"
+    if not (path / "config.json").is_file():
+        # Written aside and renamed into place: several processes (torchrun) may get here at once.
+        tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        write_tiny_model(tmp)
+        try:
+            os.rename(tmp, path)
+        except OSError:  # another process's copy (identical) is already in place, or a broken leftover
+            if (path / "config.json").is_file():
+                shutil.rmtree(tmp, ignore_errors=True)
+            else:
+                shutil.rmtree(path, ignore_errors=True)
+                os.replace(tmp, path)
+    return str(path)
+
+
+def load_tokenizer(name_or_path: str, *, trust_remote_code: bool = False):
+    from transformers import AutoTokenizer
+
+    path = resolve_model_path(ensure_tiny_model(name_or_path))
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code, **hub_options(path))
+    except (OSError, ValueError) as exc:  # ValueError: no tokenizer files (its advice, install sentencepiece, misleads)
+        raise _load_error("tokenizer", name_or_path, path, exc) from None
+    if len(tokenizer) < 2:  # transformers builds an empty one from config.json alone when the files are missing
+        raise _load_error("tokenizer", name_or_path, path, ValueError("the tokenizer it builds is empty"))
+    if tokenizer.pad_token is None:
+        # Padding is always masked out, so any existing token works as pad.
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def stop_token_ids(tokenizer, generation_config=None) -> list[int]:
+    """Every id that ends a response: the tokenizer's EOS plus the generation config's `eos_token_id`
+    (one id or several: Qwen2.5-Instruct stops at <|im_end|> and <|endoftext|>, Llama 3 at
+    <|eot_id|> and <|end_of_text|>)."""
+    ids = {tokenizer.eos_token_id}
+    configured = getattr(generation_config, "eos_token_id", None)
+    ids.update(configured if isinstance(configured, (list, tuple)) else [configured])
+    return sorted(i for i in ids if i is not None)
+
+
+def model_stop_ids(model_cfg, tokenizer) -> list[int]:
+    """`stop_token_ids` for a model not loaded yet (data is encoded first), from its generation config."""
+    from transformers import GenerationConfig
+
+    path = resolve_model_path(ensure_tiny_model(model_cfg.name_or_path))
+    try:
+        config = GenerationConfig.from_pretrained(path, revision=model_cfg.revision,
+                                                  **hub_options(path, model_cfg.revision))
+    except (OSError, ValueError):  # none saved: the tokenizer's EOS is all there is
+        config = None
+    return stop_token_ids(tokenizer, config)
+
+
+def _is_adapter_dir(path: str) -> bool:
+    return (Path(path) / "adapter_config.json").is_file()
+
+
+def load_model(model_cfg, lora_cfg=None, *, for_training: bool = True, gradient_checkpointing: bool = False):
+    """The policy model, with LoRA applied when `lora_cfg.enabled`."""
+    from transformers import AutoModelForCausalLM
+
+    path = resolve_model_path(ensure_tiny_model(model_cfg.name_or_path))
+    kwargs = dict(dtype=DTYPES[model_cfg.dtype], trust_remote_code=model_cfg.trust_remote_code,
+                  **hub_options(path, model_cfg.revision))
+    if model_cfg.revision:
+        kwargs["revision"] = model_cfg.revision
+    if model_cfg.attn_implementation:
+        kwargs["attn_implementation"] = model_cfg.attn_implementation
+    if model_cfg.load_in_4bit:
+        kwargs["quantization_config"] = _four_bit_config(lora_cfg)
+    try:
+        if _is_adapter_dir(path):
+            from peft import AutoPeftModelForCausalLM
+
+            # A saved adapter: merge it so training starts from the adapted weights.
+            model = AutoPeftModelForCausalLM.from_pretrained(path, **kwargs).merge_and_unload()
+        else:
+            model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
+    except (OSError, ValueError) as exc:
+        raise _load_error("model", model_cfg.name_or_path, path, exc) from None
+    if model.generation_config.pad_token_id is None:
+        model.generation_config.pad_token_id = model.generation_config.eos_token_id
+    if gradient_checkpointing:
+        # transformers 5.24 renamed it activation checkpointing; older 5.x has only the first name.
+        if hasattr(model, "activation_checkpointing_enable"):
+            model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+        else:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.config.use_cache = False
+    if lora_cfg is not None and lora_cfg.enabled and for_training:
+        model = apply_lora(model, lora_cfg, quantized=model_cfg.load_in_4bit)
+    return model
+
+
+def _four_bit_config(lora_cfg):
+    if not torch.cuda.is_available():
+        raise AlignlabError("model.load_in_4bit=true (QLoRA) needs a CUDA GPU, and none is available here")
+    if lora_cfg is None or not lora_cfg.enabled:
+        raise AlignlabError("model.load_in_4bit=true trains LoRA adapters on a frozen 4-bit base: set lora.enabled=true")
+    try:
+        import bitsandbytes  # noqa: F401
+    except ImportError:
+        raise AlignlabError("model.load_in_4bit=true needs bitsandbytes: pip install bitsandbytes") from None
+    from transformers import BitsAndBytesConfig
+
+    return BitsAndBytesConfig(
+        load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=torch.bfloat16, bnb_4bit_use_double_quant=True
+    )
+
+
+def lora_targets(model, configured: Optional[list[str]]) -> list[str] | str:
+    if configured:
+        return configured
+    return LORA_TARGETS.get(getattr(model.config, "model_type", ""), "all-linear")
+
+
+def apply_lora(model, lora_cfg, *, quantized: bool = False):
+    from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
+
+    with quiet_peft_deprecations():
+        if quantized:
+            model = prepare_model_for_kbit_training(model)
+        config = LoraConfig(
+            r=lora_cfg.r,
+            lora_alpha=lora_cfg.alpha,
+            lora_dropout=lora_cfg.dropout,
+            target_modules=lora_targets(model, lora_cfg.target_modules),
+            task_type="CAUSAL_LM",
+        )
+        return get_peft_model(model, config)
+
+
+@contextlib.contextmanager
+def quiet_peft_deprecations():
+    """peft reads transformers' `is_gradient_checkpointing`, which transformers 5.24 deprecates: the
+    warning is about peft's code, not the user's, so it is not shown."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+        yield
+
+
+def is_peft(model) -> bool:
+    return hasattr(model, "peft_config") and hasattr(model, "disable_adapter")
+
+
+def save_merged(model, tokenizer, out_dir: Path, model_cfg=None) -> None:
+    """Weights loadable by plain transformers: the LoRA adapter merged into the base.
+
+    With `model_cfg` (the run's model section) the base is loaded afresh on the CPU, unquantised
+    (bfloat16 for a QLoRA run, else the run's dtype), and the trained adapter is merged there: the
+    live model on the GPU is neither copied (which doubled its memory at the end of a run) nor, for
+    QLoRA, merged into 4-bit weights that would be re-quantised and saved as a bitsandbytes
+    checkpoint. Without it (a model that is a copy already) the adapter is merged in place."""
+    if not is_peft(model):
+        save_model(model, tokenizer, out_dir)
+        return
+    if model_cfg is None:
+        save_model(model.merge_and_unload(), tokenizer, out_dir)
+        return
+    from dataclasses import replace
+
+    from peft import get_peft_model, get_peft_model_state_dict, set_peft_model_state_dict
+
+    adapter = {name: tensor.detach().to("cpu") for name, tensor in get_peft_model_state_dict(model).items()}
+    dtype = "bfloat16" if model_cfg.load_in_4bit else model_cfg.dtype
+    base = load_model(replace(model_cfg, load_in_4bit=False, dtype=dtype), None, for_training=False)
+    with quiet_peft_deprecations():
+        fresh = get_peft_model(base, model.peft_config["default"])
+    set_peft_model_state_dict(fresh, adapter)
+    merged = fresh.merge_and_unload()
+    merged.generation_config = model.generation_config
+    save_model(merged, tokenizer, out_dir)
+
+
+def count_parameters(model) -> tuple[int, int]:
+    total = sum(p.numel() for p in model.parameters())
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    return trainable, total
+
+
+def model_slug(name_or_path: str) -> str:
+    return Path(name_or_path.rstrip("/")).name.replace(".", "-") or "model"
+
+
+def read_json(path: Path) -> dict:
+    return json.loads(path.read_text())
