@@ -94,6 +94,15 @@ def _add_inference_commands(sub) -> None:
     report = sub.add_parser("report", help="one self-contained HTML file with plots, samples and configs of runs")
     report.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")
     report.add_argument("-o", "--out", help="HTML path (default: RUN_DIR/report.html, or the runs' parent dir)")
+    serve = sub.add_parser("vllm-serve", help="a vLLM engine behind an HTTP endpoint, for grpo.vllm_mode=server "
+                                              "(generation on other GPUs or another machine)")
+    serve.add_argument("model", metavar="MODEL", help="the policy's base model: hub id or local dir")
+    serve.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: every interface)")
+    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument("--dtype", default="auto", help="auto | float32 | bfloat16 | float16")
+    serve.add_argument("--max-model-len", type=int, default=2048, help="prompt + completion tokens per sequence")
+    serve.add_argument("--gpu-memory-utilization", type=float, default=0.9, help="share of the GPU the engine takes")
+    serve.add_argument("--seed", type=int, default=0)
 
 
 def _add_data_and_grid_commands(sub) -> None:
@@ -171,6 +180,15 @@ def run(args: argparse.Namespace) -> None:
     elif args.command == "show-config":
         command = args.for_command or infer_command(args.config) or "sft"
         print(to_yaml(load_config(command, args.config, args.overrides)), end="")
+    elif args.command == "vllm-serve":
+        from alignlab.generation.vllm import vllm_available, INSTALL_HINT
+        from alignlab.generation.vllm_server import serve
+        from alignlab.model.loading import ensure_tiny_model, resolve_model_path
+
+        if not vllm_available():
+            raise AlignlabError(INSTALL_HINT)
+        serve(resolve_model_path(ensure_tiny_model(args.model)), host=args.host, port=args.port, dtype=args.dtype,
+              max_model_len=args.max_model_len, gpu_memory_utilization=args.gpu_memory_utilization, seed=args.seed)
     elif args.command == "tiny-model":
         from alignlab.model.tiny import write_tiny_model
 

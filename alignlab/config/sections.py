@@ -113,7 +113,9 @@ class GRPOConfig:
     skip_zero_std_groups: bool = False  # dynamic sampling (DAPO)
     max_resample_rounds: int = 3
     rollout_batch_size: int = 512  # completions decoded together: bounds the KV cache's peak memory
-    backend: str = "hf"  # hf (alignlab's KV-cache sampler) | vllm (a colocated vLLM engine; pip install ".[vllm]")
+    backend: str = "hf"  # hf (alignlab's KV-cache sampler) | vllm (vLLM; pip install ".[vllm]")
+    vllm_mode: str = "colocate"  # colocate (an engine in each training process) | server (alignlab vllm-serve)
+    vllm_server: str = "127.0.0.1:8000"  # host:port of `alignlab vllm-serve`, for vllm_mode=server
     vllm_gpu_memory_utilization: float = 0.3  # share of GPU memory the engine takes (weights + KV cache)
     vllm_sleep: bool = False  # GPU: release the engine's KV cache while training (vLLM sleep mode)
     vllm_max_model_len: Optional[int] = None  # None = train.max_length

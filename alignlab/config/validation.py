@@ -124,6 +124,10 @@ def validate(config) -> None:
             raise ConfigError(
                 f"grpo.reward_weights has {len(grpo.reward_weights)} values for {len(grpo.rewards)} rewards"
             )
+        if grpo.backend not in ("hf", "vllm"):
+            raise ConfigError(f"grpo.backend must be hf or vllm, got '{grpo.backend}'")
+        if grpo.vllm_mode not in ("colocate", "server"):
+            raise ConfigError(f"grpo.vllm_mode must be colocate or server, got '{grpo.vllm_mode}'")
         if grpo.reward_errors not in ("raise", "none"):
             raise ConfigError(f"grpo.reward_errors must be raise or none, got '{grpo.reward_errors}'")
 

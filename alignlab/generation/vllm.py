@@ -42,9 +42,10 @@ def vllm_available() -> bool:
     return importlib.util.find_spec("vllm") is not None
 
 
-def policy_weights(model) -> Iterator[tuple[str, torch.Tensor]]:
+def policy_weights(model, merge: bool = True) -> Iterator[tuple[str, torch.Tensor]]:
     """(checkpoint name, tensor) of every weight of the policy as a plain transformers model has it.
-    LoRA layers yield base + delta, computed one layer at a time as the consumer asks for it."""
+    LoRA layers yield base + delta, computed one layer at a time as the consumer asks for it
+    (`merge=False`: the base weights under the same names, for their shapes and dtypes)."""
     inner = model.module if hasattr(model, "module") else model
     if not is_peft(inner):
         for name, tensor in inner.state_dict().items():
@@ -58,7 +59,7 @@ def policy_weights(model) -> Iterator[tuple[str, torch.Tensor]]:
         if ".base_layer." in name:
             owner = modules[name.split(".base_layer.")[0]]
             name = name.replace(".base_layer.", ".")
-            if name.endswith(".weight") and not getattr(owner, "merged", False):
+            if merge and name.endswith(".weight") and not getattr(owner, "merged", False):
                 with torch.no_grad():
                     tensor = tensor + sum(owner.get_delta_weight(a) for a in owner.active_adapters).to(tensor.dtype)
         yield name, tensor.detach()
@@ -96,10 +97,13 @@ class VLLMEngine:
 
     def load_weights(self, model) -> None:
         """Push the policy's current weights into the engine, in place."""
+        self.load_named(policy_weights(model))
+
+    def load_named(self, weights) -> None:
+        """Load (checkpoint name, tensor) pairs into the engine's model, in place."""
         if self.sleep_between:
             self.llm.wake_up(tags=["weights"])
         runner = self.llm.llm_engine.model_executor.driver_worker.worker.model_runner
-        weights = policy_weights(model)
         if hasattr(runner, "reload_weights"):
             runner.reload_weights(weights_iterator=weights)
         else:
@@ -131,22 +135,26 @@ class VLLMEngine:
         outputs = self.llm.generate([TokensPrompt(prompt_token_ids=list(p)) for p in prompts], params, use_tqdm=False)
         if self.sleep_between:
             self.llm.sleep(level=1)
-        completions, logps = [], []
-        for output in outputs:
-            for choice in output.outputs:
-                ids = list(choice.token_ids)
-                completions.append(torch.tensor(ids or [self.pad_id], dtype=torch.long))
-                values = [next(iter(d.values())).logprob for d in (choice.logprobs or [])]
-                logps.append(torch.tensor(values or [0.0], dtype=torch.float32))
-        width = max(len(c) for c in completions)
-        completion_ids = torch.stack([_right_to(c[None], width, self.pad_id)[0] for c in completions])  # [N, C]
-        sampling_logps = torch.stack([_right_to(v[None], width, 0.0)[0] for v in logps])  # [N, C]
-        prompt_ids = pad_left(prompts, self.pad_id).repeat_interleave(num_generations, dim=0)  # [N, P]
-        prompt_mask = pad_left([[1] * len(p) for p in prompts], 0).repeat_interleave(num_generations, dim=0)
-        mask, ended = completion_mask(completion_ids, self.stop_ids)
-        texts = self.tokenizer.batch_decode([ids[m.bool()].tolist() for ids, m in zip(completion_ids, mask)],
-                                            skip_special_tokens=True)
-        return Rollout(prompt_ids, prompt_mask, completion_ids, mask, texts, ended, sampling_logps * mask)
+        completions = [list(choice.token_ids) for output in outputs for choice in output.outputs]
+        logps = [[next(iter(d.values())).logprob for d in (choice.logprobs or [])]
+                 for output in outputs for choice in output.outputs]
+        return to_rollout(prompts, completions, logps, num_generations, self.tokenizer, self.stop_ids, self.pad_id)
+
+
+def to_rollout(prompts, completions: list[list[int]], logps: list[list[float]], num_generations: int, tokenizer,
+               stop_ids: list[int], pad_id: int) -> Rollout:
+    """A `Rollout` from an engine's completions (grouped by prompt) and their sampled-token log-probs."""
+    completions = [torch.tensor(ids or [pad_id], dtype=torch.long) for ids in completions]
+    logps = [torch.tensor(values or [0.0], dtype=torch.float32) for values in logps]
+    width = max(len(c) for c in completions)
+    completion_ids = torch.stack([_right_to(c[None], width, pad_id)[0] for c in completions])  # [N, C]
+    sampling_logps = torch.stack([_right_to(v[None], width, 0.0)[0] for v in logps])  # [N, C]
+    prompt_ids = pad_left(prompts, pad_id).repeat_interleave(num_generations, dim=0)  # [N, P]
+    prompt_mask = pad_left([[1] * len(p) for p in prompts], 0).repeat_interleave(num_generations, dim=0)
+    mask, ended = completion_mask(completion_ids, stop_ids)
+    texts = tokenizer.batch_decode([ids[m.bool()].tolist() for ids, m in zip(completion_ids, mask)],
+                                   skip_special_tokens=True)
+    return Rollout(prompt_ids, prompt_mask, completion_ids, mask, texts, ended, sampling_logps * mask)
 
 
 def _draw_seed(*parts: int) -> int:

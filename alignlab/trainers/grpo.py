@@ -137,6 +137,14 @@ class GRPOTrainer:
     # ------------------------------------------------------------ rollout
 
     def _build_engine(self):
+        if self.grpo.vllm_mode == "server":
+            from alignlab.generation.vllm_client import VLLMServerClient
+
+            if self.run.num_processes > 1:
+                raise ConfigError("grpo.vllm_mode=server serves one training process for now; with several, use "
+                                  "grpo.vllm_mode=colocate (an engine per process)")
+            model = self.run.unwrapped
+            return VLLMServerClient(self.grpo.vllm_server, self.tokenizer, model.config, model.generation_config)
         if self.run.lockstep_forwards:
             raise ConfigError("grpo.backend=vllm is not supported under FSDP or DeepSpeed ZeRO-3 yet (the engine "
                               "needs the full weights each sync); use DDP or ZeRO-2, or grpo.backend=hf")

@@ -158,3 +158,62 @@ def test_missing_vllm_says_how_to_install(monkeypatch):
     with pytest.raises(AlignlabError, match=r'pip install -e "\.\[vllm\]"'):
         vr.engine_or_none("vllm", lambda: None)
     assert write_jsonl  # conftest helper kept importable for the 2-process case
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def vllm_server(tiny_model_dir, tmp_path_factory):
+    """`alignlab vllm-serve` on 127.0.0.1, in its own process (as on another GPU or machine)."""
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+
+    from launch import clean_env
+
+    port = _free_port()
+    log = tmp_path_factory.mktemp("serve") / "serve.log"
+    with open(log, "w") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "alignlab", "vllm-serve", str(tiny_model_dir), "--port", str(port),
+                                 "--dtype", "float32", "--max-model-len", "128"], stdout=out, stderr=subprocess.STDOUT,
+                                env=clean_env({"VLLM_CPU_KVCACHE_SPACE": "1"}))
+    deadline = time.time() + 240
+    while time.time() < deadline:
+        try:
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2)
+            break
+        except OSError:
+            assert proc.poll() is None, log.read_text()[-3000:]
+            time.sleep(1)
+    yield f"127.0.0.1:{port}", proc
+    proc.terminate()
+    proc.wait(timeout=30)
+
+
+@pytest.mark.slow
+def test_grpo_against_a_vllm_server(tmp_path, tiny_model_dir, prompts, sevens_reward, vllm_server):
+    """GRPO generates on the server and pushes its weights there after every step (over a gloo group):
+    the server's sampled-token log-probs keep matching the trainer's, so the weights did arrive."""
+    address, _ = vllm_server
+    out = tmp_path / "server"
+    assert run_cli(grpo_args(tiny_model_dir, prompts, out, sevens_reward, "train.max_steps=3", "grpo.backend=vllm",
+                             "grpo.vllm_mode=server", f"grpo.vllm_server={address}")).code == 0
+    records = train_records(out)
+    assert len(records) == 3
+    for record in records:
+        assert record["sampling/sampling_logp_difference/mean"] < 1e-3  # step 2+ samples with the updated weights
+
+
+def test_a_refused_connection_says_what_to_do(tmp_path, tiny_model_dir, prompts, sevens_reward, cli):
+    out = tmp_path / "refused"
+    result = cli(grpo_args(tiny_model_dir, prompts, out, sevens_reward, "train.max_steps=1", "grpo.backend=vllm",
+                           "grpo.vllm_mode=server", f"grpo.vllm_server=127.0.0.1:{_free_port()}"))
+    assert result.code == 2
+    assert "cannot reach the vLLM server" in result.err and "alignlab vllm-serve" in result.err

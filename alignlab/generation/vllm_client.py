@@ -1,0 +1,104 @@
+"""The trainer's side of `grpo.vllm_mode=server`: generate on an `alignlab vllm-serve` endpoint and push
+the policy's weights to it after each optimizer step, with the colocated engine's interface
+(`generate` -> `Rollout`, `load_weights(model)`), so the trainer does not know which one it has.
+
+Failures stop the run with what to do: a server that cannot be reached, one serving another
+model than the policy, one that dies mid-run (the last checkpoint stays as it was).
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import threading
+import urllib.error
+import urllib.request
+from typing import Optional
+
+from alignlab.errors import AlignlabError
+from alignlab.generation import weight_sync
+from alignlab.generation.vllm import policy_weights, to_rollout
+from alignlab.generation.vllm_server import model_shape
+from alignlab.model.loading import stop_token_ids
+
+
+class VLLMServerClient:
+    def __init__(self, address: str, tokenizer, policy_config, generation_config=None, *, timeout_s: float = 600.0):
+        self.base = address if address.startswith("http") else f"http://{address}"
+        self.tokenizer, self.timeout_s = tokenizer, timeout_s
+        self.stop_ids = stop_token_ids(tokenizer, generation_config)
+        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.stop_ids[0]
+        self.group = None
+        info = self._call("/info", None, timeout_s=10.0)
+        theirs, ours = info["shape"], model_shape(policy_config)
+        if theirs != ours:
+            raise AlignlabError(f"the vLLM server at {self.base} serves {info['model']} ({theirs}), which is not the "
+                                f"policy's architecture ({ours}): start it with the run's model.name_or_path")
+
+    def _call(self, path: str, body: Optional[dict], *, timeout_s: Optional[float] = None) -> dict:
+        data = json.dumps(body).encode() if body is not None else None
+        request = urllib.request.Request(self.base + path, data=data, headers={"Content-Type": "application/json"})
+        try:
+            with urllib.request.urlopen(request, timeout=timeout_s or self.timeout_s) as response:
+                return json.loads(response.read())
+        except urllib.error.HTTPError as exc:
+            detail = exc.read().decode(errors="replace")
+            raise AlignlabError(f"the vLLM server at {self.base} failed on {path}: {detail}") from None
+        except (urllib.error.URLError, ConnectionError, socket.timeout, TimeoutError) as exc:
+            reason = getattr(exc, "reason", exc)
+            if self.group is None and path == "/info":
+                raise AlignlabError(f"cannot reach the vLLM server at {self.base} ({reason}): start one with "
+                                    "`alignlab vllm-serve MODEL --host HOST --port PORT`, then set "
+                                    "grpo.vllm_server=HOST:PORT") from None
+            raise AlignlabError(f"the vLLM server at {self.base} stopped answering ({reason}) during {path}; the run "
+                                "stops here, its last checkpoint intact: restart the server and resume "
+                                "(train.resume=true)") from None
+
+    def generate(self, prompts: list[list[int]], *, num_generations: int = 1, max_new_tokens: int = 64,
+                 temperature: float = 1.0, top_p: float = 1.0, top_k: int = 0, greedy: bool = False,
+                 seed: Optional[int] = None):
+        out = self._call("/generate", {"prompts": [list(p) for p in prompts], "n": num_generations,
+                                       "max_tokens": max_new_tokens, "temperature": temperature, "top_p": top_p,
+                                       "top_k": top_k, "greedy": greedy, "seed": seed})
+        return to_rollout(prompts, out["completions"], out["logprobs"], num_generations, self.tokenizer,
+                          self.stop_ids, self.pad_id)
+
+    def load_weights(self, model) -> None:
+        """Broadcast every weight to the server over the weight group (joined on first use)."""
+        import torch
+
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+        if self.group is None:
+            self._join(backend)
+        # Names, dtypes and shapes first (no LoRA merge needed for those), then the tensors, one at a time.
+        specs = [(name, str(t.dtype).replace("torch.", ""), list(t.shape)) for name, t in policy_weights(model, merge=False)]
+        errors: list[BaseException] = []
+        request = threading.Thread(target=self._in_thread, args=(errors, "/weights/update",
+                                                                  {"tensors": specs, "backend": backend}))
+        request.start()
+        device = "cuda" if backend == "nccl" else "cpu"
+        weight_sync.send(self.group, (t.to(device) for _, t in policy_weights(model)))
+        request.join()
+        if errors:
+            raise errors[0]
+
+    def _join(self, backend: str) -> None:
+        host = socket.gethostbyname(socket.gethostname()) if not self.base.startswith(("http://127.", "http://localhost")) \
+            else "127.0.0.1"
+        with socket.socket() as probe:  # a free port for the group's store
+            probe.bind(("", 0))
+            port = probe.getsockname()[1]
+        errors: list[BaseException] = []
+        request = threading.Thread(target=self._in_thread, args=(errors, "/weights/init",
+                                                                  {"host": host, "port": port, "backend": backend}))
+        request.start()
+        self.group = weight_sync.weight_group(host, port, 0, backend)
+        request.join()
+        if errors:
+            raise errors[0]
+
+    def _in_thread(self, errors: list, path: str, body: dict) -> None:
+        try:
+            self._call(path, body)
+        except BaseException as exc:  # re-raised in the caller's thread
+            errors.append(exc)
