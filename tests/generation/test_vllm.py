@@ -217,3 +217,16 @@ def test_a_refused_connection_says_what_to_do(tmp_path, tiny_model_dir, prompts,
                            "grpo.vllm_mode=server", f"grpo.vllm_server=127.0.0.1:{_free_port()}"))
     assert result.code == 2
     assert "cannot reach the vLLM server" in result.err and "alignlab vllm-serve" in result.err
+
+
+@pytest.mark.slow
+def test_grpo_with_vllm_under_torchrun_one_engine_per_process(tmp_path, tiny_model_dir, prompts, sevens_reward):
+    from launch import torchrun
+
+    out = tmp_path / "two"
+    torchrun(grpo_args(tiny_model_dir, prompts, out, sevens_reward, "train.max_steps=2", "train.batch_size=2",
+                       "grpo.backend=vllm"), tmp_path, {"VLLM_CPU_KVCACHE_SPACE": "1"})
+    records = train_records(out)
+    assert [r["step"] for r in records] == [1, 2]
+    assert all(r["sampling/sampling_logp_difference/mean"] < 1e-3 for r in records)
+    assert (out / "train.log").read_text().count("vLLM engine (colocated)") == 1  # logged by the main process
