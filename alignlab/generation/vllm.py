@@ -114,9 +114,10 @@ class VLLMEngine:
 
     def generate(self, prompts: list[list[int]], *, num_generations: int = 1, max_new_tokens: int = 64,
                  temperature: float = 1.0, top_p: float = 1.0, top_k: int = 0, greedy: bool = False,
-                 seed: Optional[int] = None) -> Rollout:
+                 seed: Optional[int] = None, ignore_eos: bool = False) -> Rollout:
         """G completions per prompt, grouped (rows [i*G, (i+1)*G) belong to prompts[i]), as `rollout.generate`.
-        `seed`: the draw's seed (prompt i samples under seed + i); None = the engine's next."""
+        `seed`: the draw's seed (prompt i samples under seed + i); None = the engine's next.
+        `ignore_eos`: always decode max_new_tokens (benchmarks)."""
         from vllm import SamplingParams
         from vllm.inputs import TokensPrompt
 
@@ -128,7 +129,7 @@ class VLLMEngine:
             SamplingParams(
                 n=num_generations, temperature=0.0 if greedy else temperature, top_p=1.0 if greedy else top_p,
                 top_k=0 if greedy or not top_k else top_k, max_tokens=max_new_tokens, logprobs=0, detokenize=False,
-                stop_token_ids=self.stop_ids, seed=(seed + i) % 2**31,
+                stop_token_ids=[] if ignore_eos else self.stop_ids, ignore_eos=ignore_eos, seed=(seed + i) % 2**31,
             )
             for i in range(len(prompts))
         ]
