@@ -100,6 +100,43 @@ def engines(shape: str, path: Path, repeats: int) -> dict:
     return {name: {"seconds": s, "tokens_per_s": tokens / s} for name, s in seconds.items()} | {"tokens": tokens}
 
 
+def lora_syncs(shape: str, path: Path, repeats: int) -> dict:
+    """Seconds to push a LoRA policy (r=16, every linear layer) into a colocated engine and generate one
+    rollout: merged sync (W + scale*BA, layer by layer) vs adapter-only sync (vLLM's LoRA support; the
+    adapter is loaded at the next generate, so sync and generation are timed together)."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from alignlab.config import LoraConfig
+    from alignlab.generation.vllm import VLLMEngine
+    from alignlab.model.loading import apply_lora
+
+    _, n_prompts, G, new_tokens = SHAPES[shape]
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    policy = apply_lora(AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32),
+                        LoraConfig(enabled=True, r=16, alpha=32, dropout=0.0))
+    prompts = [[5 + i, 6, 7, 8, 9, 10, 11, 12] for i in range(n_prompts)]
+    out = {}
+    for sync in ("merged", "adapter"):
+        engine = VLLMEngine(str(path), tokenizer, dtype="float32", max_model_len=256,
+                            generation_config=policy.generation_config, lora_rank=16 if sync == "adapter" else 0)
+
+        def step():
+            with torch.no_grad():  # a new policy version, as after an optimizer step
+                for name, param in policy.named_parameters():
+                    if "lora_B" in name:
+                        param.add_(0.001)
+            engine.load_weights(policy)
+            engine.generate(prompts, num_generations=G, max_new_tokens=new_tokens, ignore_eos=True)
+
+        def generate_only():
+            engine.generate(prompts, num_generations=G, max_new_tokens=new_tokens, ignore_eos=True)
+
+        total, gen = median_time(step, repeats), median_time(generate_only, repeats)
+        out[sync] = {"sync_and_generate_s": total, "generate_s": gen, "sync_s": total - gen}
+    return out
+
+
 def grpo_steps(path: Path, backend: str, root: Path, steps: int) -> float:
     """Median step_seconds of `alignlab grpo` with this backend (its own process)."""
     prompts = root / "prompts.jsonl"
@@ -126,6 +163,7 @@ def main() -> None:
         for shape in args.shapes:
             path = build(shape, root)
             results[shape] = engines(shape, path, args.repeats)
+            results[shape]["lora_sync"] = lora_syncs(shape, path, args.repeats)
             results[shape]["grpo_step_s"] = {b: grpo_steps(path, b, root, args.grpo_steps) for b in ("hf", "vllm")}
             print(json.dumps({shape: results[shape]}), flush=True)
     print("\n| shape | completion tokens | alignlab tok/s | vLLM tok/s | transformers generate (TRL) tok/s | "
@@ -134,6 +172,11 @@ def main() -> None:
     for shape, r in results.items():
         print(f"| {shape} | {r['tokens']} | {r['alignlab']['tokens_per_s']:.0f} | {r['vllm']['tokens_per_s']:.0f} | "
               f"{r['hf_generate']['tokens_per_s']:.0f} | {r['grpo_step_s']['hf']:.2f} s | {r['grpo_step_s']['vllm']:.2f} s |")
+    print("\n| shape | LoRA sync: merged (sync s / + generate s) | adapter-only (sync s / + generate s) |")
+    print("|---|---|---|")
+    for shape, r in results.items():
+        m, a = r["lora_sync"]["merged"], r["lora_sync"]["adapter"]
+        print(f"| {shape} | {m['sync_s']:.2f} / {m['sync_and_generate_s']:.2f} | {a['sync_s']:.2f} / {a['sync_and_generate_s']:.2f} |")
 
 
 if __name__ == "__main__":

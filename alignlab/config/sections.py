@@ -116,6 +116,7 @@ class GRPOConfig:
     backend: str = "hf"  # hf (alignlab's KV-cache sampler) | vllm (vLLM; pip install ".[vllm]")
     vllm_mode: str = "colocate"  # colocate (an engine in each training process) | server (alignlab vllm-serve)
     vllm_server: str = "127.0.0.1:8000"  # host:port of `alignlab vllm-serve`, for vllm_mode=server
+    vllm_sync: str = "merged"  # LoRA, colocated: merged (W + scale*BA, layer by layer) | adapter (vLLM's LoRA support)
     vllm_gpu_memory_utilization: float = 0.3  # share of GPU memory the engine takes (weights + KV cache)
     vllm_sleep: bool = False  # GPU: release the engine's KV cache while training (vLLM sleep mode)
     vllm_max_model_len: Optional[int] = None  # None = train.max_length

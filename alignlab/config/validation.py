@@ -126,6 +126,8 @@ def validate(config) -> None:
             )
         if grpo.backend not in ("hf", "vllm"):
             raise ConfigError(f"grpo.backend must be hf or vllm, got '{grpo.backend}'")
+        if grpo.vllm_sync not in ("merged", "adapter"):
+            raise ConfigError(f"grpo.vllm_sync must be merged or adapter, got '{grpo.vllm_sync}'")
         if grpo.vllm_mode not in ("colocate", "server"):
             raise ConfigError(f"grpo.vllm_mode must be colocate or server, got '{grpo.vllm_mode}'")
         if grpo.reward_errors not in ("raise", "none"):

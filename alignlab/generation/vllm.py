@@ -70,7 +70,7 @@ class VLLMEngine:
 
     def __init__(self, model_path: str, tokenizer, *, dtype: str = "auto", max_model_len: int = 2048,
                  gpu_memory_utilization: float = 0.3, seed: int = 0, sleep: bool = False,
-                 generation_config=None):
+                 generation_config=None, lora_rank: int = 0):
         if not vllm_available():
             raise AlignlabError(INSTALL_HINT)
         os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")  # colocated: the engine in this process
@@ -83,8 +83,15 @@ class VLLMEngine:
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.stop_ids[0]
         self.sleep_between = sleep and on_gpu
         self.seed, self.calls = seed, 0
+        # lora_rank > 0: adapter-only sync, the engine applies the policy's adapter (vLLM's LoRA support).
+        self.adapter_dir, self.lora_request, self.adapter_version, self.base_loaded = None, None, 0, False
         options = dict(model=model_path, skip_tokenizer_init=True, dtype=dtype, seed=seed, max_model_len=max_model_len,
                        logprobs_mode="processed_logprobs")
+        if lora_rank:
+            import tempfile
+
+            self.adapter_dir = tempfile.mkdtemp(prefix="alignlab-adapter-")
+            options.update(enable_lora=True, max_lora_rank=max(8, lora_rank), max_loras=1)
         if on_gpu:
             options.update(gpu_memory_utilization=gpu_memory_utilization, enable_sleep_mode=sleep)
         else:
@@ -96,8 +103,25 @@ class VLLMEngine:
     # ------------------------------------------------------------ weights
 
     def load_weights(self, model) -> None:
-        """Push the policy's current weights into the engine, in place."""
-        self.load_named(policy_weights(model))
+        """Push the policy's current weights into the engine, in place: all of them (a LoRA policy's
+        merged layer by layer), or with adapter-only sync just the adapter, as a new adapter version
+        (the base is pushed once, unmerged, so it is the policy's own even when it was loaded merged)."""
+        if self.adapter_dir is None:
+            self.load_named(policy_weights(model))
+            return
+        from vllm.lora.request import LoRARequest
+
+        inner = model.module if hasattr(model, "module") else model
+        if not self.base_loaded:
+            self.load_named(policy_weights(inner, merge=False))
+            self.base_loaded = True
+        self.adapter_version += 1
+        path = os.path.join(self.adapter_dir, f"v{self.adapter_version}")
+        inner.save_pretrained(path)  # the adapter alone: ~1% of the weights' bytes
+        if self.lora_request is not None:
+            self.llm.llm_engine.remove_lora(self.lora_request.lora_int_id)
+        self.lora_request = LoRARequest(f"policy-v{self.adapter_version}", self.adapter_version, path)
+        self.llm.reset_prefix_cache()
 
     def load_named(self, weights) -> None:
         """Load (checkpoint name, tensor) pairs into the engine's model, in place."""
@@ -133,7 +157,8 @@ class VLLMEngine:
             )
             for i in range(len(prompts))
         ]
-        outputs = self.llm.generate([TokensPrompt(prompt_token_ids=list(p)) for p in prompts], params, use_tqdm=False)
+        outputs = self.llm.generate([TokensPrompt(prompt_token_ids=list(p)) for p in prompts], params, use_tqdm=False,
+                                    lora_request=self.lora_request)
         if self.sleep_between:
             self.llm.sleep(level=1)
         completions = [list(choice.token_ids) for output in outputs for choice in output.outputs]
@@ -166,7 +191,7 @@ def _draw_seed(*parts: int) -> int:
 
 
 def build_engine(model_cfg, tokenizer, generation_config, *, max_model_len: int, gpu_memory_utilization: float,
-                 seed: int, sleep: bool) -> VLLMEngine:
+                 seed: int, sleep: bool, lora_rank: int = 0) -> VLLMEngine:
     """An engine for the run's base model (the policy's weights are pushed before its first rollout)."""
     from alignlab.model.loading import ensure_tiny_model, resolve_model_path
 
@@ -178,7 +203,7 @@ def build_engine(model_cfg, tokenizer, generation_config, *, max_model_len: int,
     log.info("vLLM engine (colocated) for %s, max_model_len %d", path, max_model_len)
     return VLLMEngine(path, tokenizer, dtype=dtype, max_model_len=max_model_len,
                       gpu_memory_utilization=gpu_memory_utilization, seed=seed, sleep=sleep,
-                      generation_config=generation_config)
+                      generation_config=generation_config, lora_rank=lora_rank)
 
 
 def engine_for_model(name_or_path: str, model, tokenizer, *, max_model_len: int = 2048, seed: int = 0,

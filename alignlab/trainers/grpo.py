@@ -153,6 +153,7 @@ class GRPOTrainer:
             max_model_len=self.grpo.vllm_max_model_len or self.train.max_length,
             gpu_memory_utilization=self.grpo.vllm_gpu_memory_utilization,
             seed=self.train.seed, sleep=self.grpo.vllm_sleep,
+            lora_rank=self.config.lora.r if self.grpo.vllm_sync == "adapter" and is_peft(self.run.unwrapped) else 0,
         )
 
     def _rollout(self, indices: list[int]) -> tuple[Rollout, RewardScores]:
