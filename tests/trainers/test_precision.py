@@ -114,3 +114,28 @@ def test_reference_runs_in_the_policys_precision(tmp_path, tiny_model_dir, prefs
                              else "grpo.temperature=1.0", *extra)).code == 0
     (record,) = train_records(out)
     assert abs(record[key]) < 1e-9  # exactly 0 when both run alike; ~7e-7 KL when the copy ran in float32
+
+
+@pytest.mark.parametrize("command", ["dpo", "grpo"])
+def test_checkpointing_turned_on_behind_the_configs_back(tmp_path, tiny_model_dir, prefs, prompts, monkeypatch,
+                                                         command):
+    """QLoRA's prepare_model_for_kbit_training turns gradient checkpointing on without
+    train.gradient_checkpointing; in train mode transformers then returns no KV cache, and the
+    shared-prefix log-prob path used to crash. The path is chosen from the model's own state."""
+    import importlib
+
+    trainer = importlib.import_module(f"alignlab.trainers.{command}")
+    load_model = trainer.load_model
+
+    def load_like_qlora(*args, **kwargs):
+        model = load_model(*args, **kwargs)
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        return model
+
+    monkeypatch.setattr(trainer, "load_model", load_like_qlora)
+    data = prompts if command == "grpo" else prefs
+    extra = ["grpo.num_generations=2", "grpo.max_completion_length=4"] if command == "grpo" else []
+    out = tmp_path / "run"
+    assert run_cli(base_args(command, tiny_model_dir, data, out, "train.max_steps=2", "train.batch_size=2",
+                             "lora.enabled=true", *extra)).code == 0
+    assert all(math.isfinite(r["loss"]) for r in train_records(out))
