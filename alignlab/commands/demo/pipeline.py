@@ -21,7 +21,7 @@ from alignlab.errors import AlignlabError
 from alignlab.engine.tracking import drop_log_file, keep_log_file, read_jsonl, setup_logging
 
 log = logging.getLogger("alignlab")
-CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
+CONFIG_DIR = Path(__file__).resolve().parents[3] / "configs"  # alignlab/commands/demo/ -> the checkout
 
 # Full demo vs --fast (for tests): step budgets only; everything else comes from configs/demo_*.yaml.
 SETTINGS = {
