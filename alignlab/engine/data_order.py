@@ -3,6 +3,7 @@ position is part of every checkpoint)."""
 
 from __future__ import annotations
 
+import copy
 import random
 
 import numpy as np
@@ -41,6 +42,12 @@ class IndexSampler:
             out += self._order[self.offset : self.offset + grab]
             self.offset += grab
         return out
+
+    def peek(self, count: int) -> list[int]:
+        """The next `count` indices `take` would return, without moving on. At most the rest of this
+        epoch and one more are listed: by then every index has come up (DPO plans its reference pass)."""
+        probe = copy.copy(self)
+        return probe.take(min(count, 2 * self.size - self.offset))
 
     def state(self) -> dict:
         return {"epoch": self.epoch, "offset": self.offset}

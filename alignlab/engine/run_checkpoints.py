@@ -4,6 +4,7 @@ accelerator, model, optimizer, scheduler and run directory these methods use."""
 
 from __future__ import annotations
 
+import json
 import logging
 import shutil
 from pathlib import Path
@@ -70,6 +71,16 @@ class RunCheckpoints:
             )
             log.info("saved %s", path)
         self.accelerator.wait_for_everyone()
+
+    def resume_position(self) -> tuple[int, Optional[dict]]:
+        """(step, sampler state) that `maybe_resume` will restore, read without loading anything:
+        (0, None) when the run starts afresh. For work planned before the weights change (DPO's
+        reference pass over the pairs the rest of the run will see)."""
+        latest = latest_checkpoint(self.run_dir) if self.resuming else None
+        if latest is None:
+            return 0, None
+        state = json.loads((latest / "state.json").read_text())
+        return state["step"], state.get("sampler")
 
     def maybe_resume(self, sampler: Optional[IndexSampler] = None) -> Optional[dict]:
         """Restore the latest checkpoint when resuming; returns the trainer's extra state."""

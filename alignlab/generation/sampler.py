@@ -15,7 +15,7 @@ import torch
 
 from alignlab.data.collate import pad_left
 from alignlab.model.logprobs import returned_cache
-from alignlab.model.loading import stop_token_ids
+from alignlab.model.loading import merged_lora, stop_token_ids
 
 
 @dataclass
@@ -81,6 +81,7 @@ def generate(
     device=None,
     synced: bool = False,
     stop_ids: Optional[list[int]] = None,
+    merge_lora: bool = False,
 ) -> Rollout:
     """G completions per prompt, grouped: rows [i*G, (i+1)*G) belong to prompts[i].
 
@@ -88,7 +89,11 @@ def generate(
     is encoded once; its keys and values are repeated for its G completions in the cache. `synced`
     (FSDP or ZeRO-3, where every forward is a collective): every process calls this together and
     decodes until all are done. `stop_ids`: the ids that end a completion (default: the tokenizer's
-    and the model's generation config's EOS ids, `stop_token_ids`).
+    and the model's generation config's EOS ids, `stop_token_ids`). `merge_lora`: decode with the
+    LoRA adapters merged into the base weights where that is exact enough (`merged_lora`; never
+    under `synced`, whose weights are sharded), unmerged after. Off by default: on CPU it did not
+    pay at Qwen2.5-0.5B's width (bench/RESULTS.md: a decoding step is the same speed merged or not
+    at 4 layers, ~5% faster at 24, and merging plus unmerging costs as much as 3 s there).
     """
     device = device or next(model.parameters()).device
     stop_ids = stop_ids or stop_token_ids(tokenizer, getattr(model, "generation_config", None))
@@ -97,17 +102,18 @@ def generate(
     was_training = model.training
     model.eval()
     chunks = []
-    for start in range(0, len(prompts), per_chunk):
-        part = prompts[start : start + per_chunk]
-        prompt_ids = pad_left(part, pad_id)  # [n, Lp]
-        prompt_mask = pad_left([[1] * len(p) for p in part], 0)  # [n, Lp]
-        completions, logps = sample(
-            model, prompt_ids.to(device), prompt_mask.to(device), num_generations=num_generations,
-            max_new_tokens=max_new_tokens, stop_ids=stop_ids, pad_id=pad_id, temperature=temperature,
-            top_p=top_p, top_k=top_k, greedy=greedy, synced=synced,
-        )
-        repeat = lambda t: t.repeat_interleave(num_generations, dim=0)  # noqa: E731  [n*G, ...]
-        chunks.append((repeat(prompt_ids), repeat(prompt_mask), completions.cpu(), logps.cpu()))
+    with merged_lora(model, enabled=merge_lora and not synced):
+        for start in range(0, len(prompts), per_chunk):
+            part = prompts[start : start + per_chunk]
+            prompt_ids = pad_left(part, pad_id)  # [n, Lp]
+            prompt_mask = pad_left([[1] * len(p) for p in part], 0)  # [n, Lp]
+            completions, logps = sample(
+                model, prompt_ids.to(device), prompt_mask.to(device), num_generations=num_generations,
+                max_new_tokens=max_new_tokens, stop_ids=stop_ids, pad_id=pad_id, temperature=temperature,
+                top_p=top_p, top_k=top_k, greedy=greedy, synced=synced,
+            )
+            repeat = lambda t: t.repeat_interleave(num_generations, dim=0)  # noqa: E731  [n*G, ...]
+            chunks.append((repeat(prompt_ids), repeat(prompt_mask), completions.cpu(), logps.cpu()))
     model.train(was_training)
     prompt_width = max(c[0].shape[1] for c in chunks)
     completion_width = max(c[2].shape[1] for c in chunks)
@@ -120,14 +126,25 @@ def generate(
     return Rollout(prompt_ids, prompt_mask, completion_ids, mask, texts, ended, sampling_logps * mask)
 
 
+# Finished rows leave the decode batch (their KV cache rows dropped) once at least this share of it is
+# finished: every step then costs what its unfinished rows need. Any share pays off on CPU, where a
+# step's cost is about proportional to its rows and dropping rows from the cache costs a copy of it.
+COMPACT_AT = 0.25
+
+
 @torch.no_grad()
 def sample(model, prompt_ids, prompt_mask, *, num_generations, max_new_tokens, stop_ids, pad_id,
-           temperature=1.0, top_p=1.0, top_k=0, greedy=False, synced=False) -> tuple[torch.Tensor, torch.Tensor]:
+           temperature=1.0, top_p=1.0, top_k=0, greedy=False, synced=False,
+           compact_at: float = COMPACT_AT) -> tuple[torch.Tensor, torch.Tensor]:
     """Decode completions with a KV cache, stopping when every row has emitted a stop token.
     Returns (ids [n*G, C], the sampler's log-probs of those ids [n*G, C]: see `Rollout.sampling_logps`).
 
     A lean loop instead of `model.generate`: one forward per token and nothing else per step,
-    which is most of the cost for small models. Finished rows are fed pad tokens (masked later).
+    which is most of the cost for small models. Finished rows are padded (masked later) and leave
+    the decode batch once `compact_at` of it is finished (0 < compact_at <= 1; above 1: never).
+    Each step draws one uniform number per row of the whole batch, whichever rows are still in
+    it, so the tokens do not depend on when rows leave. `synced` (FSDP / ZeRO-3): the loop keeps
+    calling the model, with at least one row, until every process is done.
     """
     stop = torch.as_tensor([stop_ids] if isinstance(stop_ids, int) else list(stop_ids), device=prompt_ids.device)
     positions = (prompt_mask.long().cumsum(-1) - 1).clamp(min=0)  # [n, Lp]
@@ -136,32 +153,54 @@ def sample(model, prompt_ids, prompt_mask, *, num_generations, max_new_tokens, s
     if num_generations > 1:
         cache.batch_repeat_interleave(num_generations)
     logits = out.logits[:, -1].float().repeat_interleave(num_generations, dim=0)  # [N, V]
-    attention = prompt_mask.repeat_interleave(num_generations, dim=0)  # [N, Lp]
-    next_position = prompt_mask.long().sum(-1).repeat_interleave(num_generations)[:, None]  # [N, 1]
-    finished = torch.zeros(logits.shape[0], dtype=torch.bool, device=logits.device)  # [N]
-    tokens, logps = [], []
-    for _ in range(max_new_tokens):
-        scaled = logits if greedy else logits / temperature  # [N, V]
-        token = logits.argmax(-1) if greedy else pick_token(scaled, top_p, top_k)  # [N]
-        token = torch.where(finished, torch.full_like(token, pad_id), token)
-        logps.append(scaled.gather(1, token[:, None]).squeeze(1) - scaled.logsumexp(-1))  # [N]
-        tokens.append(token)
-        finished |= torch.isin(token, stop)
+    attention = prompt_mask.repeat_interleave(num_generations, dim=0)  # [b, Lp]: b = rows still decoded
+    next_position = prompt_mask.long().sum(-1).repeat_interleave(num_generations)[:, None]  # [b, 1]
+    total, device = logits.shape[0], logits.device
+    rows = torch.arange(total, device=device)  # [b]: the batch row of each decoded row
+    finished = torch.zeros(total, dtype=torch.bool, device=device)  # [N]
+    tokens = torch.full((max_new_tokens, total), pad_id, dtype=torch.long, device=device)  # [C, N]
+    logps = torch.zeros(max_new_tokens, total, device=device)  # [C, N]
+    steps = 0
+    for step in range(max_new_tokens):
+        scaled = logits if greedy else logits / temperature  # [b, V]
+        if greedy:
+            token = logits.argmax(-1)  # [b]
+        else:
+            token = pick_token(scaled, top_p, top_k, uniform=torch.rand(total, device=device)[rows])  # [b]
+        was_finished = finished[rows]  # [b]
+        token = torch.where(was_finished, torch.full_like(token, pad_id), token)
+        tokens[step, rows] = token
+        logp = scaled.gather(1, token[:, None]).squeeze(1) - scaled.logsumexp(-1)  # [b]
+        logps[step, rows] = torch.where(was_finished, 0.0, logp)  # 0 after the stop token, whatever the batch
+        finished[rows] = was_finished | torch.isin(token, stop)
+        steps = step + 1
         done = bool(finished.all())
         if synced:
-            done = all_done(done, finished.device)
-        if done:
+            done = all_done(done, device)
+        if done or step == max_new_tokens - 1:
             break
-        attention = torch.cat([attention, attention.new_ones(attention.shape[0], 1)], dim=1)  # [N, Lp + t + 1]
+        live = ~finished[rows]  # [b]
+        if compact_at <= 1 and int((~live).sum()) >= max(compact_at * len(rows), 1):
+            keep = live.nonzero().squeeze(1)  # [b']
+            if not len(keep):  # synced: this process is done, the others are not; one row keeps it stepping
+                keep = keep.new_zeros(1)
+            if len(keep) < len(rows):
+                cache.batch_select_indices(keep)
+                rows, token, attention, next_position = rows[keep], token[keep], attention[keep], next_position[keep]
+        attention = torch.cat([attention, attention.new_ones(attention.shape[0], 1)], dim=1)  # [b, Lp + t + 1]
         out = model(input_ids=token[:, None], attention_mask=attention, position_ids=next_position,
                     use_cache=True, **{cache_name: cache})
         next_position = next_position + 1
-        logits = out.logits[:, -1].float()  # [N, V]
-    return torch.stack(tokens, dim=1), torch.stack(logps, dim=1)  # [N, C], [N, C]
+        logits = out.logits[:, -1].float()  # [b, V]
+    return tokens[:steps].T.contiguous(), logps[:steps].T.contiguous()  # [N, C], [N, C]
 
 
-def pick_token(scaled_logits: torch.Tensor, top_p: float, top_k: int) -> torch.Tensor:
-    """Sample one token per row [N] from temperature-scaled logits [N, V] with top-k and nucleus (top-p)."""
+def pick_token(scaled_logits: torch.Tensor, top_p: float, top_k: int, uniform: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """Sample one token per row [N] from temperature-scaled logits [N, V] with top-k and nucleus (top-p).
+
+    By inversion: row i takes the first token whose cumulative probability exceeds `uniform[i]`
+    (one draw in [0, 1) per row; drawn here when not given), so a row's token depends on its own
+    logits and draw only, not on the rest of the batch (torch.multinomial's draws do)."""
     logits = scaled_logits
     if top_k and top_k < logits.shape[-1]:
         kth = torch.topk(logits, top_k, dim=-1).values[:, -1:]  # [N, 1]
@@ -172,7 +211,13 @@ def pick_token(scaled_logits: torch.Tensor, top_p: float, top_k: int) -> torch.T
         # Drop a token when the tokens ranked above it already cover top_p (the first always stays).
         drop = (probs.cumsum(-1) - probs) > top_p  # [N, V]
         logits = logits.masked_fill(drop.scatter(1, order, drop), float("-inf"))
-    return torch.multinomial(logits.softmax(-1), num_samples=1).squeeze(1)  # [N]
+    if uniform is None:
+        uniform = torch.rand(logits.shape[0], device=logits.device)
+    cdf = logits.softmax(-1).cumsum_(-1)  # [N, V], non-decreasing
+    target = uniform[:, None].to(cdf.dtype) * cdf[:, -1:]  # [N, 1]
+    token = torch.searchsorted(cdf, target, right=True).squeeze(1)  # [N]: first index with cdf > target
+    # Rounding can put the target at the very top: then the last token with any probability.
+    return torch.minimum(token, cdf.argmax(-1))
 
 
 def _left_to(tensor: torch.Tensor, width: int, value: int) -> torch.Tensor:

@@ -2,9 +2,10 @@
 
 Chosen and rejected go through the model in one concatenated forward ([2B, T]), so a pair costs
 one call and shares its batch statistics. The reference strategies:
-- precomputed (default): before training, in large no-grad batches; cached on disk keyed by the
-  data's token ids, the model's identity and the log-prob settings, so another run on the same data
-  and base model (e.g. another beta) reuses them;
+- precomputed (default): before training, in large no-grad batches, for the pairs the run will
+  see; cached on disk keyed by the data's token ids, the model's identity and the log-prob
+  settings, so another run on the same data and base model (e.g. another beta) reuses them and
+  computes only the pairs none has seen;
 - adapter: LoRA policy with the adapter disabled (no second copy of the weights);
 - copy: a frozen copy of the initial policy (full fine-tuning);
 - none: reference-free (SimPO-style): reference log-probs are zero.
@@ -12,6 +13,7 @@ one call and shares its batch statistics. The reference strategies:
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -116,7 +118,9 @@ def cache_key(data_fingerprint: str, model_id: str, settings: dict) -> str:
 
 
 class ReferenceCache:
-    """Reference log-probs on disk, shared across runs: <cache_dir>/<key>.pt."""
+    """Reference log-probs on disk, shared across runs: <cache_dir>/<key>.pt, an [N, 2] float tensor
+    (chosen, rejected) per pair of the split the key names; NaN where a pair is not computed yet
+    (a run computes only the pairs it will see, and later runs add theirs)."""
 
     def __init__(self, cache_dir: Path):
         self.cache_dir = Path(cache_dir)
@@ -134,10 +138,33 @@ class ReferenceCache:
             log.warning("reference cache %s is unreadable; recomputing", path)
             return None
 
-    def store(self, key: str, values: torch.Tensor) -> Path:
+    def store(self, key: str, values: torch.Tensor) -> torch.Tensor:
+        """Write `values` merged with what the file holds now (another run on the same key may have
+        added pairs since it was read); returns the merged table."""
         self.cache_dir.mkdir(parents=True, exist_ok=True)
         path = self.path(key)
-        tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-        torch.save(values, tmp)
-        os.replace(tmp, path)  # atomic: concurrent runs never read half a file
-        return path
+        with _locked(self.cache_dir):
+            on_disk = self.load(key)
+            if on_disk is not None and on_disk.shape == values.shape:
+                values = torch.where(values.isnan(), on_disk, values)
+            tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+            torch.save(values, tmp)
+            os.replace(tmp, path)  # atomic: concurrent runs never read half a file
+        return values
+
+
+@contextlib.contextmanager
+def _locked(directory: Path):
+    """An exclusive lock on a directory (flock on its descriptor; no lock file left behind), where
+    the platform has one."""
+    try:
+        import fcntl
+    except ImportError:  # not POSIX: the merge above still loses nothing but a concurrent run's last pairs
+        yield
+        return
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # closing releases the lock

@@ -19,8 +19,10 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import json
 import logging
 import math
+import time
 from pathlib import Path
 
 import torch
@@ -29,7 +31,7 @@ from alignlab.data.mixture import finish_per_source, is_mixture, load_mixture, p
 from alignlab.data.preference_encode import encode_pairs, pairs_fingerprint
 from alignlab.data.preference_sets import read_preference_examples, split_preference_examples
 from alignlab.data.templates import Templater
-from alignlab.errors import AlignlabError, ConfigError, DataError
+from alignlab.errors import ConfigError, DataError
 from alignlab.losses.dpo import DPO_LOSSES, nll_loss
 from alignlab.model.loading import count_parameters, is_peft, load_model, load_tokenizer, model_stop_ids
 from alignlab.model.pair_logps import ReferenceCache, cache_key, compute_all, model_fingerprint, pair_logps
@@ -80,13 +82,15 @@ def resolve_reference(config, model) -> str:
     return choice
 
 
-def reference_by_shares(run: TrainingRun, config, pairs) -> torch.Tensor:
+def reference_by_shares(run: TrainingRun, config, pairs, model=None) -> torch.Tensor:
     """[N, 2] reference log-probs, each process scoring an equal contiguous share of the pairs (the
-    last share padded with copies of the last pair: under FSDP or ZeRO-3 all must run as many forwards)."""
+    last share padded with copies of the last pair: under FSDP or ZeRO-3 all must run as many forwards).
+    `model`: the reference weights when the policy no longer holds them (default: the policy, its
+    adapter disabled under LoRA)."""
     share = math.ceil(len(pairs) / run.num_processes)
     padded = pairs + [pairs[-1]] * (share * run.num_processes - len(pairs))
     index = run.accelerator.process_index
-    model = run.unwrapped
+    model = model if model is not None else run.unwrapped
     with model.disable_adapter() if is_peft(model) else contextlib.nullcontext(), run.autocast():
         mine = compute_all(
             model, padded[index * share : (index + 1) * share], run.tokenizer.pad_token_id, run.device,
@@ -113,32 +117,75 @@ def reference_settings(config) -> dict:
     }
 
 
-def precompute_reference(run: TrainingRun, config, pairs, name: str) -> torch.Tensor:
-    """[N, 2] reference log-probs: from the shared cache, or computed now (shared by all processes)."""
-    dpo = config.dpo
-    cache = ReferenceCache(Path(dpo.ref_cache_dir) if dpo.ref_cache_dir else run.run_dir.parent / ".ref_cache")
-    key = cache_key(pairs_fingerprint(pairs), model_fingerprint(config.model.name_or_path, config.model.revision),
-                    reference_settings(config))
-    # The main process decides between cache and computing, and tells the others: were each to look
-    # for itself, a slower one could find the file the main process has just written and skip work
-    # (and collectives) the others do.
-    values = cache.load(key) if run.is_main else None
-    if run.global_sum(float(run.is_main and values is None)) > 0:
-        values = reference_by_shares(run, config, pairs)
+class ReferenceLogps:
+    """[N, 2] reference log-probs of one split (chosen, rejected per pair), filled as needed: from the
+    shared cache, else computed (each process scoring a share) and added to it. `ensure(indices)`
+    makes those pairs available; every process calls it with the same indices and holds the same
+    table (the main process's reading of the cache, broadcast), so all decide alike whether to run
+    forwards (under FSDP or ZeRO-3 they must run as many)."""
+
+    def __init__(self, run: TrainingRun, config, pairs, name: str):
+        self.run, self.config, self.pairs, self.name = run, config, pairs, name
+        dpo = config.dpo
+        self.cache = ReferenceCache(Path(dpo.ref_cache_dir) if dpo.ref_cache_dir else run.run_dir.parent / ".ref_cache")
+        self.key = cache_key(pairs_fingerprint(pairs), model_fingerprint(config.model.name_or_path, config.model.revision),
+                             reference_settings(config))
+        values = self.cache.load(self.key) if run.is_main else None
+        if values is None or values.shape != (len(pairs), 2):
+            values = torch.full((len(pairs), 2), float("nan"))
+        if run.num_processes > 1:
+            from accelerate.utils import broadcast
+
+            values = broadcast(values.to(run.device), from_process=0).cpu()
+        self.values = values  # NaN = not computed yet
+        self.report = {"pairs": 0, "computed": 0, "reused": 0, "seconds": 0.0, "cache": str(self.cache.path(self.key))}
         if run.is_main:
-            cache.store(key, values)
-            log.info("reference log-probs for %d %s pairs computed and cached in %s", len(pairs), name, cache.path(key))
-    elif run.is_main:
-        log.info("reference log-probs for %d %s pairs reused from %s", len(pairs), name, cache.path(key))
-    run.accelerator.wait_for_everyone()
-    if values is None:
-        values = cache.load(key)  # every other process reads the one file the main process wrote
-        if values is None:
-            raise AlignlabError(f"process {run.accelerator.process_index} cannot read the reference log-probs the main "
-                                f"process wrote to {cache.path(key)}: dpo.ref_cache_dir must be shared by all processes")
+            (run.run_dir / f"ref_cache_{name}.txt").write_text(str(self.cache.path(self.key)) + "\n")
+
+    def missing(self, indices) -> list[int]:
+        wanted = torch.tensor(sorted(set(indices)), dtype=torch.long)
+        return wanted[self.values[wanted].isnan().any(dim=1)].tolist() if len(wanted) else []
+
+    def ensure(self, indices, *, planned: bool = False) -> None:
+        """Compute the reference of those of `indices` not known yet, and cache it."""
+        todo = self.missing(indices)
+        if planned:
+            self.report["pairs"] = len(set(indices))
+            self.report["reused"] = self.report["pairs"] - len(todo)
+        if todo:
+            tick = time.perf_counter()
+            initial = None
+            if not planned and not is_peft(self.run.unwrapped):
+                # Full fine-tuning, mid-run: the policy's weights have moved on; the reference is the
+                # initial model, loaded again for these pairs only.
+                initial = load_model(self.config.model, None, for_training=False).to(self.run.device)
+            self.values[todo] = reference_by_shares(self.run, self.config, [self.pairs[i] for i in todo], initial)
+            del initial
+            if self.run.is_main:
+                self.values = self.cache.store(self.key, self.values)
+            self.report["computed"] += len(todo)
+            self.report["seconds"] += time.perf_counter() - tick
+        if not self.run.is_main:
+            return
+        path = self.cache.path(self.key)
+        if planned and todo:
+            log.info("reference log-probs for %d %s pairs computed and cached in %s (%.1f s; %d of the %d pairs this run "
+                     "will see were there already)", len(todo), self.name, path, self.report["seconds"],
+                     self.report["reused"], self.report["pairs"])
+        elif planned:
+            log.info("reference log-probs for %d %s pairs reused from %s", self.report["pairs"], self.name, path)
+        elif todo:  # pairs beyond the plan: steps skipped for a non-finite loss took more
+            log.info("reference log-probs for %d more %s pairs computed at step %d", len(todo), self.name, self.run.step + 1)
+
+    def __getitem__(self, rows) -> torch.Tensor:
+        return self.values[rows]
+
+
+def write_reference_report(run: TrainingRun, references: dict) -> None:
+    """reference.json: per split, the pairs planned, computed (and their seconds) and reused."""
     if run.is_main:
-        (run.run_dir / f"ref_cache_{name}.txt").write_text(str(cache.path(key)) + "\n")
-    return values
+        report = {name: ref.report for name, ref in references.items() if ref is not None}
+        (run.run_dir / "reference.json").write_text(json.dumps(report, indent=1) + "\n")
 
 
 class DPOStep:
@@ -241,18 +288,32 @@ def train_dpo(config) -> TrainingRun:
         ref_model.to(run.device)
 
     train = config.train
+    sampler = IndexSampler(len(train_pairs), train.seed)
+    global_batch = train.batch_size * train.grad_accum * run.num_processes
     cached_train = cached_eval = None
     if reference == "precomputed":
-        cached_train = precompute_reference(run, config, train_pairs, "train")
-        cached_eval = precompute_reference(run, config, eval_pairs, "eval") if eval_pairs else None
-    sampler = IndexSampler(len(train_pairs), train.seed)
+        # Before resuming, which loads trained weights; only the pairs the rest of the run will see
+        # (the data order is fixed by the seed, from the resumed position on). Every eval pair is
+        # used at each eval.
+        done, position = run.resume_position()
+        planner = IndexSampler(len(train_pairs), train.seed)
+        if position:
+            planner.load(position)
+        cached_train = ReferenceLogps(run, config, train_pairs, "train")
+        cached_train.ensure(planner.peek(max(train.max_steps - done, 0) * global_batch), planned=True)
+        if eval_pairs:
+            cached_eval = ReferenceLogps(run, config, eval_pairs, "eval")
+            cached_eval.ensure(range(len(eval_pairs)), planned=True)
+        write_reference_report(run, {"train": cached_train, "eval": cached_eval})
     run.maybe_resume(sampler)
     step = DPOStep(run, config, reference, ref_model)
     step.sources = source_names(train_pairs + eval_pairs)
-    global_batch = train.batch_size * train.grad_accum * run.num_processes
 
     def step_fn(_):
-        indices = run.rank_slice(sampler.take(global_batch))
+        picked = sampler.take(global_batch)  # the same on every process
+        if cached_train is not None:
+            cached_train.ensure(picked)  # already there, unless skipped steps took more pairs than planned
+        indices = run.rank_slice(picked)
         total_pairs = run.global_sum(len(indices))
         sums, tokens = {}, 0.0
         for micro in run.micro_batches(indices, train.batch_size, length=lambda i: pair_length(train_pairs[i])):

@@ -96,6 +96,31 @@ def test_dpo_two_processes_equal_one_reference_once(tmp_path, tiny_model_dir, pr
     assert "reused" not in log
 
 
+def test_dpo_two_processes_reference_of_the_pairs_they_will_see(tmp_path, tiny_model_dir, prefs):
+    """2 x 2 pairs x 3 steps see 12 of the 32 pairs: both processes score shares of those 12 only,
+    as one process would; a longer run on that cache (read by the main process, broadcast) scores
+    only the pairs not there yet."""
+    import json
+
+    one, two, longer = tmp_path / "one", tmp_path / "two", tmp_path / "longer"
+    run_ok(base_args("dpo", tiny_model_dir, prefs, one, "train.batch_size=4", "train.max_steps=3", "train.lr=1e-3",
+                     f"dpo.ref_cache_dir={tmp_path / 'c1'}"))
+    common = ["train.batch_size=2", "train.lr=1e-3", f"dpo.ref_cache_dir={tmp_path / 'c2'}"]
+    torchrun(base_args("dpo", tiny_model_dir, prefs, two, "train.max_steps=3", *common), tmp_path)
+    assert_same(train_records(one), train_records(two), ("loss", "grad_norm", "rewards/margins", "logps/rejected"))
+    report = json.loads((two / "reference.json").read_text())["train"]
+    assert (report["pairs"], report["computed"], report["reused"]) == (12, 12, 0)
+    cached = lambda d: torch.load(Path((d / "ref_cache_train.txt").read_text().strip()))  # noqa: E731
+    known = ~cached(one).isnan().any(1)
+    assert int(known.sum()) == 12 and torch.equal(known, ~cached(two).isnan().any(1))
+    torch.testing.assert_close(cached(two)[known], cached(one)[known], atol=1e-5, rtol=1e-6)
+
+    torchrun(base_args("dpo", tiny_model_dir, prefs, longer, "train.max_steps=5", *common), tmp_path)
+    report = json.loads((longer / "reference.json").read_text())["train"]
+    assert (report["pairs"], report["computed"], report["reused"]) == (20, 8, 12)
+    assert int((~cached(longer).isnan().any(1)).sum()) == 20
+
+
 def test_dpo_two_processes_lora_accumulation_checkpointing(tmp_path, tiny_model_dir, prefs):
     """LoRA (reference = adapter disabled, precomputed), 2 micro-batches per step (no_sync on the
     first), gradient checkpointing (no shared prompt pass): 2 x (2 x 2) pairs == 1 x (4 x 2).
