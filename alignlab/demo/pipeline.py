@@ -198,7 +198,7 @@ def run_demo(out: str = "runs/demo", task: str = "addition", seed: int = 0, fast
     print()
     print(S.side_by_side([i.prompt for i in demo.test_items], [i.columns["answer"] for i in demo.test_items], stages))
     print()
-    notes = S.verdicts(stages)
+    notes = S.verdicts(stages, fast=fast)
     for line in notes:
         print(line)
     total = time.perf_counter() - start
