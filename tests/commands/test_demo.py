@@ -33,6 +33,29 @@ def test_fast_demo_structure_and_each_stage_improves_its_objective(tmp_path):
     assert sft["name"] == "loss" and sft["last"] < sft["first"] * 0.5
     assert dpo["name"] == "loss" and dpo["last"] < dpo["first"]
     assert grpo["name"] == "sampled reward on held-out prompts" and grpo["last"] > grpo["first"]
+    # The printed verdicts say in words when a stage did not beat SFT, and that --fast is too short for the gains.
+    stages = summary["stages"]
+    grpo_gain = stages["grpo"]["greedy_accuracy"] - stages["sft"]["greedy_accuracy"]
+    assert any(n.startswith("GRPO did NOT improve greedy accuracy") for n in summary["notes"]) == (grpo_gain <= 0)
+    assert any(n.startswith("--fast trains each stage") for n in summary["notes"])
+
+
+def test_verdicts_say_when_a_stage_did_not_beat_sft():
+    from alignlab.demo.summary import verdicts
+
+    def stage(greedy, preference):
+        return {"greedy_accuracy": greedy, "preference_accuracy": preference}
+
+    notes = verdicts({"sft": stage(0.05, 0.60), "dpo": stage(0.05, 0.80), "grpo": stage(0.03, 0.60)}, fast=True)
+    assert notes[0] == "GRPO did NOT improve greedy accuracy (-2.0 points vs the SFT model)."
+    assert notes[1] == "DPO held-out preference accuracy: +20.0 points vs the SFT model."
+    assert notes[2].startswith("DPO did NOT improve greedy accuracy (+0.0 points vs the SFT model): it learned to rank")
+    assert notes[3].startswith("--fast trains each stage")
+    notes = verdicts({"sft": stage(0.2, 0.6), "dpo": stage(0.3, 0.5), "grpo": stage(0.5, 0.6)})
+    assert notes[:3] == ["GRPO greedy accuracy: +30.0 points vs the SFT model.",
+                         "DPO did NOT improve held-out preference accuracy (-10.0 points vs the SFT model).",
+                         "DPO greedy accuracy: +10.0 points vs the SFT model."]
+    assert not any(n.startswith("--fast") for n in notes)
 
 
 @pytest.mark.slow

@@ -210,7 +210,7 @@ def _run_stages(demo: Demo, task: str, seed: int, fast: bool, start: float) -> d
     print()
     print(S.side_by_side([i.prompt for i in demo.test_items], [i.columns["answer"] for i in demo.test_items], stages))
     print()
-    notes = S.verdicts(stages)
+    notes = S.verdicts(stages, fast=fast)
     for line in notes:
         print(line)
     total = time.perf_counter() - start
