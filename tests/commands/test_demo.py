@@ -41,7 +41,7 @@ def test_fast_demo_structure_and_each_stage_improves_its_objective(tmp_path):
 
 
 def test_verdicts_say_when_a_stage_did_not_beat_sft():
-    from alignlab.demo.summary import verdicts
+    from alignlab.commands.demo.summary import verdicts
 
     def stage(greedy, preference):
         return {"greedy_accuracy": greedy, "preference_accuracy": preference}
