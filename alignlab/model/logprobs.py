@@ -41,6 +41,41 @@ def _chunk_logps_and_entropy(project, hidden, targets, scale, softcap, temperatu
     return torch.gather(logp_all, 1, targets[:, None]).squeeze(1), entropy
 
 
+class _FrozenHeadLogps(torch.autograd.Function):
+    """Log-probs [n] (and detached entropies [n]) of `targets` through a frozen LM head, with no
+    recompute in backward. A token's log-prob is one number, so its gradient with respect to its
+    hidden state is one vector: d log p(y | h) / d h = f * (W[y] - softmax(f * W h) @ W), with
+    f = scale / temperature. That [n, H] Jacobian is computed in forward (the matmul backward would
+    do anyway) and kept instead of any [n, V] block; backward only scales it. Used where the head
+    takes no gradient (LoRA, frozen models) and has no soft-cap: two LM-head matmuls per chunk
+    instead of the three of a checkpointed chunk (forward, recompute, backward)."""
+
+    @staticmethod
+    def forward(ctx, hidden, weight, targets, factor: float, with_entropy: bool):
+        logits = F.linear(hidden, weight).float()  # [n, V]
+        if factor != 1.0:
+            logits = logits * factor
+        logp_all = logits.log_softmax(-1)  # [n, V]
+        del logits
+        logps = torch.gather(logp_all, 1, targets[:, None]).squeeze(1)  # [n]
+        probs = logp_all.exp()  # [n, V]: softmax
+        entropy = logps.new_zeros(0)
+        if with_entropy:  # -sum p log p as a batched dot product (no [n, V] product), in float32 under autocast too
+            with torch.autocast(probs.device.type, enabled=False):
+                entropy = -torch.bmm(probs[:, None, :], logp_all[:, :, None]).reshape(-1)  # [n]
+        del logp_all
+        expected = probs.to(weight.dtype) @ weight  # [n, H]: the softmax-weighted mean output embedding
+        jacobian = (weight[targets] - expected).float() * factor  # [n, H]
+        ctx.save_for_backward(jacobian)
+        ctx.hidden_dtype = hidden.dtype
+        return logps, entropy
+
+    @staticmethod
+    def backward(ctx, grad_logps, _grad_entropy):
+        (jacobian,) = ctx.saved_tensors
+        return (grad_logps[:, None] * jacobian).to(ctx.hidden_dtype), None, None, None, None
+
+
 def logit_transform(config) -> tuple[float, float | None]:
     """(scale, softcap) that the architecture applies to the LM head's output before softmax:
     Cohere multiplies by `logit_scale`, Granite divides by `logits_scaling`, Gemma 2/3 soft-cap with
@@ -144,11 +179,19 @@ def score_rows(model, rows: torch.Tensor, targets: torch.Tensor, chunk_size: int
     if chunk_size <= 0:
         # A chunk's logits, log-softmax and gradient are about 3 [chunk, V] float32 buffers.
         chunk_size = max(16, CHUNK_BUDGET_BYTES // (3 * 4 * vocab_size))
+    weight = getattr(project, "keywords", {}).get("weight")
+    # A frozen head (LoRA) and its hidden states needing a gradient: the Jacobian path, no recompute.
+    frozen_head = (weight is not None and not weight.requires_grad and project.keywords.get("bias") is None
+                   and not softcap and rows.requires_grad and torch.is_grad_enabled())
     pieces, entropies = [], []
     for start in range(0, rows.shape[0], chunk_size):
         h, y = rows[start : start + chunk_size], targets[start : start + chunk_size]
         args = (project, h, y, scale, softcap, temperature)
-        if with_entropy:
+        if frozen_head:
+            lp, ent = _FrozenHeadLogps.apply(h, weight, y, scale / temperature, with_entropy)
+            if with_entropy:
+                entropies.append(ent.detach())
+        elif with_entropy:
             lp, ent = checkpoint(_chunk_logps_and_entropy, *args, use_reentrant=False, determinism_check=check)
             entropies.append(ent.detach())
         elif torch.is_grad_enabled():
