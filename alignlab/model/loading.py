@@ -320,16 +320,22 @@ def merged_lora(model, enabled: bool = True):
 def save_merged(model, tokenizer, out_dir: Path, model_cfg=None) -> None:
     """Weights loadable by plain transformers: the LoRA adapter merged into the base.
 
-    With `model_cfg` (the run's model section) the base is loaded afresh on the CPU, unquantised
-    (bfloat16 for a QLoRA run, else the run's dtype), and the trained adapter is merged there: the
-    live model on the GPU is neither copied (which doubled its memory at the end of a run) nor, for
-    QLoRA, merged into 4-bit weights that would be re-quantised and saved as a bitsandbytes
-    checkpoint. Without it (a model that is a copy already) the adapter is merged in place."""
+    With `model_cfg` (the run's model section) the live model is left as it is. On an accelerator
+    the base is loaded afresh on the CPU, unquantised (bfloat16 for a QLoRA run, else the run's
+    dtype), and the trained adapter is merged there: the live model on the GPU is neither copied
+    (which doubled its memory at the end of a run) nor, for QLoRA, merged into 4-bit weights that
+    would be re-quantised and saved as a bitsandbytes checkpoint. On the CPU the saved model shares
+    the live model's base weights, and only the adapted layers' merged weights are new (a fresh copy
+    would hold the whole model twice in RAM). Without it (a model that is a copy already) the
+    adapter is merged in place."""
     if not is_peft(model):
         save_model(model, tokenizer, out_dir)
         return
     if model_cfg is None:
         save_model(model.merge_and_unload(), tokenizer, out_dir)
+        return
+    if not model_cfg.load_in_4bit and all(p.device.type == "cpu" for p in model.parameters()):
+        save_model(merged_on_live_weights(model), tokenizer, out_dir)
         return
     from dataclasses import replace
 
@@ -344,6 +350,37 @@ def save_merged(model, tokenizer, out_dir: Path, model_cfg=None) -> None:
     merged = fresh.merge_and_unload()
     merged.generation_config = model.generation_config
     save_model(merged, tokenizer, out_dir)
+
+
+def merged_on_live_weights(model):
+    """A plain transformers model holding `model`'s base weights (the same tensors, not copies),
+    except that each LoRA layer's weight is base + the adapter's delta (a new tensor): the merged
+    model, for saving, at the memory of the adapted layers alone. `model` is left unchanged."""
+    from peft.tuners.lora import LoraLayer
+    from transformers import AutoModelForCausalLM
+
+    base = model.get_base_model()
+    state = {}
+    with torch.no_grad():
+        for name, module in base.named_modules():
+            if isinstance(module, LoraLayer):
+                layer = module.get_base_layer()
+                delta = module.get_delta_weight(model.active_adapter)
+                state[f"{name}.weight"] = layer.weight.detach() + delta.to(layer.weight.dtype)
+                if getattr(layer, "bias", None) is not None:
+                    state[f"{name}.bias"] = layer.bias.detach()
+        for name, tensor in base.named_parameters():
+            if "lora_" not in name and ".base_layer." not in name:
+                state[name] = tensor.detach()
+    with torch.device("meta"):
+        plain = AutoModelForCausalLM.from_config(base.config)
+    plain.load_state_dict(state, strict=False, assign=True)
+    plain.tie_weights()  # the LM head of a tied model is the embedding again
+    missing = [name for name, p in plain.named_parameters() if p.is_meta]
+    if missing:
+        raise AlignlabError(f"merging the adapter for saving left {missing[:3]} without weights")
+    plain.generation_config = model.generation_config
+    return plain
 
 
 def count_parameters(model) -> tuple[int, int]:

@@ -41,6 +41,88 @@ def _chunk_logps_and_entropy(project, hidden, targets, scale, softcap, temperatu
     return torch.gather(logp_all, 1, targets[:, None]).squeeze(1), entropy
 
 
+class _FrozenHeadLogps(torch.autograd.Function):
+    """Log-probs [n] (and detached entropies [n]) of `targets` through a frozen LM head, with no
+    recompute in backward. A token's log-prob is one number, so its gradient with respect to its
+    hidden state is one vector: d log p(y | h) / d h = f * (W[y] - softmax(f * W h) @ W), with
+    f = scale / temperature. That [n, H] Jacobian is computed in forward (the matmul backward would
+    do anyway) and kept instead of any [n, V] block; backward only scales it. Used where the head
+    takes no gradient (LoRA, frozen models) and has no soft-cap: two LM-head matmuls per chunk
+    instead of the three of a checkpointed chunk (forward, recompute, backward)."""
+
+    @staticmethod
+    def forward(ctx, hidden, weight, targets, factor: float, with_entropy: bool):
+        logits = F.linear(hidden, weight).float()  # [n, V]
+        if factor != 1.0:
+            logits = logits * factor
+        logp_all = logits.log_softmax(-1)  # [n, V]
+        del logits
+        logps = torch.gather(logp_all, 1, targets[:, None]).squeeze(1)  # [n]
+        probs = logp_all.exp()  # [n, V]: softmax
+        entropy = logps.new_zeros(0)
+        if with_entropy:  # -sum p log p as a batched dot product (no [n, V] product), in float32 under autocast too
+            with torch.autocast(probs.device.type, enabled=False):
+                entropy = -torch.bmm(probs[:, None, :], logp_all[:, :, None]).reshape(-1)  # [n]
+        del logp_all
+        expected = probs.to(weight.dtype) @ weight  # [n, H]: the softmax-weighted mean output embedding
+        jacobian = (weight[targets] - expected).float() * factor  # [n, H]
+        ctx.save_for_backward(jacobian)
+        ctx.hidden_dtype = hidden.dtype
+        return logps, entropy
+
+    @staticmethod
+    def backward(ctx, grad_logps, _grad_entropy):
+        (jacobian,) = ctx.saved_tensors
+        return (grad_logps[:, None] * jacobian).to(ctx.hidden_dtype), None, None, None, None
+
+
+class _TrainableHeadLogps(torch.autograd.Function):
+    """Log-probs [N] (and detached entropies [N]) through a head that takes a gradient (full fine-
+    tuning), all chunks in one call: forward keeps no [n, V] block; backward recomputes each chunk's
+    logits once and adds its weight gradient into one [V, H] buffer. Per-chunk checkpoints instead
+    give autograd one [V, H] gradient per chunk to add up: at a 151,936-row vocabulary a second
+    545 MiB block alive while the rest of the backward still holds its activations."""
+
+    @staticmethod
+    def forward(ctx, hidden, weight, targets, factor: float, chunk_size: int, with_entropy: bool):
+        logps, entropies = [], []
+        for start in range(0, hidden.shape[0], chunk_size):
+            logits = F.linear(hidden[start : start + chunk_size], weight).float()  # [n, V]
+            logp_all = (logits * factor if factor != 1.0 else logits).log_softmax(-1)
+            del logits
+            logps.append(torch.gather(logp_all, 1, targets[start : start + chunk_size, None]).squeeze(1))
+            if with_entropy:
+                entropies.append(-torch.bmm(logp_all.exp()[:, None, :], logp_all[:, :, None]).reshape(-1))
+        ctx.save_for_backward(hidden, weight, targets)
+        ctx.factor, ctx.chunk_size = factor, chunk_size
+        entropy = torch.cat(entropies) if entropies else hidden.new_zeros(0, dtype=torch.float32)
+        ctx.mark_non_differentiable(entropy)
+        return torch.cat(logps), entropy
+
+    @staticmethod
+    def backward(ctx, grad_logps, _grad_entropy):
+        hidden, weight, targets = ctx.saved_tensors
+        grad_hidden = torch.empty_like(hidden) if ctx.needs_input_grad[0] else None
+        grad_weight = torch.zeros_like(weight) if ctx.needs_input_grad[1] else None
+        for start in range(0, hidden.shape[0], ctx.chunk_size):
+            h, y = hidden[start : start + ctx.chunk_size], targets[start : start + ctx.chunk_size]
+            g = grad_logps[start : start + ctx.chunk_size].float()  # [n]
+            logits = F.linear(h, weight).float()
+            # d logp(y) / d logits = onehot(y) - softmax, times the factor and the upstream gradient.
+            grad_logits = (logits * ctx.factor if ctx.factor != 1.0 else logits).softmax(-1)  # [n, V]
+            del logits
+            grad_logits.mul_(-g[:, None])
+            grad_logits[torch.arange(len(y), device=y.device), y] += g
+            if ctx.factor != 1.0:
+                grad_logits.mul_(ctx.factor)
+            grad_logits = grad_logits.to(weight.dtype)
+            if grad_hidden is not None:
+                grad_hidden[start : start + ctx.chunk_size] = grad_logits @ weight
+            if grad_weight is not None:
+                grad_weight.addmm_(grad_logits.T, h)
+        return grad_hidden, grad_weight, None, None, None, None
+
+
 def logit_transform(config) -> tuple[float, float | None]:
     """(scale, softcap) that the architecture applies to the LM head's output before softmax:
     Cohere multiplies by `logit_scale`, Granite divides by `logits_scaling`, Gemma 2/3 soft-cap with
@@ -144,11 +226,24 @@ def score_rows(model, rows: torch.Tensor, targets: torch.Tensor, chunk_size: int
     if chunk_size <= 0:
         # A chunk's logits, log-softmax and gradient are about 3 [chunk, V] float32 buffers.
         chunk_size = max(16, CHUNK_BUDGET_BYTES // (3 * 4 * vocab_size))
+    weight = getattr(project, "keywords", {}).get("weight")
+    # A frozen head (LoRA) and its hidden states needing a gradient: the Jacobian path, no recompute.
+    frozen_head = (weight is not None and not weight.requires_grad and project.keywords.get("bias") is None
+                   and not softcap and rows.requires_grad and torch.is_grad_enabled())
+    if (weight is not None and weight.requires_grad and project.keywords.get("bias") is None and not softcap
+            and torch.is_grad_enabled() and not torch.is_autocast_enabled(rows.device.type)):
+        # A head that trains (full fine-tuning), without mixed precision: one weight-gradient buffer.
+        logps, entropy = _TrainableHeadLogps.apply(rows, weight, targets, scale / temperature, chunk_size, with_entropy)
+        return logps, entropy.detach()
     pieces, entropies = [], []
     for start in range(0, rows.shape[0], chunk_size):
         h, y = rows[start : start + chunk_size], targets[start : start + chunk_size]
         args = (project, h, y, scale, softcap, temperature)
-        if with_entropy:
+        if frozen_head:
+            lp, ent = _FrozenHeadLogps.apply(h, weight, y, scale / temperature, with_entropy)
+            if with_entropy:
+                entropies.append(ent.detach())
+        elif with_entropy:
             lp, ent = checkpoint(_chunk_logps_and_entropy, *args, use_reentrant=False, determinism_check=check)
             entropies.append(ent.detach())
         elif torch.is_grad_enabled():

@@ -44,3 +44,41 @@ def test_merge_reloads_the_base_and_leaves_the_live_model_alone(tmp_path, tiny_m
     assert checked == 2 * 7
     assert is_peft(model)
     assert all(torch.equal(p, live_before[n]) for n, p in model.named_parameters())
+
+
+def test_merge_on_the_cpu_shares_the_live_base_weights(tmp_path, tiny_model_dir, tiny_tokenizer):
+    """A float32 run on the CPU: final/ is base + delta exactly as peft merges, built on the live
+    model's own base tensors (only the adapted layers' weights are new), and the live model keeps its
+    adapter and its base weights bit for bit."""
+    from alignlab.model.loading import merged_on_live_weights
+
+    cfg = ModelConfig(name_or_path=str(tiny_model_dir))
+    model = load_model(cfg, LoraConfig(enabled=True, r=4, alpha=8))
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if "lora_B" in name:
+                param.normal_(0, 0.05)
+    live_before = {n: p.detach().clone() for n, p in model.named_parameters()}
+
+    plain = merged_on_live_weights(model)
+    live = model.get_base_model()
+    assert plain.model.embed_tokens.weight.data_ptr() == live.model.embed_tokens.weight.data_ptr()  # shared
+    assert plain.lm_head.weight.data_ptr() == plain.model.embed_tokens.weight.data_ptr()  # still tied
+    assert plain.model.layers[0].self_attn.q_proj.weight.data_ptr() != \
+        live.model.layers[0].self_attn.q_proj.base_layer.weight.data_ptr()  # merged: a new tensor
+
+    out = tmp_path / "final"
+    save_merged(model, tiny_tokenizer, out, cfg)
+    assert not (out / "adapter_config.json").exists()
+    saved = dict(AutoModelForCausalLM.from_pretrained(out).named_parameters())
+    reference = load_model(cfg, LoraConfig(enabled=True, r=4, alpha=8))  # peft's own merge, on a fresh copy
+    from peft import get_peft_model_state_dict, set_peft_model_state_dict
+
+    set_peft_model_state_dict(reference, get_peft_model_state_dict(model))
+    expected = dict(reference.merge_and_unload().named_parameters())
+    assert saved.keys() == expected.keys()
+    for name, weight in expected.items():
+        assert torch.equal(saved[name], weight), name
+    assert is_peft(model)
+    assert all(torch.equal(p, live_before[n]) for n, p in model.named_parameters())
