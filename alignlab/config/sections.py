@@ -121,6 +121,13 @@ class GRPOConfig:
     vllm_sleep: bool = False  # GPU: release the engine's KV cache while training (vLLM sleep mode)
     vllm_max_model_len: Optional[int] = None  # None = train.max_length
     vllm_importance_sampling_cap: float = 3.0  # truncated importance sampling of the sampler/trainer gap; 0 = off
+    # Multi-turn rollouts (alignlab.generation.multi_turn): tools the policy may call, or an environment.
+    tools: list[str] = field(default_factory=list)  # python, multiply, module:function, path/to/file.py:function
+    tool_parser: str = "qwen"  # qwen (<tool_call>{json}</tool_call>; Qwen2.5/3, Hermes) | module:function
+    max_tool_turns: int = 4  # model turns that may act; a trajectory still acting after them is truncated
+    tool_timeout: float = 10.0  # seconds per tool call; a call past it is reported to the model as failed
+    environment: Optional[str] = None  # module:Class with reset(**row) -> str, step(text) -> (obs, reward, done)
+    environment_reward_weight: float = 1.0  # weight of the summed per-turn environment rewards in the total
     eval_max_prompts: int = 200
     num_samples_logged: int = 4
 
@@ -198,6 +205,10 @@ class EvalConfig:
     seed: int = 0
     output: Optional[str] = None  # JSON path; None = <run dir>/eval.json, or runs/eval/<model>_<time>.json
     backend: str = "hf"  # hf | vllm: the engine that generates for task metrics
+    tools: Optional[list[str]] = None  # None = the run's grpo.tools (as grpo.tools otherwise)
+    tool_parser: Optional[str] = None  # None = the run's grpo.tool_parser, else qwen
+    max_tool_turns: Optional[int] = None  # None = the run's grpo.max_tool_turns, else 4
+    environment: Optional[str] = None  # None = the run's grpo.environment
 
 
 @dataclass

@@ -51,6 +51,8 @@ RANGES: dict[str, tuple[str, str]] = {
     "grpo.rollout_batch_size": (">= 1", ""),
     "grpo.eval_max_prompts": (">= 1", ""),
     "grpo.num_samples_logged": (">= 0", ""),
+    "grpo.max_tool_turns": (">= 0", "0 = the model may not act on tool results"),
+    "grpo.tool_timeout": ("> 0", ""),
     "iterate.rounds": (">= 1", ""),
     "iterate.samples_per_prompt": (">= 2", "pairs need two responses"),
     "iterate.prompts_per_round": (">= 1", "null uses every prompt"),

@@ -45,6 +45,17 @@ def check_messages(row: Row, name: str, *, need_assistant: bool = True) -> list[
     return [{"role": m["role"], "content": m["content"]} for m in value]
 
 
+def check_tools(row: Row) -> list[dict] | None:
+    """A row's `tools`: JSON schemas (transformers' get_json_schema format) the chat template lists."""
+    value = row.values.get("tools")
+    if value is None:
+        return None
+    if not isinstance(value, list) or not all(isinstance(t, dict) and ("function" in t or "name" in t) for t in value):
+        raise DataError(f"{row.where('tools')}: expected a list of tool JSON schemas "
+                        '({"type": "function", "function": {"name": ..., "parameters": ...}})')
+    return value
+
+
 def encode_sft_row(row: Row, templater: Templater) -> tuple[list[int], list[int]]:
     try:
         return _encode_sft_row(row, templater)
@@ -56,7 +67,7 @@ def encode_sft_row(row: Row, templater: Templater) -> tuple[list[int], list[int]
 def _encode_sft_row(row: Row, templater: Templater) -> tuple[list[int], list[int]]:
     check_readable(row)
     if "messages" in row.values:
-        return encode_conversation(templater, check_messages(row, "messages"))
+        return encode_conversation(templater, check_messages(row, "messages"), check_tools(row))
     if "prompt" not in row.values or "completion" not in row.values:
         found = ", ".join(sorted(row.values))
         raise DataError(

@@ -74,8 +74,9 @@ class Templater:
     """Renders prompts and responses for one tokenizer; holds the choice of chat template or plain text."""
 
     def __init__(self, tokenizer, *, use_chat_template: bool = True, system_prompt: Optional[str] = None,
-                 stop_ids: Optional[list[int]] = None):
+                 stop_ids: Optional[list[int]] = None, tools: Optional[list[dict]] = None):
         self.tokenizer = tokenizer
+        self.tools = tools or None  # JSON schemas the chat template lists (tool-using GRPO, tool SFT rows)
         self.chat = bool(use_chat_template and getattr(tokenizer, "chat_template", None))
         self.system_prompt = system_prompt
         self.stop_ids = set(stop_ids or []) | ({tokenizer.eos_token_id} - {None})
@@ -86,6 +87,11 @@ class Templater:
         return next((i for i, token in enumerate(ids) if token in self.stop_ids), None)
 
     # -- text
+    def render(self, messages: list[dict], tools: Optional[list[dict]] = None, **kwargs) -> str:
+        """The chat template's text, with the tools (these, or the templater's) rendered as it renders them."""
+        tools = tools or self.tools
+        return render_chat(self.tokenizer, messages, **({"tools": tools} if tools else {}), **kwargs)
+
     def messages(self, prompt: Prompt) -> list[dict]:
         messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else list(prompt)
         if self.system_prompt and not (messages and messages[0].get("role") == "system"):
@@ -94,7 +100,7 @@ class Templater:
 
     def prompt_text(self, prompt: Prompt) -> str:
         if self.chat:
-            return render_chat(self.tokenizer, self.messages(prompt), add_generation_prompt=True)
+            return self.render(self.messages(prompt), add_generation_prompt=True)
         if isinstance(prompt, str):
             return prompt if not self.system_prompt else f"{self.system_prompt}\n\n{prompt}"
         return "".join(f"{m['role']}: {m['content']}\n" for m in self.messages(prompt)) + "assistant: "
@@ -104,7 +110,7 @@ class Templater:
         if not self.chat:
             return response + (self.tokenizer.eos_token or "")
         prefix = self.prompt_text(prompt)
-        full = render_chat(self.tokenizer, self.messages(prompt) + [{"role": "assistant", "content": response}])
+        full = self.render(self.messages(prompt) + [{"role": "assistant", "content": response}])
         if not full.startswith(prefix):
             # Some templates (e.g. ones that strip reasoning from earlier turns) re-render the prompt.
             self.stats.prefix_mismatches += 1
@@ -146,8 +152,10 @@ def fit_length(prompt_ids: list[int], response_ids: list[int], max_length: int, 
     return prompt_ids, response_ids, True
 
 
-def encode_conversation(templater: Templater, messages: list[dict]) -> tuple[list[int], list[int]]:
-    """Multi-turn SFT: (input_ids, loss_mask) with the loss on every assistant turn and nothing else.
+def encode_conversation(templater: Templater, messages: list[dict],
+                        tools: Optional[list[dict]] = None) -> tuple[list[int], list[int]]:
+    """Multi-turn SFT: (input_ids, loss_mask) with the loss on every assistant turn and nothing else
+    (tool and user turns are context); `tools`: the row's tool schemas, which the template lists.
 
     Each turn is rendered as the difference between the template of the conversation up to it and
     up to the turn before, so the ids are exactly the template's text, split at turn boundaries.
@@ -170,11 +178,11 @@ def encode_conversation(templater: Templater, messages: list[dict]) -> tuple[lis
     for i, message in enumerate(messages):
         if message["role"] != "assistant":
             continue
-        before = render_chat(tok, messages[:i], add_generation_prompt=True)
-        upto = render_chat(tok, messages[: i + 1])
+        before = templater.render(messages[:i], tools, add_generation_prompt=True)
+        upto = templater.render(messages[: i + 1], tools)
         if not before.startswith(rendered) or not upto.startswith(before):
             templater.stats.prefix_mismatches += 1
-            return _encode_by_spans(templater, messages)  # the template rewrites earlier turns
+            return _encode_by_spans(templater, messages, tools)  # the template rewrites earlier turns
         pieces += [(before[len(rendered):], False), (upto[len(before):], True)]
         rendered = upto
     ids, mask = [], []
@@ -187,18 +195,18 @@ def encode_conversation(templater: Templater, messages: list[dict]) -> tuple[lis
     return ids, mask
 
 
-def _encode_by_spans(templater: Templater, messages: list[dict]) -> tuple[list[int], list[int]]:
+def _encode_by_spans(templater: Templater, messages: list[dict], tools=None) -> tuple[list[int], list[int]]:
     """The whole conversation rendered once; loss on each assistant turn as it appears there: from
     where the template's generation prompt for it ends (the render of the turns before it, with
     the generation prompt, is a prefix of the whole) through its first end-of-turn token."""
     tok = templater.tokenizer
-    full = render_chat(tok, messages)
+    full = templater.render(messages, tools)
     stop_texts = [t for t in tok.convert_ids_to_tokens(sorted(templater.stop_ids)) if t]
     spans = []
     for number, message in enumerate(messages):
         if message["role"] != "assistant":
             continue
-        before = render_chat(tok, messages[:number], add_generation_prompt=True)
+        before = templater.render(messages[:number], tools, add_generation_prompt=True)
         if not full.startswith(before):
             raise DataError(f"message {number} (assistant): the chat template renders the turns before it differently "
                             "inside the whole conversation, so this turn's tokens cannot be located and masked")

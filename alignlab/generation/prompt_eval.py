@@ -15,12 +15,13 @@ from __future__ import annotations
 
 import math
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Optional
 
 import torch
 
 from alignlab.rewards import score_completions
+from alignlab.generation.multi_turn import TurnSettings, multi_turn_rollout, trajectory_columns
 from alignlab.generation.sampler import generate
 
 
@@ -52,23 +53,32 @@ def evaluate_prompts(
     batch_size: int = 256,
     synced: bool = False,
     engine=None,
+    turns: Optional[TurnSettings] = None,
 ) -> EvalResult:
     """Generate for each prompt item (greedy, or `num_samples` samples) and score with the rewards
     (`synced`: under FSDP or ZeRO-3, every process evaluates the same items together; `engine`: a
-    vLLM engine holding the model's weights generates instead of our sampler)."""
-    prompt_ids = [templater.ids(templater.prompt_text(item.prompt)) for item in items]
+    vLLM engine holding the model's weights generates instead of our sampler; `turns`: tool-using or
+    environment rollouts, `max_new_tokens` bounding each whole trajectory)."""
     k = 1 if greedy else num_samples
-    if engine is not None:
-        rollout = engine.generate(prompt_ids, num_generations=k, max_new_tokens=max_new_tokens, greedy=greedy,
-                                  temperature=temperature)
+
+    def generate_turn(prompt_ids, num_generations, new_tokens, turn=0):
+        if engine is not None:
+            return engine.generate(prompt_ids, num_generations=num_generations, max_new_tokens=new_tokens,
+                                   greedy=greedy, temperature=temperature)
+        return generate(model, tokenizer, prompt_ids, num_generations=num_generations, max_new_tokens=new_tokens,
+                        greedy=greedy, temperature=temperature, batch_size=batch_size, synced=synced)
+
+    if turns is None:
+        rollout = generate_turn([templater.ids(templater.prompt_text(item.prompt)) for item in items], k, max_new_tokens)
     else:
-        rollout = generate(
-            model, tokenizer, prompt_ids, num_generations=k, max_new_tokens=max_new_tokens,
-            greedy=greedy, temperature=temperature, batch_size=batch_size, synced=synced,
-        )
+        rollout = multi_turn_rollout(generate_turn, templater, [item.prompt for item in items],
+                                     [item.columns for item in items], num_generations=k,
+                                     settings=replace(turns, max_completion_length=max_new_tokens))
     names = sorted({c for item in items for c in item.columns})
     columns = {n: [item.columns.get(n) for item in items for _ in range(k)] for n in names}
     columns["completion_lengths"] = rollout.completion_mask.sum(1).tolist()
+    if rollout.trajectories is not None:
+        columns.update(trajectory_columns(rollout))
     scores = score_completions(reward_fns, weights, rollout.texts, columns, on_error="none")
     n = len(rollout.texts)
     metrics = {
@@ -87,9 +97,18 @@ def evaluate_prompts(
             metrics[f"pass@{k}"] = sum(any(correct[i * k : (i + 1) * k]) for i in range(len(items))) / len(items)
     if formatted is not None:
         metrics["format_rate"] = sum(formatted) / n
+    if rollout.trajectories is not None:
+        records = rollout.trajectories
+        calls = sum(r["tool_calls"] for r in records)
+        metrics.update({"tools/call_frequency": calls / n,
+                        "tools/failure_frequency": sum(r["tool_failures"] for r in records) / calls if calls else 0.0,
+                        "turns/mean": sum(len(r["turns"]) for r in records) / n})
+        if turns.environment is not None:
+            metrics["environment/reward"] = sum(r["environment_reward"] for r in records) / n
     samples = [
         {"prompt": templater.prompt_text(items[i // k].prompt), "completion": rollout.texts[i], "reward": scores.total[i],
-         **({"answer": items[i // k].columns["answer"]} if "answer" in items[i // k].columns else {})}
+         **({"answer": items[i // k].columns["answer"]} if "answer" in items[i // k].columns else {}),
+         **({"trajectory": rollout.trajectories[i]["messages"]} if rollout.trajectories is not None else {})}
         for i in range(n)
     ]
     return EvalResult(metrics, samples)

@@ -29,12 +29,23 @@ class Rollout:
     # [N, C] float32: the sampler's log-prob of each sampled token under softmax(logits / temperature),
     # before top-k / top-p (the distribution the trainer scores); for the trainer/sampler mismatch.
     sampling_logps: Optional[torch.Tensor] = None
+    # Multi-turn rollouts (alignlab.generation.multi_turn): [N, C] 1 where a token came from a tool or
+    # the environment (attended, never trained), and each trajectory's messages and counts.
+    tool_mask: Optional[torch.Tensor] = None
+    trajectories: Optional[list[dict]] = None
+
+    @property
+    def loss_mask(self) -> torch.Tensor:
+        """[N, C]: the tokens the policy wrote (the completion mask less tool and environment tokens)."""
+        if self.tool_mask is None:
+            return self.completion_mask
+        return self.completion_mask * (1 - self.tool_mask)
 
     def sequences(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(input_ids, attention_mask, loss_mask), each [N, P + C], for scoring the completions."""
         input_ids = torch.cat([self.prompt_ids, self.completion_ids], dim=1)
         attention = torch.cat([self.prompt_mask, self.completion_mask], dim=1)
-        loss_mask = torch.cat([torch.zeros_like(self.prompt_mask), self.completion_mask], dim=1)
+        loss_mask = torch.cat([torch.zeros_like(self.prompt_mask), self.loss_mask], dim=1)
         return input_ids, attention, loss_mask
 
     def select(self, rows: list[int]) -> "Rollout":
@@ -42,6 +53,8 @@ class Rollout:
             self.prompt_ids[rows], self.prompt_mask[rows], self.completion_ids[rows], self.completion_mask[rows],
             [self.texts[i] for i in rows], self.ended[rows],
             self.sampling_logps[rows] if self.sampling_logps is not None else None,
+            self.tool_mask[rows] if self.tool_mask is not None else None,
+            [self.trajectories[i] for i in rows] if self.trajectories is not None else None,
         )
 
 
@@ -243,4 +256,7 @@ def concat_rollouts(parts: list[Rollout], pad_id: int) -> Rollout:
         torch.cat([r.ended for r in parts]),
         (torch.cat([_right_to(r.sampling_logps, c, 0.0) for r in parts])
          if all(r.sampling_logps is not None for r in parts) else None),
+        (torch.cat([_right_to(r.tool_mask, c, 0) for r in parts]) if all(r.tool_mask is not None for r in parts)
+         else None),
+        [t for r in parts for t in r.trajectories] if all(r.trajectories is not None for r in parts) else None,
     )

@@ -157,7 +157,20 @@ def ensure_tiny_model(name_or_path: str, cache_root: str = "runs") -> str:
             else:
                 shutil.rmtree(path, ignore_errors=True)
                 os.replace(tmp, path)
+    refresh_tiny_template(path)
     return str(path)
+
+
+def refresh_tiny_template(path: Path) -> None:
+    """A tiny model cached by an older alignlab gets the current chat template (it now renders tools):
+    the template is the only part of the tiny model that changed, and its weights are untouched."""
+    from alignlab.model.tiny import CHAT_TEMPLATE
+
+    template = path / "chat_template.jinja"
+    if template.is_file() and template.read_text() != CHAT_TEMPLATE:
+        tmp = template.with_name(f"{template.name}.{os.getpid()}.tmp")
+        tmp.write_text(CHAT_TEMPLATE)
+        os.replace(tmp, template)  # atomic: a concurrent reader sees the old or the new template
 
 
 def load_tokenizer(name_or_path: str, *, trust_remote_code: bool = False):

@@ -23,8 +23,14 @@ TASK_TOKENS = ["<answer>", "</answer>", "<think>", "</think>", "\\boxed{"]
 ROLE_TOKENS = ["system", "user", "assistant"]
 SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
 
-# ChatML, like Qwen's, but without a default system prompt: fewer tokens per example on CPU.
+# ChatML, like Qwen's, but without a default system prompt: fewer tokens per example on CPU. Tools
+# (their JSON schemas) are listed in one short system turn, name(arguments); a tool's result is a
+# `tool` turn; the model calls a tool by writing <tool_call>{"name": ..., "arguments": {...}}</tool_call>.
 CHAT_TEMPLATE = (
+    "{% if tools %}{{ '<|im_start|>system\nTools:' }}"
+    "{% for tool in tools %}{% set f = tool['function'] if 'function' in tool else tool %}"
+    "{{ ' ' + f['name'] + '(' + (f['parameters']['properties'] | join(', ')) + ')' }}{% endfor %}"
+    "{{ '<|im_end|>\n' }}{% endif %}"
     "{% for message in messages %}"
     "{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n' }}"
     "{% endfor %}"

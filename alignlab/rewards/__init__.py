@@ -77,29 +77,35 @@ def get_reward(spec: str | Callable[..., Any]) -> Callable[..., Any]:
             f"unknown reward {spec!r}{hint} Registered rewards: {', '.join(sorted(REWARDS))}. "
             "Plugins are given as 'package.module:function' or 'path/to/file.py:function'"
         )
-    target, _, attr = spec.rpartition(":")
-    if not target:
-        raise RewardError(f"reward spec {spec!r} has no module or file before ':'")
+    return load_plugin(spec)
+
+
+def load_plugin(spec: str, kind: str = "reward") -> Callable[..., Any]:
+    """The callable a ``package.module:function`` or ``path/to/file.py:function`` spec names (rewards,
+    tools, tool-call parsers, environments); failures raise ``RewardError`` naming the `kind` and the spec."""
+    target, _, attr = spec.strip().rpartition(":")
+    if not target or not attr:
+        raise RewardError(f"{kind} spec {spec!r} must be 'package.module:function' or 'path/to/file.py:function'")
     if target.endswith(".py") or "/" in target or os.sep in target:
-        module = _load_file(target, spec)
+        module = _load_file(target, spec, kind)
     else:
-        module = _import_module(target, spec)
-    return _get_function(module, attr, spec)
+        module = _import_module(target, spec, kind)
+    return _get_function(module, attr, spec, kind)
 
 
-def _load_file(target: str, spec: str) -> Any:
+def _load_file(target: str, spec: str, kind: str) -> Any:
     path = Path(target).expanduser()
     if not path.is_absolute():
         path = Path.cwd() / path
     if not path.is_file():
-        raise RewardError(f"reward plugin file {str(path)!r} (from {spec!r}) does not exist")
+        raise RewardError(f"{kind} plugin file {str(path)!r} (from {spec!r}) does not exist")
     path = path.resolve()
     # A unique, stable module name per file so that two plugins named rewards.py do not clash.
     digest = hashlib.sha1(str(path).encode("utf-8")).hexdigest()[:12]
-    module_name = f"alignlab_reward_plugin_{_identifier(path.stem)}_{digest}"
+    module_name = f"alignlab_plugin_{_identifier(path.stem)}_{digest}"
     module_spec = importlib.util.spec_from_file_location(module_name, path)
     if module_spec is None or module_spec.loader is None:
-        raise RewardError(f"cannot load reward plugin {str(path)!r} (from {spec!r}) as a Python module")
+        raise RewardError(f"cannot load {kind} plugin {str(path)!r} (from {spec!r}) as a Python module")
     module = importlib.util.module_from_spec(module_spec)
     sys.modules[module_name] = module  # lets dataclasses/pickle inside the plugin find its module
     try:
@@ -107,26 +113,26 @@ def _load_file(target: str, spec: str) -> Any:
     except Exception as exc:  # a broken plugin must become a readable user-facing error
         sys.modules.pop(module_name, None)
         raise RewardError(
-            f"error while loading reward plugin {str(path)!r} (from {spec!r}): {type(exc).__name__}: {exc}"
+            f"error while loading {kind} plugin {str(path)!r} (from {spec!r}): {type(exc).__name__}: {exc}"
         ) from exc
     return module
 
 
-def _import_module(target: str, spec: str) -> Any:
+def _import_module(target: str, spec: str, kind: str) -> Any:
     try:
         return importlib.import_module(target)
     except ModuleNotFoundError as exc:
         raise RewardError(
-            f"cannot import module {target!r} for reward {spec!r}: {exc}. "
+            f"cannot import module {target!r} for {kind} {spec!r}: {exc}. "
             "Is it installed or on sys.path? For a file, write 'path/to/file.py:function'"
         ) from exc
     except Exception as exc:  # the module exists but fails on import
         raise RewardError(
-            f"error while importing module {target!r} for reward {spec!r}: {type(exc).__name__}: {exc}"
+            f"error while importing module {target!r} for {kind} {spec!r}: {type(exc).__name__}: {exc}"
         ) from exc
 
 
-def _get_function(module: Any, attr: str, spec: str) -> Callable[..., Any]:
+def _get_function(module: Any, attr: str, spec: str, kind: str) -> Callable[..., Any]:
     fn = module
     for part in attr.split("."):
         if not hasattr(fn, part):
@@ -134,12 +140,12 @@ def _get_function(module: Any, attr: str, spec: str) -> Callable[..., Any]:
                 key for key, value in vars(module).items() if callable(value) and not key.startswith("_")
             )
             raise RewardError(
-                f"reward {spec!r}: {getattr(module, '__name__', module)!r} has no attribute {attr!r} "
+                f"{kind} {spec!r}: {getattr(module, '__name__', module)!r} has no attribute {attr!r} "
                 f"(callables there: {', '.join(available) or 'none'})"
             )
         fn = getattr(fn, part)
     if not callable(fn):
-        raise RewardError(f"reward {spec!r} is a {type(fn).__name__}, not a function")
+        raise RewardError(f"{kind} {spec!r} is a {type(fn).__name__}, not a function")
     return fn
 
 

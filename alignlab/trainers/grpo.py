@@ -58,6 +58,7 @@ from alignlab.losses.grpo import (ADVANTAGE_SCALINGS, LOSS_AGGREGATIONS, constan
 from alignlab.model.loading import count_parameters, is_peft, load_model, load_tokenizer, model_stop_ids
 from alignlab.rewards import RewardScores, get_reward, score_completions
 from alignlab.generation.sampler import Rollout, concat_rollouts, generate
+from alignlab.generation.multi_turn import multi_turn_rollout, trajectory_columns, turn_settings
 from alignlab.generation.vllm import build_engine, engine_or_none
 from alignlab.engine.tracking import append_jsonl
 from alignlab.engine.data_order import IndexSampler
@@ -65,6 +66,14 @@ from alignlab.engine.loop import TrainingRun
 
 log = logging.getLogger("alignlab")
 ZERO_STD_WARN_FRACTION, ZERO_STD_WARN_STEPS = 0.8, 5
+
+
+def with_environment_reward(totals: list[float], environment: list[float], weight: float, has_functions: bool):
+    """Reward functions' total plus `weight` x the trajectory's summed environment reward. Without reward
+    functions the environment's reward is the whole reward; with them, an unscorable row stays NaN."""
+    if not has_functions:
+        return [weight * e for e in environment]
+    return [t + weight * e for t, e in zip(totals, environment)]
 
 
 def check_grpo_config(config) -> None:
@@ -83,9 +92,14 @@ class GRPOTrainer:
         self.config, self.grpo, self.train = config, config.grpo, config.train
         self.run = TrainingRun("grpo", config)
         self.tokenizer = load_tokenizer(config.model.name_or_path, trust_remote_code=config.model.trust_remote_code)
+        self.turns = turn_settings(self.grpo.tools, tool_parser=self.grpo.tool_parser,
+                                   max_tool_turns=self.grpo.max_tool_turns, tool_timeout=self.grpo.tool_timeout,
+                                   environment=self.grpo.environment,
+                                   max_completion_length=self.grpo.max_completion_length)
         self.templater = Templater(self.tokenizer, use_chat_template=config.data.chat_template,
                                    system_prompt=config.data.system_prompt,
-                                   stop_ids=model_stop_ids(config.model, self.tokenizer))
+                                   stop_ids=model_stop_ids(config.model, self.tokenizer),
+                                   tools=self.turns.tool_schemas if self.turns else None)
         self.prompts, self.eval_prompts = load_prompt_data(config)
         self.prompts, self.prompt_ids = self._fit_prompts(
             self.prompts, [self.templater.ids(self.templater.prompt_text(p.prompt)) for p in self.prompts])
@@ -156,26 +170,41 @@ class GRPOTrainer:
             lora_rank=self.config.lora.r if self.grpo.vllm_sync == "adapter" and is_peft(self.run.unwrapped) else 0,
         )
 
-    def _rollout(self, indices: list[int]) -> tuple[Rollout, RewardScores]:
+    def _generate(self, prompts: list[list[int]], num_generations: int, max_new_tokens: int, turn: int = 0) -> Rollout:
+        """One turn of completions for `prompts` from the configured backend."""
         model = self.run.unwrapped
-        prompts = [self.prompt_ids[i] for i in indices]
-        sampling = dict(num_generations=self.grpo.num_generations, max_new_tokens=self.grpo.max_completion_length,
+        sampling = dict(num_generations=num_generations, max_new_tokens=max_new_tokens,
                         temperature=self.grpo.temperature, top_p=self.grpo.top_p, top_k=self.grpo.top_k)
-        if self.engine is not None:
-            if self.engine_step != self.run.step:  # an optimizer step since the last push
-                self.engine.load_weights(model)
-                self.engine_step = self.run.step
-            # Seeded by the data position, which a checkpoint restores: a resumed run draws what the
-            # uninterrupted one drew. Every process and every refill round gets its own draws.
-            draw = (self.train.seed, self.run.accelerator.process_index, self.sampler.epoch, self.sampler.offset)
-            rollout = self.engine.generate(prompts, seed=zlib.crc32(repr(draw).encode()), **sampling)
+        if self.engine is None:
+            return generate(model, self.tokenizer, prompts, device=self.run.device, synced=self.run.lockstep_forwards,
+                            batch_size=self.grpo.rollout_batch_size, **sampling)
+        if self.engine_step != self.run.step:  # an optimizer step since the last push
+            self.engine.load_weights(model)
+            self.engine_step = self.run.step
+        # Seeded by the data position, which a checkpoint restores: a resumed run draws what the
+        # uninterrupted one drew. Every process, refill round and tool turn gets its own draws.
+        draw = (self.train.seed, self.run.accelerator.process_index, self.sampler.epoch, self.sampler.offset)
+        if turn:
+            draw += (turn,)
+        return self.engine.generate(prompts, seed=zlib.crc32(repr(draw).encode()), **sampling)
+
+    def _rollout(self, indices: list[int]) -> tuple[Rollout, RewardScores]:
+        G = self.grpo.num_generations
+        if self.turns is None:
+            rollout = self._generate([self.prompt_ids[i] for i in indices], G, self.grpo.max_completion_length)
         else:
-            rollout = generate(model, self.tokenizer, prompts, device=self.run.device, synced=self.run.lockstep_forwards,
-                               batch_size=self.grpo.rollout_batch_size, **sampling)
-        columns = self._columns(indices, self.prompts, self.grpo.num_generations)
+            rollout = multi_turn_rollout(self._generate, self.templater, [self.prompts[i].prompt for i in indices],
+                                         [self.prompts[i].columns for i in indices], num_generations=G,
+                                         settings=self.turns)
+        columns = self._columns(indices, self.prompts, G)
         columns["completion_lengths"] = rollout.completion_mask.sum(1).tolist()  # tokens, for length rewards
         columns["max_completion_length"] = [self.grpo.max_completion_length] * len(rollout.texts)
+        if rollout.trajectories is not None:
+            columns.update(trajectory_columns(rollout))
         scores = score_completions(self.reward_fns, self.weights, rollout.texts, columns, on_error=self.grpo.reward_errors)
+        if self.turns is not None and self.turns.environment is not None:
+            scores.total = with_environment_reward(scores.total, columns["environment_reward"],
+                                                   self.grpo.environment_reward_weight, bool(self.reward_fns))
         if scores.errors and not self.reward_error_logged:
             log.warning("a reward function failed and its rows score None (grpo.reward_errors=none); the first error: "
                         "%s. Failures are counted in rewards/<fn>/errors.", scores.errors[0])
@@ -269,6 +298,22 @@ class GRPOTrainer:
             stats[f"rewards/{name}/mean"] = float("nan") if mean is None else mean
             if self.grpo.reward_errors == "none":
                 stats[f"rewards/{name}/errors"] = failed
+        if rollout.trajectories is not None:
+            stats.update(self._trajectory_stats(rollout.trajectories))
+        return stats
+
+    def _trajectory_stats(self, records: list[dict]) -> dict:
+        """Over every process's trajectories: tool calls per trajectory (TRL's tools/call_frequency), the
+        share of calls that failed (tools/failure_frequency), model turns, and the environment's reward."""
+        totals = self.run.global_sums([len(records), sum(r["tool_calls"] for r in records),
+                                       sum(r["tool_failures"] for r in records), sum(len(r["turns"]) for r in records),
+                                       sum(r["environment_reward"] for r in records),
+                                       sum(r["truncated"] for r in records)])
+        count, calls, failures, turns, environment, truncated = totals
+        stats = {"tools/call_frequency": calls / count, "tools/failure_frequency": failures / calls if calls else 0.0,
+                 "turns/mean": turns / count, "turns/truncated_ratio": truncated / count}
+        if self.turns is not None and self.turns.environment is not None:
+            stats["environment/reward"] = environment / count
         return stats
 
     # ------------------------------------------------------------ update
@@ -325,7 +370,7 @@ class GRPOTrainer:
 
     def _update(self, rollout: Rollout, advantages, ref, old, fresh: bool = True) -> dict:
         grpo, G = self.grpo, self.grpo.num_generations
-        mask_all = rollout.completion_mask.float()  # [N, C]
+        mask_all = rollout.loss_mask.float()  # [N, C]: the policy's own tokens (no tool or environment tokens)
         micro = self.train.batch_size * G
         rows_all = list(range(len(rollout.texts)))
         normalizer = None
@@ -343,7 +388,7 @@ class GRPOTrainer:
         correct = self.engine is not None and cap > 0 and rollout.sampling_logps is not None
         for rows in self.run.micro_batches(rows_all, micro):
             logps, entropy = self._logps(self.run.model, rollout, rows, with_entropy=True)  # [b, C]
-            mask = rollout.completion_mask[rows].to(self.run.device)  # [b, C]
+            mask = rollout.loss_mask[rows].to(self.run.device)  # [b, C]
             if fresh and rollout.sampling_logps is not None:
                 # The policy being updated is the one that sampled: any gap is a trainer/sampler mismatch.
                 gap = (logps.detach() - rollout.sampling_logps[rows].to(self.run.device)).abs() * mask  # [b, C]
@@ -413,7 +458,7 @@ class GRPOTrainer:
         result = evaluate_prompts(
             self.run.unwrapped, self.tokenizer, self.templater, prompts, self.reward_fns, self.weights,
             max_new_tokens=self.grpo.max_completion_length, batch_size=self.train.eval_batch_size,
-            synced=self.run.lockstep_forwards,
+            synced=self.run.lockstep_forwards, turns=self.turns,
         )
         if self.run.is_main:
             for sample in result.samples[: self.grpo.num_samples_logged]:
