@@ -81,6 +81,9 @@ def _add_inference_commands(sub) -> None:
     chat.add_argument("--temperature", type=float, default=0.7, help="0 = greedy")
     chat.add_argument("--top-p", type=float, default=0.9)
     chat.add_argument("--seed", type=int, default=None)
+    chat.add_argument("--tools", help="comma-separated tools the model may call: python, multiply, module:function, "
+                      "path/to/file.py:function; each call and its result is shown")
+    chat.add_argument("--max-tool-turns", type=int, default=4, help="tool rounds per reply")
 
     compare = sub.add_parser("compare", help="the same prompts through several models, side by side",
                              description="Greedy answers of each model to the same prompts in one table, plus "
@@ -207,7 +210,8 @@ def run(args: argparse.Namespace) -> None:
 
         chat_command(args.model, prompt=args.prompt, system=args.system, max_new_tokens=args.max_new_tokens,
                      temperature=args.temperature, top_p=args.top_p, dtype=args.dtype, seed=args.seed,
-                     each_line=args.each_line)
+                     each_line=args.each_line, tools=[t for t in (args.tools or "").split(",") if t],
+                     max_tool_turns=args.max_tool_turns)
     elif args.command == "compare":
         from alignlab.commands.compare import compare_command
 

@@ -6,6 +6,10 @@ answers once, prints only the answer, and exits, so scripts can use it:
 `echo "12+30=?" | alignlab chat runs/grpo_x --temperature 0`. Piped text is one prompt, however many
 lines it has; with `--each-line` every non-empty line is answered on its own, in a new conversation.
 
+With `--tools multiply,path/to/tools.py:search` (or `--tools python`) the model's tool calls are run
+(as in GRPO: alignlab.generation.tools), each call and its result is shown, the result joins the
+conversation as a tool message, and the model continues, up to `--max-tool-turns` times per reply.
+
 Streaming uses transformers' `TextStreamer` (synchronous: no thread), whose decoding holds back
 incomplete words and bytes until they are whole; the history keeps the decoded generated ids.
 """
@@ -19,6 +23,7 @@ import torch
 from transformers import TextStreamer
 
 from alignlab.errors import AlignlabError
+from alignlab.generation.multi_turn import TurnSettings, turn_settings
 from alignlab.model.inference import LoadedModel, load_for_inference
 from alignlab.model.loading import stop_token_ids
 
@@ -29,11 +34,14 @@ class ChatSession:
     """One conversation: messages in, streamed replies out."""
 
     def __init__(self, loaded: LoadedModel, *, system: Optional[str] = None, max_new_tokens: int = 256,
-                 temperature: float = 0.7, top_p: float = 0.9, out=None):
+                 temperature: float = 0.7, top_p: float = 0.9, out=None, tools: Optional[TurnSettings] = None):
         self.loaded, self.system, self.history = loaded, system, []
         self.max_new_tokens, self.temperature, self.top_p = max_new_tokens, temperature, top_p
         self.out = out or sys.stdout
         self.stop_ids = stop_token_ids(loaded.tokenizer, loaded.model.generation_config)
+        self.tools = tools
+        if tools is not None:
+            loaded.templater.tools = tools.tool_schemas  # the prompt lists them, as the chat template renders tools
 
     def messages(self) -> list[dict]:
         system = [{"role": "system", "content": self.system}] if self.system else []
@@ -45,11 +53,30 @@ class ChatSession:
     def set_system(self, text: Optional[str]) -> None:
         self.system = text or None
 
-    @torch.no_grad()
     def reply(self, text: str) -> str:
-        """Stream the answer to `text` to `out` and return it; the turn joins the history."""
-        loaded = self.loaded
+        """Stream the answer to `text` to `out` and return it (the last turn, after any tool calls); the
+        turns join the history."""
         self.history.append({"role": "user", "content": text})
+        answer = self._turn()
+        for _ in range(self.tools.max_tool_turns if self.tools is not None else 0):
+            parsed = self.tools.parser(answer)
+            if not parsed.calls and not parsed.errors:
+                break
+            results = self.tools.runner.run(parsed.calls)
+            for call, result in zip(parsed.calls, results):
+                arguments = ", ".join(f"{k}={v!r}" for k, v in call.arguments.items())
+                self.out.write(f"[tool] {call.name}({arguments}) -> {result.content}\n")
+                self.history.append({"role": "tool", "name": call.name, "content": result.content})
+            for message in parsed.errors:
+                self.out.write(f"[tool] {message}\n")
+                self.history.append({"role": "tool", "content": message})
+            self.out.write(f"{self.loaded.label}> ")
+            answer = self._turn()
+        return answer
+
+    @torch.no_grad()
+    def _turn(self) -> str:
+        loaded = self.loaded
         prompt_ids = loaded.templater.ids(loaded.templater.prompt_text(self.messages()))
         device = next(loaded.model.parameters()).device
         input_ids = torch.tensor([prompt_ids], device=device)  # [1, P]
@@ -63,7 +90,8 @@ class ChatSession:
                 eos_token_id=self.stop_ids, pad_token_id=loaded.tokenizer.pad_token_id,
             )
         except KeyboardInterrupt:
-            self.history.pop()  # a reply cut short is not part of the conversation
+            while self.history and self.history.pop()["role"] != "user":
+                pass  # a reply cut short is not part of the conversation, nor its tool turns
             self.out.write(" [stopped]\n")
             return ""
         new_ids = output[0, len(prompt_ids):].tolist()  # [C]
@@ -121,7 +149,8 @@ def chat_loop(session: ChatSession, read: Callable[[str], str] = input) -> None:
 
 def chat_command(model: str, *, prompt: Optional[str] = None, system: Optional[str] = None, max_new_tokens: int = 256,
                  temperature: float = 0.7, top_p: float = 0.9, dtype: str = "auto", seed: Optional[int] = None,
-                 each_line: bool = False, stdin=None, out=None):
+                 each_line: bool = False, stdin=None, out=None, tools: Optional[list[str]] = None,
+                 max_tool_turns: int = 4):
     """Answer `prompt` (or piped stdin) once and return the answer, or run the interactive loop.
     With `each_line`, every non-empty line is a prompt of its own, in a new conversation, and the
     answers are returned as a list."""
@@ -136,8 +165,9 @@ def chat_command(model: str, *, prompt: Optional[str] = None, system: Optional[s
     loaded = load_for_inference(model, dtype=dtype)
     if seed is not None:
         torch.manual_seed(seed)
+    turns = turn_settings(list(tools or []), max_tool_turns=max_tool_turns, max_completion_length=max_new_tokens)
     session = ChatSession(loaded, system=system, max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
-                          out=out)
+                          out=out, tools=turns)
     if prompts is not None:
         answers = []
         for text in prompts:

@@ -83,9 +83,14 @@ def _data_from_run(config, path: Path, command: str, run: dict) -> tuple[list[st
         config.data.pairs = source
     else:
         config.data.prompts = source
-        rewards = (run.get("grpo") or {}).get("rewards")
+        grpo = run.get("grpo") or {}
+        rewards = grpo.get("rewards")
         if rewards and config.eval.rewards == EvalConfig().rewards:
             config.eval.rewards = list(rewards)
+        # A tool-using run is evaluated with its tools (or environment), as it trained.
+        for key in ("tools", "tool_parser", "max_tool_turns", "environment"):
+            if getattr(config.eval, key) is None and grpo.get(key) not in (None, []):
+                setattr(config.eval, key, grpo[key])
     return [f"data: the run's eval set {source}"], None
 
 
@@ -136,6 +141,7 @@ def resolve_config(model: Optional[str], config_path: Optional[str], overrides: 
 
 def task_metrics(loaded, config) -> tuple[dict, list[dict]]:
     from alignlab.data.prompts import load_prompt_items
+    from alignlab.generation.multi_turn import turn_settings
     from alignlab.generation.prompt_eval import evaluate_prompts
     from alignlab.rewards import get_reward
 
@@ -147,7 +153,12 @@ def task_metrics(loaded, config) -> tuple[dict, list[dict]]:
 
     engine = engine_or_none(ev.backend, lambda: engine_for_model(
         loaded.path, loaded.model, loaded.tokenizer, max_model_len=ev.max_length + ev.max_new_tokens, seed=ev.seed))
-    options = dict(max_new_tokens=ev.max_new_tokens, batch_size=ev.batch_size, engine=engine)
+    turns = turn_settings(ev.tools or [], tool_parser=ev.tool_parser or "qwen", environment=ev.environment,
+                          max_tool_turns=4 if ev.max_tool_turns is None else ev.max_tool_turns,
+                          max_completion_length=ev.max_new_tokens)
+    if turns is not None:
+        loaded.templater.tools = turns.tool_schemas  # prompts list the tools, as the chat template renders them
+    options = dict(max_new_tokens=ev.max_new_tokens, batch_size=ev.batch_size, engine=engine, turns=turns)
     greedy = evaluate_prompts(loaded.model, loaded.tokenizer, loaded.templater, items, reward_fns, None, **options)
     metrics = dict(greedy.metrics)
     if ev.num_samples > 1:

@@ -262,10 +262,23 @@ def _runs_table(runs: list[Run]) -> str:
     return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(rows)}</tbody></table>"
 
 
+def trajectory_text(messages: list[dict]) -> str:
+    """A tool-using trajectory as readable text: each model turn, then each tool result under its name."""
+    lines = []
+    for m in messages:
+        if m.get("role") == "assistant":
+            lines.append(m.get("content", ""))
+        else:
+            lines.append(f"  [{m.get('role')}{' ' + m['name'] if m.get('name') else ''}] {m.get('content', '')}")
+    return "\n".join(lines)
+
+
 def _samples(run: Run) -> str:
     shown = run.samples[-MAX_SAMPLES:]
     note = f" (the last {len(shown)} of {len(run.samples)})" if len(shown) < len(run.samples) else ""
-    rows = [[s.get("step", ""), s.get("prompt", ""), s.get("completion", ""), s.get("answer", s.get("chosen", "")),
+    rows = [[s.get("step", ""), s.get("prompt", ""),
+             trajectory_text(s["trajectory"]) if s.get("trajectory") else s.get("completion", ""),
+             s.get("answer", s.get("chosen", "")),
              fmt(s["reward"]) if isinstance(s.get("reward"), (int, float)) else s.get("reward", "")] for s in shown]
     return (f"<h3>{html.escape(run.name)}{note}</h3>"  # DPO samples carry the pair's chosen response as the answer
             + _table(["step", "prompt", "completion", "answer / chosen", "reward"], rows, text_cols=(1, 2, 3)))

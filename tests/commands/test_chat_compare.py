@@ -146,3 +146,48 @@ def test_compare_with_a_prompt_file_and_interactive(models, tmp_path):
 def test_compare_needs_two_models(models, cli):
     result = cli(["compare", models[0]])
     assert result.code == 2 and "at least two models" in result.err
+
+
+def test_chat_with_tools_runs_calls_shows_them_and_continues(models, monkeypatch):
+    """--tools: the prompt lists the tools; a call in the reply is run and shown, its result joins the
+    conversation as a tool turn, and the model answers again from there (model turns scripted)."""
+    from alignlab.commands.chat import ChatSession
+    from alignlab.generation.multi_turn import turn_settings
+    from alignlab.model.inference import load_for_inference
+
+    loaded = load_for_inference(str(models[0]))
+    out = io.StringIO()
+    session = ChatSession(loaded, out=out, tools=turn_settings(["multiply"], max_completion_length=64))
+    prompts, script = [], iter(['<tool_call>{"name": "multiply", "arguments": {"a": 12, "b": 34}}</tool_call>',
+                                '<tool_call>{"name": "divide", "arguments": {}}</tool_call>', "<answer>408</answer>"])
+
+    def scripted_turn():
+        prompts.append(loaded.templater.prompt_text(session.messages()))
+        answer = next(script)
+        session.history.append({"role": "assistant", "content": answer})
+        return answer
+
+    monkeypatch.setattr(session, "_turn", scripted_turn)
+    assert session.reply("12*34=?") == "<answer>408</answer>"
+    shown = out.getvalue()
+    assert "[tool] multiply(a=12, b=34) -> 408" in shown and "[tool] divide() -> Error: unknown tool 'divide'" in shown
+    assert prompts[0].startswith("<|im_start|>system\nTools: multiply(a, b)")
+    assert prompts[1].endswith("<|im_start|>tool\n408<|im_end|>\n<|im_start|>assistant\n")
+    assert [m["role"] for m in session.history] == ["user", "assistant", "tool", "assistant", "tool", "assistant"]
+
+
+def test_chat_cli_accepts_tools(models):
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(
+        [sys.executable, "-m", "alignlab", "chat", str(models[1]), "--temperature", "0", "--max-new-tokens", "8",
+         "--tools", "multiply", "--prompt", "12*34=?"], capture_output=True, text=True, env=env, timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    tokenizer = AutoTokenizer.from_pretrained(models[1])
+    model = AutoModelForCausalLM.from_pretrained(models[1]).eval()
+    from alignlab.generation.tools import load_tools, tool_schemas
+
+    templater = Templater(tokenizer, tools=tool_schemas(load_tools(["multiply"])))
+    expected = generate(model, tokenizer, [templater.ids(templater.prompt_text("12*34=?"))], greedy=True,
+                        max_new_tokens=8).texts[0]
+    assert done.stdout == expected + "\n"  # the tools were listed in the prompt the model answered

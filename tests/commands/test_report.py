@@ -256,3 +256,18 @@ def test_report_renders_in_headless_chromium(grpo_tb_run, synthetic_run, tmp_pat
     assert "alignlab report" in dom and 'id="samples"' in dom
     for failure in ("net::ERR", "Failed to load", "Uncaught", "ERR_FILE_NOT_FOUND"):
         assert failure not in done.stderr and failure not in dom
+
+
+def test_report_renders_tool_trajectories_readably(tmp_path):
+    run = tmp_path / "grpo_tools"
+    write_jsonl([{"step": 1, "loss": 0.1, "tools/call_frequency": 1.0}], run / "metrics.jsonl")
+    trajectory = [{"role": "assistant", "content": '<tool_call>{"name": "multiply"}</tool_call>'},
+                  {"role": "tool", "name": "multiply", "content": "408"},
+                  {"role": "assistant", "content": "<answer>408</answer>"}]
+    write_jsonl([{"step": 1, "prompt": "12*34=?", "completion": "<answer>408</answer>", "reward": 3.0,
+                  "trajectory": trajectory}], run / "samples.jsonl")
+    (run / "config.yaml").write_text("# alignlab grpo\ngrpo:\n  tools: [multiply]\n")
+    text = write_report([run], tmp_path / "r.html").read_text(encoding="utf-8")
+    cell = ('&lt;tool_call&gt;{&quot;name&quot;: &quot;multiply&quot;}&lt;/tool_call&gt;\n  [tool multiply] 408\n'
+            '&lt;answer&gt;408&lt;/answer&gt;')
+    assert cell in text  # every turn, the tool's result under its name, in order, escaped
