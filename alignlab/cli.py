@@ -53,7 +53,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = sub.add_parser("demo", help="the whole SFT -> DPO -> GRPO story on the tiny model, offline, in minutes")
     demo.add_argument("--out", default="runs/demo")
-    demo.add_argument("--task", choices=["addition", "count_letters"], default="addition")
+    demo.add_argument("--task", choices=["addition", "count_letters", "tools"], default="addition",
+                      help="tools: SFT then GRPO with a multiply tool (3-digit products), default --out runs/demo_tools")
     demo.add_argument("--seed", type=int, default=0)
     demo.add_argument("--fast", action="store_true", help="fewer steps (for tests)")
     return parser
@@ -197,6 +198,10 @@ def run(args: argparse.Namespace) -> None:
 
         path = write_tiny_model(args.out_dir, layers=args.layers, hidden=args.hidden, heads=args.heads, seed=args.seed)
         print(f"wrote the tiny model to {path}")
+    elif args.command == "demo" and args.task == "tools":
+        from alignlab.commands.demo.tool_pipeline import run_tool_demo
+
+        run_tool_demo(out="runs/demo_tools" if args.out == "runs/demo" else args.out, seed=args.seed, fast=args.fast)
     elif args.command == "demo":
         from alignlab.commands.demo.pipeline import run_demo
 

@@ -327,7 +327,7 @@ def python(code: str) -> str:
         The printed output, or a message starting with "Error:" when the code failed or hit a limit.
     """
     try:
-        result = run_python(code)
+        result = run_python(code, SandboxLimits(wall_seconds=8))  # inside the default grpo.tool_timeout of 10 s
     except Exception as e:  # a tool call must never crash the rollout
         return f"Error: sandbox failure: {type(e).__name__}: {e}"
     if result.ok:

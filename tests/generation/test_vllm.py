@@ -44,7 +44,7 @@ def tiny_tokenizer(tiny_model_dir):
 @pytest.fixture(scope="module")
 def engine(tiny_model_dir, tiny_tokenizer):
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
-    return VLLMEngine(str(tiny_model_dir), tiny_tokenizer, dtype="float32", max_model_len=128,
+    return VLLMEngine(str(tiny_model_dir), tiny_tokenizer, dtype="float32", max_model_len=256,
                       generation_config=model.generation_config)
 
 
@@ -90,6 +90,41 @@ def test_engine_follows_the_policy_weights(engine, tiny_model_dir, tiny_tokenize
     assert gap.mean() < 1e-3 and gap.max() < 1e-2
     again = engine.generate(PROMPTS, num_generations=2, max_new_tokens=8, temperature=0.7, seed=11)
     assert again.completion_ids.tolist() == sampled.completion_ids.tolist()  # a seed per draw: reproducible
+
+
+def test_tool_trajectories_are_the_same_from_both_backends(engine, tiny_model_dir, tiny_tokenizer):
+    """Multi-turn: each trajectory's first turn calls the tool (scripted), then each backend continues
+    greedily from the context with the tool's result (the bridge tokens); both give the same tokens."""
+    from alignlab.data.templates import Templater
+    from alignlab.generation.multi_turn import multi_turn_rollout, turn_settings
+    from alignlab.generation.vllm import to_rollout
+
+    tok = tiny_tokenizer
+    model = _perturbed(tiny_model_dir, seed=5)
+    engine.load_weights(model)
+    call = tok('<tool_call>{"name": "multiply", "arguments": {"a": 3, "b": 4}}</tool_call>',
+               add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
+
+    def backend(generate_fn):
+        def generate_turn(contexts, n, max_new_tokens, turn):
+            if turn == 0:
+                return to_rollout(contexts, [call] * (len(contexts) * n), [[0.0] * len(call)] * (len(contexts) * n),
+                                  n, tok, [tok.eos_token_id], tok.pad_token_id)
+            return generate_fn(contexts, n, max_new_tokens)
+        return generate_turn
+
+    turns = turn_settings(["multiply"], max_tool_turns=1, max_completion_length=100)
+    templater = Templater(tok, tools=turns.tool_schemas, stop_ids=[tok.eos_token_id])
+    ours = multi_turn_rollout(
+        backend(lambda c, n, m: generate(model, tok, c, num_generations=n, max_new_tokens=m, greedy=True)),
+        templater, ["1*2=?", "3*4=?"], [{}, {}], num_generations=2, settings=turns)
+    theirs = multi_turn_rollout(
+        backend(lambda c, n, m: engine.generate(c, num_generations=n, max_new_tokens=m, greedy=True)),
+        templater, ["1*2=?", "3*4=?"], [{}, {}], num_generations=2, settings=turns)
+    assert all(r["tool_calls"] == 1 and r["messages"][1]["content"] == "12" for r in ours.trajectories)
+    assert ours.completion_ids.tolist() == theirs.completion_ids.tolist()
+    assert ours.tool_mask.tolist() == theirs.tool_mask.tolist()
+    assert ours.texts == theirs.texts
 
 
 @pytest.fixture(scope="module")

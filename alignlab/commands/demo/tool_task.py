@@ -41,7 +41,7 @@ def transcript(a: int, b: int, use_tool: bool) -> list[dict]:
     ]
 
 
-def make_tool_splits(seed: int, *, sft: int = 400, test: int = 200, tool_share: float = 0.5) -> dict[str, list[dict]]:
+def make_tool_splits(seed: int, *, sft: int = 3000, test: int = 200, tool_share: float = 0.5) -> dict[str, list[dict]]:
     """{"sft", "prompts", "test"}: SFT transcripts (rows with messages and the tools' schemas), GRPO
     prompts and held-out test prompts (prompt + answer), from disjoint factor pairs."""
     rng = random.Random(seed)

@@ -1,0 +1,127 @@
+"""`alignlab demo --task tools`: tiny model -> SFT on tool-use transcripts -> GRPO with the multiply
+tool -> a before/after table on held-out prompts, offline.
+
+The stages run through the trainers and configs a user runs (configs/tools_tiny_{sft,grpo}.yaml),
+with paths, seed and step counts overridden here. Both models are measured the same way: greedy,
+with the tool, on held-out prompts no stage trains on.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+from alignlab.commands.demo.pipeline import CONFIG_DIR, _last_step, _stage_line
+from alignlab.commands.demo.tool_task import TOOL_SPECS, make_tool_splits
+from alignlab.commands.demo.tasks import write_jsonl
+from alignlab.config import load_config
+from alignlab.engine.checkpoint import atomic_write_text
+from alignlab.engine.tracking import drop_log_file, keep_log_file, setup_logging
+from alignlab.errors import AlignlabError
+from alignlab.model.tiny import write_tiny_model
+
+SETTINGS = {"full": {"sft_steps": 600, "grpo_steps": 40, "test_prompts": 200},
+            "fast": {"sft_steps": 60, "grpo_steps": 4, "test_prompts": 20}}
+MEASURES = [("greedy accuracy (with the tool)", "accuracy", True), ("format rate", "format_rate", True),
+            ("tool calls per answer", "tools/call_frequency", False), ("failed calls", "tools/failure_frequency", True),
+            ("mean trajectory length (tokens)", "mean_length", False)]
+
+
+def measure(model_dir: Path, test_file: Path, count: int) -> dict:
+    """Greedy accuracy, format rate and tool use of one model on the held-out prompts, with the tool."""
+    from transformers import AutoModelForCausalLM
+
+    from alignlab.data.io import Row
+    from alignlab.data.prompts import prompt_item
+    from alignlab.data.templates import Templater
+    from alignlab.engine.tracking import read_jsonl
+    from alignlab.generation.multi_turn import turn_settings
+    from alignlab.generation.prompt_eval import evaluate_prompts
+    from alignlab.model.loading import load_tokenizer
+    from alignlab.rewards import get_reward
+
+    grpo = load_config("grpo", str(CONFIG_DIR / "tools_tiny_grpo.yaml")).grpo
+    tokenizer = load_tokenizer(str(model_dir))
+    turns = turn_settings(TOOL_SPECS, max_tool_turns=grpo.max_tool_turns, max_completion_length=grpo.max_completion_length)
+    templater = Templater(tokenizer, tools=turns.tool_schemas)
+    items = [prompt_item(Row(r, "test", i)) for i, r in enumerate(read_jsonl(test_file)[:count], 1)]
+    model = AutoModelForCausalLM.from_pretrained(model_dir).eval()
+    result = evaluate_prompts(model, tokenizer, templater, items, [(n, get_reward(n)) for n in grpo.rewards], None,
+                              max_new_tokens=grpo.max_completion_length, turns=turns)
+    return {**{key: result.metrics.get(key, 0.0) for _, key, _ in MEASURES}, "_samples": result.samples[:4]}
+
+
+def table(stages: dict, test_prompts: int) -> str:
+    lines = [f"Measured greedily, with the multiply tool, on {test_prompts} held-out prompts (never trained on).",
+             f"{'':36}" + "".join(f"{n.upper():>10}" for n in stages)]
+    for label, key, percent in MEASURES:
+        cells = "".join(f"{100 * s[key]:>9.1f}%" if percent else f"{s[key]:>10.2f}" for s in stages.values())
+        lines.append(f"{label:36}{cells}")
+    lines.append(f"{'steps':36}" + "".join(f"{s['steps']:>10}" for s in stages.values()))
+    lines.append(f"{'seconds':36}" + "".join(f"{s['seconds']:>10.0f}" for s in stages.values()))
+    return "\n".join(lines)
+
+
+def run_tool_demo(out: str = "runs/demo_tools", seed: int = 0, fast: bool = False) -> dict:
+    out_dir, settings = Path(out), SETTINGS["fast" if fast else "full"]
+    if (out_dir / "summary.json").exists() or (out_dir / "sft").exists():
+        raise AlignlabError(f"{out_dir} already holds a demo run; pass --out to a new directory")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    setup_logging(None)
+    demo_log = keep_log_file(out_dir / "demo.log")
+    try:
+        return _run(out_dir, seed, fast, settings)
+    finally:
+        drop_log_file(demo_log)
+
+
+def _run(out_dir: Path, seed: int, fast: bool, settings: dict) -> dict:
+    from alignlab.trainers.grpo import train_grpo
+    from alignlab.trainers.sft import train_sft
+
+    start, data = time.perf_counter(), out_dir / "data"
+    splits = make_tool_splits(seed, test=settings["test_prompts"])
+    files = {name: write_jsonl(rows, data / f"{name}.jsonl") for name, rows in splits.items()}
+    write_tiny_model(out_dir / "base_model", seed=seed)
+    _stage_line("data", time.perf_counter() - start, f"tiny model + tool task: {len(splits['sft'])} SFT transcripts, "
+                f"{len(splits['prompts'])} GRPO prompts, {len(splits['test'])} test prompts")
+    common = [f"train.seed={seed}", "train.progress=true"]
+    timings = {}
+    tick = time.perf_counter()
+    train_sft(load_config("sft", str(CONFIG_DIR / "tools_tiny_sft.yaml"), common + [
+        f"model.name_or_path={out_dir / 'base_model'}", f"data.train={files['sft']}",
+        f"train.output_dir={out_dir / 'sft'}", f"train.max_steps={settings['sft_steps']}"]))
+    timings["sft"] = time.perf_counter() - tick
+    _stage_line("sft", timings["sft"], "SFT on tool-use transcripts")
+    tick = time.perf_counter()
+    train_grpo(load_config("grpo", str(CONFIG_DIR / "tools_tiny_grpo.yaml"), common + [
+        f"model.name_or_path={out_dir / 'sft' / 'final'}", f"data.train={files['prompts']}",
+        f"data.eval={files['test']}", f"train.output_dir={out_dir / 'grpo'}", f"train.max_steps={settings['grpo_steps']}",
+        f"train.eval_every={settings['grpo_steps']}"]))
+    timings["grpo"] = time.perf_counter() - tick
+    _stage_line("grpo", timings["grpo"], "GRPO with the multiply tool")
+    tick = time.perf_counter()
+    stages = {}
+    for name in ("sft", "grpo"):
+        stages[name] = measure(out_dir / name / "final", files["test"], settings["test_prompts"])
+        stages[name].update(steps=_last_step(out_dir / name), seconds=timings[name])
+    _stage_line("eval", time.perf_counter() - tick, "measured both models on the held-out prompts")
+    gain = 100 * (stages["grpo"]["accuracy"] - stages["sft"]["accuracy"])
+    print()
+    print(table(stages, settings["test_prompts"]))
+    verdict = (f"GRPO {'raised' if gain > 0 else 'did not raise'} greedy accuracy with the tool by {gain:+.1f} points "
+               f"(tool calls per answer {stages['sft']['tools/call_frequency']:.2f} -> "
+               f"{stages['grpo']['tools/call_frequency']:.2f})" + (" (--fast is too short to learn)" if fast else ""))
+    print(f"\n{verdict}")
+    summary = {"task": "tools", "seed": seed, "fast": fast, "test_prompts": settings["test_prompts"],
+               "seconds": time.perf_counter() - start, "notes": [verdict],
+               "stages": {n: {k: v for k, v in s.items() if not k.startswith("_")} for n, s in stages.items()},
+               "samples": {n: s["_samples"] for n, s in stages.items()},
+               "runs": {n: str(out_dir / n) for n in stages}}
+    atomic_write_text(out_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
+    from alignlab.commands.report import write_report
+
+    report = write_report([out_dir / "sft", out_dir / "grpo"], out_dir / "report.html")
+    print(f"\nTotal {summary['seconds']:.0f}s. Summary: {out_dir / 'summary.json'}; report: {report}")
+    return summary
