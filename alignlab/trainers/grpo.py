@@ -54,7 +54,7 @@ from alignlab.errors import ConfigError, DataError
 from alignlab.generation.prompt_eval import evaluate_prompts
 from alignlab.model.logprobs import shared_prefix_token_logps, token_logps
 from alignlab.losses.grpo import (ADVANTAGE_SCALINGS, LOSS_AGGREGATIONS, constant_groups, group_advantages,
-                                  grpo_loss, nan_std)
+                                  grpo_loss)
 from alignlab.model.loading import count_parameters, is_peft, load_model, load_tokenizer, model_stop_ids
 from alignlab.rewards import RewardScores, get_reward, score_completions
 from alignlab.generation.sampler import Rollout, concat_rollouts, generate
@@ -63,17 +63,10 @@ from alignlab.generation.vllm import build_engine, engine_or_none
 from alignlab.engine.tracking import append_jsonl
 from alignlab.engine.data_order import IndexSampler
 from alignlab.engine.loop import TrainingRun
+from alignlab.trainers.grpo_stats import global_means, reward_stats, trajectory_stats, with_environment_reward
 
 log = logging.getLogger("alignlab")
 ZERO_STD_WARN_FRACTION, ZERO_STD_WARN_STEPS = 0.8, 5
-
-
-def with_environment_reward(totals: list[float], environment: list[float], weight: float, has_functions: bool):
-    """Reward functions' total plus `weight` x the trajectory's summed environment reward. Without reward
-    functions the environment's reward is the whole reward; with them, an unscorable row stays NaN."""
-    if not has_functions:
-        return [weight * e for e in environment]
-    return [t + weight * e for t, e in zip(totals, environment)]
 
 
 def check_grpo_config(config) -> None:
@@ -265,55 +258,15 @@ class GRPOTrainer:
         """Mean reward per data mixture source over every process's completions (same keys everywhere)."""
         groups = [self.prompts[i].group for i in indices for _ in range(self.grpo.num_generations)]
         picked = [[r for g, r in zip(groups, rewards.tolist()) if g == name] for name in self.sources]
-        means = self._global_means(picked)
+        means = global_means(self.run, picked)
         return {f"reward/{name}": mean for name, mean in zip(self.sources, means) if mean is not None}
 
-    def _global_means(self, value_lists) -> list:
-        """Mean of each list over every process (None where no process has a value), in one collective."""
-        value_lists = list(value_lists)
-        totals = self.run.global_sums([x for values in value_lists for x in (sum(values), len(values))])
-        return [total / count if count else None for total, count in zip(totals[0::2], totals[1::2])]
-
     def _reward_stats(self, scores: RewardScores, rewards: torch.Tensor, rollout: Rollout) -> dict:
-        """Reward metrics over every process's completions of this rollout (the same on all processes)."""
-        G = self.grpo.num_generations
-        everyone = self.run.accelerator.gather(rewards.to(self.run.device)).cpu().double()  # [processes * n*G]
-        grouped = everyone.view(-1, G)  # [groups, G]
-        lengths = rollout.completion_mask.sum(1).float()
-        stats = {
-            "reward": float(everyone.nanmean()) if not everyone.isnan().all() else float("nan"),
-            "reward_std": float(nan_std(everyone)),  # over the whole batch, as TRL logs it
-            "reward_std/within_group": float(nan_std(grouped, dim=1).mean()),
-            "frac_reward_zero_std": float(constant_groups(grouped).double().mean()),
-            "rewards/unscorable": float(everyone.isnan().sum()),
-            "completions/mean_length": float(lengths.mean()),
-            "completions/clipped_ratio": float((~rollout.ended).float().mean()),
-        }
-        # Over every process's scored completions: a failed reward (None) leaves counts unequal, so a
-        # mean of per-process means would weigh them wrongly.
-        per_fn = scores.per_function
-        means = self._global_means([v for v in values if v is not None] for values in per_fn.values())
-        error_counts = self.run.global_sums([scores.error_rows.get(name, 0) for name in per_fn])
-        for name, mean, failed in zip(per_fn, means, error_counts):
-            stats[f"rewards/{name}/mean"] = float("nan") if mean is None else mean
-            if self.grpo.reward_errors == "none":
-                stats[f"rewards/{name}/errors"] = failed
+        stats = reward_stats(self.run, scores, rewards, rollout, self.grpo.num_generations,
+                             count_errors=self.grpo.reward_errors == "none")
         if rollout.trajectories is not None:
-            stats.update(self._trajectory_stats(rollout.trajectories))
-        return stats
-
-    def _trajectory_stats(self, records: list[dict]) -> dict:
-        """Over every process's trajectories: tool calls per trajectory (TRL's tools/call_frequency), the
-        share of calls that failed (tools/failure_frequency), model turns, and the environment's reward."""
-        totals = self.run.global_sums([len(records), sum(r["tool_calls"] for r in records),
-                                       sum(r["tool_failures"] for r in records), sum(len(r["turns"]) for r in records),
-                                       sum(r["environment_reward"] for r in records),
-                                       sum(r["truncated"] for r in records)])
-        count, calls, failures, turns, environment, truncated = totals
-        stats = {"tools/call_frequency": calls / count, "tools/failure_frequency": failures / calls if calls else 0.0,
-                 "turns/mean": turns / count, "turns/truncated_ratio": truncated / count}
-        if self.turns is not None and self.turns.environment is not None:
-            stats["environment/reward"] = environment / count
+            stats.update(trajectory_stats(self.run, rollout.trajectories,
+                                          environment=self.turns is not None and self.turns.environment is not None))
         return stats
 
     # ------------------------------------------------------------ update

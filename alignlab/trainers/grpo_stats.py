@@ -1,0 +1,64 @@
+"""GRPO's reward and trajectory metrics, over every process's completions (the same on all processes)."""
+
+from __future__ import annotations
+
+import torch
+
+from alignlab.losses.grpo import constant_groups, nan_std
+
+
+def with_environment_reward(totals: list[float], environment: list[float], weight: float, has_functions: bool):
+    """Reward functions' total plus `weight` x the trajectory's summed environment reward. Without reward
+    functions the environment's reward is the whole reward; with them, an unscorable row stays NaN."""
+    if not has_functions:
+        return [weight * e for e in environment]
+    return [t + weight * e for t, e in zip(totals, environment)]
+
+
+def global_means(run, value_lists) -> list:
+    """Mean of each list over every process (None where no process has a value), in one collective."""
+    value_lists = list(value_lists)
+    totals = run.global_sums([x for values in value_lists for x in (sum(values), len(values))])
+    return [total / count if count else None for total, count in zip(totals[0::2], totals[1::2])]
+
+
+def reward_stats(run, scores, rewards: torch.Tensor, rollout, num_generations: int, *, count_errors: bool) -> dict:
+    """Reward metrics of one rollout: `reward_std` over the whole batch (TRL's name and meaning),
+    within-group std, the share of groups with no reward variance, per-function means."""
+    everyone = run.accelerator.gather(rewards.to(run.device)).cpu().double()  # [processes * n*G]
+    grouped = everyone.view(-1, num_generations)  # [groups, G]
+    lengths = rollout.completion_mask.sum(1).float()
+    stats = {
+        "reward": float(everyone.nanmean()) if not everyone.isnan().all() else float("nan"),
+        "reward_std": float(nan_std(everyone)),
+        "reward_std/within_group": float(nan_std(grouped, dim=1).mean()),
+        "frac_reward_zero_std": float(constant_groups(grouped).double().mean()),
+        "rewards/unscorable": float(everyone.isnan().sum()),
+        "completions/mean_length": float(lengths.mean()),
+        "completions/clipped_ratio": float((~rollout.ended).float().mean()),
+    }
+    # Over every process's scored completions: a failed reward (None) leaves counts unequal, so a
+    # mean of per-process means would weigh them wrongly.
+    per_fn = scores.per_function
+    means = global_means(run, ([v for v in values if v is not None] for values in per_fn.values()))
+    error_counts = run.global_sums([scores.error_rows.get(name, 0) for name in per_fn])
+    for name, mean, failed in zip(per_fn, means, error_counts):
+        stats[f"rewards/{name}/mean"] = float("nan") if mean is None else mean
+        if count_errors:
+            stats[f"rewards/{name}/errors"] = failed
+    return stats
+
+
+def trajectory_stats(run, records: list[dict], *, environment: bool) -> dict:
+    """Tool calls per trajectory (TRL's tools/call_frequency), the share of calls that failed
+    (tools/failure_frequency), model turns per trajectory, the share cut by a limit, and the mean
+    summed environment reward."""
+    totals = run.global_sums([len(records), sum(r["tool_calls"] for r in records),
+                              sum(r["tool_failures"] for r in records), sum(len(r["turns"]) for r in records),
+                              sum(r["environment_reward"] for r in records), sum(r["truncated"] for r in records)])
+    count, calls, failures, turns, reward, truncated = totals
+    stats = {"tools/call_frequency": calls / count, "tools/failure_frequency": failures / calls if calls else 0.0,
+             "turns/mean": turns / count, "turns/truncated_ratio": truncated / count}
+    if environment:
+        stats["environment/reward"] = reward / count
+    return stats
