@@ -113,6 +113,7 @@ class GRPOConfig:
     skip_zero_std_groups: bool = False  # dynamic sampling (DAPO)
     max_resample_rounds: int = 3
     rollout_batch_size: int = 512  # completions decoded together: bounds the KV cache's peak memory
+    disable_dropout: bool = True  # the trained forward is the function that sampled (ratios, mismatch metric)
     backend: str = "hf"  # hf (alignlab's KV-cache sampler) | vllm (vLLM; pip install ".[vllm]")
     vllm_mode: str = "colocate"  # colocate (an engine in each training process) | server (alignlab vllm-serve)
     vllm_server: str = "127.0.0.1:8000"  # host:port of `alignlab vllm-serve`, for vllm_mode=server

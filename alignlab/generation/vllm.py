@@ -21,12 +21,13 @@ from __future__ import annotations
 
 import logging
 import os
-from typing import Iterator, Optional
+from typing import Optional
 
 import torch
 
 from alignlab.errors import AlignlabError
-from alignlab.model.loading import is_peft, stop_token_ids
+from alignlab.generation.full_weights import policy_weights
+from alignlab.model.loading import stop_token_ids
 from alignlab.generation.sampler import Rollout, completion_mask, _right_to
 from alignlab.data.collate import pad_left
 
@@ -40,29 +41,6 @@ def vllm_available() -> bool:
     import importlib.util
 
     return importlib.util.find_spec("vllm") is not None
-
-
-def policy_weights(model, merge: bool = True) -> Iterator[tuple[str, torch.Tensor]]:
-    """(checkpoint name, tensor) of every weight of the policy as a plain transformers model has it.
-    LoRA layers yield base + delta, computed one layer at a time as the consumer asks for it
-    (`merge=False`: the base weights under the same names, for their shapes and dtypes)."""
-    inner = model.module if hasattr(model, "module") else model
-    if not is_peft(inner):
-        for name, tensor in inner.state_dict().items():
-            yield name, tensor.detach()
-        return
-    base = inner.get_base_model()
-    modules = dict(base.named_modules())
-    for name, tensor in base.state_dict().items():
-        if ".lora_" in name:
-            continue
-        if ".base_layer." in name:
-            owner = modules[name.split(".base_layer.")[0]]
-            name = name.replace(".base_layer.", ".")
-            if merge and name.endswith(".weight") and not getattr(owner, "merged", False):
-                with torch.no_grad():
-                    tensor = tensor + sum(owner.get_delta_weight(a) for a in owner.active_adapters).to(tensor.dtype)
-        yield name, tensor.detach()
 
 
 class VLLMEngine:

@@ -137,6 +137,19 @@ def _load_error(what: str, name: str, path: str, exc: Exception) -> AlignlabErro
     return AlignlabError(f"cannot load a {what} from {shown}: {reason}{hint}")
 
 
+def disable_dropout(model) -> None:
+    """Every dropout of the model off: its modules (LoRA's included) and attention dropout in the config."""
+    for module in model.modules():
+        if isinstance(module, torch.nn.Dropout):
+            module.p = 0.0
+        if isinstance(getattr(module, "attention_dropout", None), float):  # attention layers copy it from the config
+            module.attention_dropout = 0.0
+    config = getattr(model, "config", None)
+    for key in ("attention_dropout", "hidden_dropout", "resid_pdrop", "embd_pdrop", "attn_pdrop"):
+        if isinstance(getattr(config, key, None), (int, float)):
+            setattr(config, key, 0.0)
+
+
 def ensure_tiny_model(name_or_path: str, cache_root: str = "runs") -> str:
     """`tiny` means the offline demo model: written once under runs/.tiny-model."""
     if name_or_path != "tiny":

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import shutil
+from pathlib import Path
 
 import pytest
 import torch
@@ -265,6 +266,37 @@ def test_grpo_with_vllm_under_torchrun_one_engine_per_process(tmp_path, tiny_mod
     assert [r["step"] for r in records] == [1, 2]
     assert all(r["sampling/sampling_logp_difference/mean"] < 1e-3 for r in records)
     assert (out / "train.log").read_text().count("vLLM engine (colocated)") == 1  # logged by the main process
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("mode, lora", [("fsdp", False), ("fsdp", True), ("zero3", True)],
+                         ids=["fsdp-full", "fsdp-lora", "zero3-lora"])
+def test_grpo_with_vllm_under_sharding_gathers_full_weights(tmp_path, tiny_model_dir, prompts, sevens_reward, mode,
+                                                            lora):
+    """FSDP2 or ZeRO-3, 2 processes, an engine each: every sync gathers the sharded weights (LoRA merged
+    layer by layer) into each engine, so after optimizer steps the engines still sample what the
+    trainer scores (a stale or partial weight would open the sampler/trainer gap)."""
+    import sys
+
+    from launch import deepspeed_env, launch, torchrun
+
+    out = tmp_path / mode
+    argv = grpo_args(tiny_model_dir, prompts, out, sevens_reward, "train.max_steps=3", "train.batch_size=2",
+                     "grpo.backend=vllm", "train.lr=1e-2", *(["lora.enabled=true", "lora.r=4"] if lora else []))
+    env = {"VLLM_CPU_KVCACHE_SPACE": "1"}
+    if mode == "fsdp":
+        root = Path(__file__).resolve().parents[2]
+        launch([sys.executable, "-m", "accelerate.commands.launch", "--config_file",
+                str(root / "configs" / "accelerate" / "fsdp.yaml"), "-m", "alignlab", *[str(a) for a in argv]],
+               tmp_path, env)
+    else:
+        pytest.importorskip("deepspeed")
+        torchrun(argv, tmp_path, {**env, **deepspeed_env(3)})
+    records = train_records(out)
+    log = (out / "train.log").read_text()
+    assert [r["step"] for r in records] == [1, 2, 3] and ("FSDP" in log if mode == "fsdp" else "ZeRO-3" in log)
+    assert any(r["grad_norm"] > 0 for r in records[:2])  # the weights moved before the later rollouts
+    assert all(r["sampling/sampling_logp_difference/mean"] < 1e-3 for r in records)
 
 
 @pytest.mark.slow

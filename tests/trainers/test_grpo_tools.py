@@ -115,3 +115,18 @@ def test_unknown_tool_and_schema_errors_are_clear(tmp_path, tiny_model_dir, prom
         tool_schemas(load_tools([f"{plugin}:f"]))
     with pytest.raises(ConfigError, match="unknown tool 'nope'"):
         load_tools(["nope"])
+
+
+def test_dropout_is_off_so_the_trained_forward_is_the_sampler(tmp_path, tiny_model_dir, prompts, crc_reward):
+    """LoRA's default dropout (0.05) would make the trained forward another random function than the
+    sampler's: after one update the gap would open. grpo.disable_dropout (default) keeps it ~0."""
+    out = {}
+    for flag in ("true", "false"):
+        run = tmp_path / flag
+        assert run_cli(base_args("grpo", tiny_model_dir, prompts, run, "train.max_steps=3", "train.batch_size=2",
+                                 "grpo.num_generations=4", "grpo.max_completion_length=8", "train.lr=1e-2",
+                                 "lora.enabled=true", "lora.r=4", "lora.dropout=0.3", f"grpo.rewards=[{crc_reward}]",
+                                 f"grpo.disable_dropout={flag}")).code == 0
+        out[flag] = [r["sampling/sampling_logp_difference/mean"] for r in train_records(run)]
+    assert max(out["true"]) < 1e-5
+    assert max(out["false"][1:]) > 1e-3  # dropout on: the trainer scores another function
