@@ -59,7 +59,21 @@ def fill_from_run(config) -> tuple[list[str], Optional[list]]:
         notes, held_out = _data_from_run(config, Path(path), command, run)
     if command == "dpo" and (config.data.pairs or held_out is not None):
         notes += _reference_from_run(config, run)
+    if command == "grpo":
+        notes += _tools_from_run(config, run)
     return notes, held_out
+
+
+def _tools_from_run(config, run: dict) -> list[str]:
+    """A tool-using GRPO run is evaluated with its tools (or environment), as it trained, whatever the data."""
+    grpo = run.get("grpo") or {}
+    for key in ("tools", "tool_parser", "max_tool_turns", "environment"):
+        if getattr(config.eval, key) is None and grpo.get(key) not in (None, []):
+            setattr(config.eval, key, grpo[key])
+    if config.eval.tools or config.eval.environment:
+        return [f"tools: the run's {config.eval.tools or []}" + (f", environment {config.eval.environment}"
+                                                                  if config.eval.environment else "")]
+    return []
 
 
 def _data_from_run(config, path: Path, command: str, run: dict) -> tuple[list[str], Optional[list]]:
@@ -87,10 +101,6 @@ def _data_from_run(config, path: Path, command: str, run: dict) -> tuple[list[st
         rewards = grpo.get("rewards")
         if rewards and config.eval.rewards == EvalConfig().rewards:
             config.eval.rewards = list(rewards)
-        # A tool-using run is evaluated with its tools (or environment), as it trained.
-        for key in ("tools", "tool_parser", "max_tool_turns", "environment"):
-            if getattr(config.eval, key) is None and grpo.get(key) not in (None, []):
-                setattr(config.eval, key, grpo[key])
     return [f"data: the run's eval set {source}"], None
 
 

@@ -88,6 +88,11 @@ def test_tool_metrics_and_no_tool_token_trained(tmp_path, tiny_model_dir, prompt
     assert all(r.tool_mask.sum() > 0 and r.loss_mask.sum() < r.completion_mask.sum() for r in rollouts)
     samples = [json.loads(line) for line in (out / "samples.jsonl").read_text().splitlines()]
     assert samples and all("trajectory" in s for s in samples)
+    # alignlab eval of the run uses its tools, whatever prompts it is given
+    assert run_cli(["eval", out, f"data.prompts={prompts}", "data.max_rows=4", "eval.max_new_tokens=16",
+                    f"eval.output={tmp_path / 'eval.json'}"]).code == 0
+    evaluation = json.loads((tmp_path / "eval.json").read_text())
+    assert "tools/call_frequency" in json.dumps(evaluation) and "Tools: multiply(a, b)" in json.dumps(evaluation)
 
 
 def test_tool_using_run_resumes_exactly(tmp_path, tiny_model_dir, prompts, crc_reward, forced_calls):
