@@ -35,6 +35,13 @@ Choices, named:
 - Backends (`grpo.backend`): hf, our sampler; vllm, a colocated vLLM engine (`alignlab.generation.vllm`)
   that gets the policy's weights before each rollout that follows an optimizer step; its
   sampled-token log-probs drive truncated importance sampling (`grpo.vllm_importance_sampling_cap`).
+- Tools and environments (`grpo.tools`, `grpo.environment`; `alignlab.generation.multi_turn`): a
+  completion is a trajectory of model turns with tool results or observations between them
+  (ReTool, Feng et al. 2025; RAGEN, Wang et al. 2025). The loss covers every token the model wrote,
+  each assistant turn through its end-of-turn token, in the context it was sampled in, and no tool
+  or environment token (`Rollout.loss_mask`); advantages stay one per trajectory; the reward is the
+  reward functions' (on the last turn, with the whole trajectory in the columns) plus the weighted
+  sum of the environment's per-turn rewards.
 - Dropout (`grpo.disable_dropout`, default true, TRL's name): off in the policy. The sampler runs
   without it, so with it the trained forward is another random function than the one that sampled:
   the clipped ratio stops being the importance ratio and `sampling_logp_difference` opens up (with
