@@ -42,10 +42,9 @@ Choices, named:
   or environment token (`Rollout.loss_mask`); advantages stay one per trajectory; the reward is the
   reward functions' (on the last turn, with the whole trajectory in the columns) plus the weighted
   sum of the environment's per-turn rewards.
-- Dropout (`grpo.disable_dropout`, default true, TRL's name): off in the policy. The sampler runs
-  without it, so with it the trained forward is another random function than the one that sampled:
-  the clipped ratio stops being the importance ratio and `sampling_logp_difference` opens up (with
-  LoRA's default dropout of 0.05 it read ~0.01 after one update on the tiny model, vs ~1e-7 without).
+- Dropout (`grpo.disable_dropout`, default true): off. The sampler runs without it, so with it the
+  trained forward is another function than the one that sampled: the ratio is no importance ratio
+  (LoRA's default 0.05 opened `sampling_logp_difference` to ~0.01 after one update; ~1e-7 without).
 - Left out: PPO value function, reward models (use a reward function), entropy bonus.
 """
 
