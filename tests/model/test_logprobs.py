@@ -33,14 +33,30 @@ def test_shared_prefix_matches_full_sequences_values_and_gradients():
         assert torch.allclose(got, want, atol=1e-6)
 
 
+def count_head_rows(model, monkeypatch) -> list[int]:
+    """Rows each call of the LM head (not the model's own layers) takes in alignlab.model.logprobs."""
+    import torch.nn.functional as F
+
+    from alignlab.model import logprobs
+
+    calls, linear = [], F.linear
+    vocab = model.get_output_embeddings().weight.shape[0]
+
+    def counting(x, w, b=None):
+        if w.shape[0] == vocab:
+            calls.append(x.numel() // x.shape[-1])  # (the model's own head call has no rows: logits_to_keep=[])
+        return linear(x, w, b)
+
+    monkeypatch.setattr(logprobs.F, "linear", counting)
+    return calls
+
+
 def test_frozen_head_logps_equal_full_logits_without_recompute(monkeypatch):
     """LoRA (the LM head frozen): log-probs, entropies and LoRA gradients equal the full-logits way
     at a temperature, with several chunks, and each chunk runs the head twice in all (forward and
     the Jacobian), never a third time in backward."""
-    import torch.nn.functional as F
     from peft import LoraConfig, get_peft_model
 
-    from alignlab.model import logprobs
     from alignlab.model.logprobs import full_logits_token_logps
 
     model = build_model(build_tokenizer(), layers=2, hidden=64, seed=3).float()
@@ -63,16 +79,7 @@ def test_frozen_head_logps_equal_full_logits_without_recompute(monkeypatch):
 
     want = full_logits_token_logps(model, ids, attention, loss_mask, temperature=0.7)
     want_grads = grads(want)
-    head_calls = []
-    linear = F.linear
-    vocab = model.get_output_embeddings().weight.shape[0]
-
-    def counting(x, w, b=None):
-        if w.shape[0] == vocab:  # the LM head, not the model's own layers
-            head_calls.append(x.numel() // x.shape[-1])  # rows (the model's own head call has none)
-        return linear(x, w, b)
-
-    monkeypatch.setattr(logprobs.F, "linear", counting)
+    head_calls = count_head_rows(model, monkeypatch)
     got, entropy = token_logps(model, ids, attention, loss_mask, chunk_size=5, with_entropy=True, temperature=0.7)
     got_grads = grads(got)
     assert torch.allclose(got, want, atol=1e-5)
@@ -91,7 +98,6 @@ def test_trainable_head_logps_equal_full_logits_with_one_weight_gradient(monkeyp
     """Full fine-tuning (the tied head trains): log-probs, entropies and every gradient, the
     embedding/head's included, equal the full-logits way at a temperature over several chunks, and
     backward runs the head once more per chunk (no checkpoint recompute on top)."""
-    import torch.nn.functional as F
 
     from alignlab.model import logprobs
     from alignlab.model.logprobs import full_logits_token_logps
@@ -112,16 +118,7 @@ def test_trainable_head_logps_equal_full_logits_with_one_weight_gradient(monkeyp
 
     want = full_logits_token_logps(model, ids, attention, loss_mask, temperature=0.7)
     want_grads = grads(want)
-    head_calls = []
-    linear = F.linear
-    vocab = model.get_output_embeddings().weight.shape[0]
-
-    def counting(x, w, b=None):
-        if w.shape[0] == vocab:
-            head_calls.append(x.numel() // x.shape[-1])
-        return linear(x, w, b)
-
-    monkeypatch.setattr(logprobs.F, "linear", counting)
+    head_calls = count_head_rows(model, monkeypatch)
     apply, calls = logprobs._TrainableHeadLogps.apply, []
     monkeypatch.setattr(logprobs._TrainableHeadLogps, "apply", lambda *a: calls.append(1) or apply(*a))
     monkeypatch.setattr(logprobs, "checkpoint", None)  # the per-chunk checkpointed path is not taken
