@@ -64,7 +64,8 @@ def measure(model_dir: Path, test_file: Path, count: int) -> dict:
 
 
 def table(stages: dict, test_prompts: int) -> str:
-    lines = [f"Measured greedily, with the multiply tool, on {test_prompts} held-out prompts (never trained on).",
+    lines = [f"Measured with the multiply tool on {test_prompts} held-out prompts (never trained on), greedily and "
+             f"sampled at T=1.",
              f"{'':36}" + "".join(f"{n.upper():>10}" for n in stages)]
     for label, key, percent in MEASURES:
         cells = "".join(f"{100 * s[key]:>9.1f}%" if percent else f"{s[key]:>10.2f}" for s in stages.values())
