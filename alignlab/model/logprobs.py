@@ -19,6 +19,8 @@ from torch.utils.checkpoint import checkpoint
 
 
 CHUNK_BUDGET_BYTES = 256 * 2**20
+# A trainable head keeps the softmax of every chunk from forward to backward when they fit in this.
+KEEP_BUDGET_BYTES = 512 * 2**20
 
 
 def _chunk_logits(project, hidden, scale, softcap, temperature):
@@ -78,23 +80,28 @@ class _FrozenHeadLogps(torch.autograd.Function):
 
 class _TrainableHeadLogps(torch.autograd.Function):
     """Log-probs [N] (and detached entropies [N]) through a head that takes a gradient (full fine-
-    tuning), all chunks in one call: forward keeps no [n, V] block; backward recomputes each chunk's
-    logits once and adds its weight gradient into one [V, H] buffer. Per-chunk checkpoints instead
+    tuning), all chunks in one call: backward adds every chunk's weight gradient into one [V, H]
+    buffer. `keep`: forward keeps each chunk's softmax for backward (when all of them fit in
+    KEEP_BUDGET_BYTES: a GRPO step's completions at a 151,936-token vocabulary), else backward
+    recomputes each chunk's logits, one more pass through the head. Per-chunk checkpoints instead
     give autograd one [V, H] gradient per chunk to add up: at a 151,936-row vocabulary a second
     545 MiB block alive while the rest of the backward still holds its activations."""
 
     @staticmethod
-    def forward(ctx, hidden, weight, targets, factor: float, chunk_size: int, with_entropy: bool):
-        logps, entropies = [], []
+    def forward(ctx, hidden, weight, targets, factor: float, chunk_size: int, with_entropy: bool, keep: bool = False):
+        logps, entropies, kept = [], [], []
         for start in range(0, hidden.shape[0], chunk_size):
             logits = F.linear(hidden[start : start + chunk_size], weight).float()  # [n, V]
             logp_all = (logits * factor if factor != 1.0 else logits).log_softmax(-1)
             del logits
             logps.append(torch.gather(logp_all, 1, targets[start : start + chunk_size, None]).squeeze(1))
+            probs = logp_all.exp() if with_entropy or keep else None
             if with_entropy:
-                entropies.append(-torch.bmm(logp_all.exp()[:, None, :], logp_all[:, :, None]).reshape(-1))
+                entropies.append(-torch.bmm(probs[:, None, :], logp_all[:, :, None]).reshape(-1))
+            if keep:  # the softmax kept for backward: no recompute of the chunk's logits
+                kept.append(probs)
         ctx.save_for_backward(hidden, weight, targets)
-        ctx.factor, ctx.chunk_size = factor, chunk_size
+        ctx.factor, ctx.chunk_size, ctx.kept = factor, chunk_size, kept
         entropy = torch.cat(entropies) if entropies else hidden.new_zeros(0, dtype=torch.float32)
         ctx.mark_non_differentiable(entropy)
         return torch.cat(logps), entropy
@@ -107,11 +114,13 @@ class _TrainableHeadLogps(torch.autograd.Function):
         for start in range(0, hidden.shape[0], ctx.chunk_size):
             h, y = hidden[start : start + ctx.chunk_size], targets[start : start + ctx.chunk_size]
             g = grad_logps[start : start + ctx.chunk_size].float()  # [n]
-            logits = F.linear(h, weight).float()
             # d logp(y) / d logits = onehot(y) - softmax, times the factor and the upstream gradient.
-            grad_logits = (logits * ctx.factor if ctx.factor != 1.0 else logits).softmax(-1)  # [n, V]
-            del logits
-            grad_logits.mul_(-g[:, None])
+            if ctx.kept:
+                grad_logits = ctx.kept[start // ctx.chunk_size] * -g[:, None]  # [n, V]
+            else:
+                logits = F.linear(h, weight).float()
+                grad_logits = (logits * ctx.factor if ctx.factor != 1.0 else logits).softmax(-1).mul_(-g[:, None])
+                del logits
             grad_logits[torch.arange(len(y), device=y.device), y] += g
             if ctx.factor != 1.0:
                 grad_logits.mul_(ctx.factor)
@@ -120,7 +129,7 @@ class _TrainableHeadLogps(torch.autograd.Function):
                 grad_hidden[start : start + ctx.chunk_size] = grad_logits @ weight
             if grad_weight is not None:
                 grad_weight.addmm_(grad_logits.T, h)
-        return grad_hidden, grad_weight, None, None, None, None
+        return grad_hidden, grad_weight, None, None, None, None, None
 
 
 def logit_transform(config) -> tuple[float, float | None]:
@@ -233,7 +242,9 @@ def score_rows(model, rows: torch.Tensor, targets: torch.Tensor, chunk_size: int
     if (weight is not None and weight.requires_grad and project.keywords.get("bias") is None and not softcap
             and torch.is_grad_enabled() and not torch.is_autocast_enabled(rows.device.type)):
         # A head that trains (full fine-tuning), without mixed precision: one weight-gradient buffer.
-        logps, entropy = _TrainableHeadLogps.apply(rows, weight, targets, scale / temperature, chunk_size, with_entropy)
+        keep = rows.shape[0] * vocab_size * 4 <= KEEP_BUDGET_BYTES
+        logps, entropy = _TrainableHeadLogps.apply(rows, weight, targets, scale / temperature, chunk_size, with_entropy,
+                                                   keep)
         return logps, entropy.detach()
     pieces, entropies = [], []
     for start in range(0, rows.shape[0], chunk_size):

@@ -1,5 +1,6 @@
 """Shared-prefix log-probs equal scoring every full sequence, in values and gradients."""
 
+import pytest
 import torch
 
 from alignlab.data.collate import pad_left, pad_right
@@ -94,7 +95,8 @@ def test_frozen_head_logps_equal_full_logits_without_recompute(monkeypatch):
     assert torch.allclose(entropy[:, 1:][scored], full_entropy[scored], atol=1e-5)
 
 
-def test_trainable_head_logps_equal_full_logits_with_one_weight_gradient(monkeypatch):
+@pytest.mark.parametrize("keep", [True, False], ids=["softmax-kept", "recomputed"])
+def test_trainable_head_logps_equal_full_logits_with_one_weight_gradient(monkeypatch, keep):
     """Full fine-tuning (the tied head trains): log-probs, entropies and every gradient, the
     embedding/head's included, equal the full-logits way at a temperature over several chunks, and
     backward runs the head once more per chunk (no checkpoint recompute on top)."""
@@ -118,6 +120,8 @@ def test_trainable_head_logps_equal_full_logits_with_one_weight_gradient(monkeyp
 
     want = full_logits_token_logps(model, ids, attention, loss_mask, temperature=0.7)
     want_grads = grads(want)
+    if not keep:
+        monkeypatch.setattr(logprobs, "KEEP_BUDGET_BYTES", 0)
     head_calls = count_head_rows(model, monkeypatch)
     apply, calls = logprobs._TrainableHeadLogps.apply, []
     monkeypatch.setattr(logprobs._TrainableHeadLogps, "apply", lambda *a: calls.append(1) or apply(*a))
@@ -128,7 +132,8 @@ def test_trainable_head_logps_equal_full_logits_with_one_weight_gradient(monkeyp
     assert torch.allclose(got, want, atol=1e-5)
     for g, w in zip(got_grads, want_grads):
         assert torch.allclose(g, w, atol=1e-5, rtol=1e-4)
-    assert sum(head_calls) == 2 * int(loss_mask[:, 1:].sum())  # forward once, backward once
+    # forward once; backward once more only when the softmax was not kept
+    assert sum(head_calls) == (1 if keep else 2) * int(loss_mask[:, 1:].sum())
     with torch.no_grad():
         logits = model(input_ids=ids, attention_mask=attention,
                        position_ids=(attention.cumsum(-1) - 1).clamp(min=0)).logits[:, :-1].float() / 0.7
