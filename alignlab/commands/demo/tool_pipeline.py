@@ -21,8 +21,11 @@ from alignlab.engine.tracking import drop_log_file, keep_log_file, setup_logging
 from alignlab.errors import AlignlabError
 from alignlab.model.tiny import write_tiny_model
 
-SETTINGS = {"full": {"sft_steps": 500, "grpo_steps": 40, "test_prompts": 200},
-            "fast": {"sft_steps": 60, "grpo_steps": 4, "test_prompts": 20}}
+# SFT stops once greedy accuracy with the tool on the dev prompts reaches sft_threshold (checked every
+# 50 steps): when the model starts copying the factors into its call and the result into its answer
+# depends on the seed (~450-900 steps of 64 measured), as the addition demo's jump does.
+SETTINGS = {"full": {"sft_max_steps": 1200, "sft_threshold": 0.5, "grpo_steps": 40, "test_prompts": 200},
+            "fast": {"sft_max_steps": 60, "sft_threshold": 2.0, "grpo_steps": 4, "test_prompts": 20}}
 SAMPLES_PER_PROMPT = 4
 MEASURES = [("greedy accuracy (with the tool)", "accuracy", True),
             (f"sampled accuracy (T=1, {SAMPLES_PER_PROMPT}/prompt)", "sampled/accuracy", True),
@@ -33,15 +36,9 @@ MEASURES = [("greedy accuracy (with the tool)", "accuracy", True),
             ("mean trajectory length (tokens)", "mean_length", False)]
 
 
-def measure(model_dir: Path, test_file: Path, count: int) -> dict:
-    """Greedy accuracy, format rate and tool use of one model on the held-out prompts, with the tool."""
-    import torch
-    from transformers import AutoModelForCausalLM
-
-    from alignlab.data.io import Row
-    from alignlab.data.prompts import prompt_item
+def _tool_eval(model_dir: Path):
+    """(evaluate(model, items, **sampling) -> EvalResult, tokenizer): the multiply tool as the GRPO config sets it."""
     from alignlab.data.templates import Templater
-    from alignlab.engine.tracking import read_jsonl
     from alignlab.generation.multi_turn import turn_settings
     from alignlab.generation.prompt_eval import evaluate_prompts
     from alignlab.model.loading import load_tokenizer
@@ -51,14 +48,31 @@ def measure(model_dir: Path, test_file: Path, count: int) -> dict:
     tokenizer = load_tokenizer(str(model_dir))
     turns = turn_settings(TOOL_SPECS, max_tool_turns=grpo.max_tool_turns, max_completion_length=grpo.max_completion_length)
     templater = Templater(tokenizer, tools=turns.tool_schemas)
-    items = [prompt_item(Row(r, "test", i)) for i, r in enumerate(read_jsonl(test_file)[:count], 1)]
-    model = AutoModelForCausalLM.from_pretrained(model_dir).eval()
     fns = [(n, get_reward(n)) for n in grpo.rewards]
-    greedy = evaluate_prompts(model, tokenizer, templater, items, fns, None, max_new_tokens=grpo.max_completion_length,
-                              turns=turns)
+    return lambda model, items, **kw: evaluate_prompts(model, tokenizer, templater, items, fns, None, turns=turns,
+                                                       max_new_tokens=grpo.max_completion_length, **kw)
+
+
+def _items(rows: list[dict], name: str) -> list:
+    from alignlab.data.io import Row
+    from alignlab.data.prompts import prompt_item
+
+    return [prompt_item(Row({"prompt": r["prompt"], "answer": r["answer"]}, name, i)) for i, r in enumerate(rows, 1)]
+
+
+def measure(model_dir: Path, test_file: Path, count: int) -> dict:
+    """Greedy and sampled accuracy, format rate and tool use of one model on the held-out prompts."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from alignlab.engine.tracking import read_jsonl
+
+    evaluate = _tool_eval(model_dir)
+    items = _items(read_jsonl(test_file)[:count], "test")
+    model = AutoModelForCausalLM.from_pretrained(model_dir).eval()
+    greedy = evaluate(model, items)
     torch.manual_seed(0)
-    sampled = evaluate_prompts(model, tokenizer, templater, items, fns, None, max_new_tokens=grpo.max_completion_length,
-                               turns=turns, greedy=False, num_samples=SAMPLES_PER_PROMPT, temperature=1.0)
+    sampled = evaluate(model, items, greedy=False, num_samples=SAMPLES_PER_PROMPT, temperature=1.0)
     metrics = {**greedy.metrics, **{f"sampled/{k}": v for k, v in sampled.metrics.items()}}
     return {**{key: metrics.get(key, 0.0) for _, key, _ in MEASURES}, "_samples": greedy.samples[:4]}
 
@@ -97,15 +111,18 @@ def _run(out_dir: Path, seed: int, fast: bool, settings: dict) -> dict:
     files = {name: write_jsonl(rows, data / f"{name}.jsonl") for name, rows in splits.items()}
     write_tiny_model(out_dir / "base_model", seed=seed)
     _stage_line("data", time.perf_counter() - start, f"tiny model + tool task: {len(splits['sft'])} SFT transcripts, "
-                f"{len(splits['prompts'])} GRPO prompts, {len(splits['test'])} test prompts")
+                f"{len(splits['dev'])} dev, {len(splits['prompts'])} GRPO prompts, {len(splits['test'])} test prompts")
     common = [f"train.seed={seed}", "train.progress=true"]
     timings = {}
     tick = time.perf_counter()
+    evaluate, dev_items = _tool_eval(out_dir / "base_model"), _items(splits["dev"], "dev")
     train_sft(load_config("sft", str(CONFIG_DIR / "tools_tiny_sft.yaml"), common + [
-        f"model.name_or_path={out_dir / 'base_model'}", f"data.train={files['sft']}",
-        f"train.output_dir={out_dir / 'sft'}", f"train.max_steps={settings['sft_steps']}"]))
+        f"model.name_or_path={out_dir / 'base_model'}", f"data.train={files['sft']}", f"data.eval={files['dev']}",
+        f"train.output_dir={out_dir / 'sft'}", f"train.max_steps={settings['sft_max_steps']}", "train.eval_every=50"]),
+        extra_eval=lambda model: {"accuracy": evaluate(model, dev_items).metrics.get("accuracy", 0.0)},
+        stop_fn=lambda record: record.get("eval/accuracy", 0.0) >= settings["sft_threshold"])
     timings["sft"] = time.perf_counter() - tick
-    _stage_line("sft", timings["sft"], "SFT on tool-use transcripts")
+    _stage_line("sft", timings["sft"], f"SFT on tool-use transcripts stopped at step {_last_step(out_dir / 'sft')}")
     tick = time.perf_counter()
     train_grpo(load_config("grpo", str(CONFIG_DIR / "tools_tiny_grpo.yaml"), common + [
         f"model.name_or_path={out_dir / 'sft' / 'final'}", f"data.train={files['prompts']}",

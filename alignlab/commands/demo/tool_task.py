@@ -41,19 +41,24 @@ def transcript(a: int, b: int, use_tool: bool) -> list[dict]:
     ]
 
 
-def make_tool_splits(seed: int, *, sft: int = 3000, test: int = 200, tool_share: float = 0.5) -> dict[str, list[dict]]:
-    """{"sft", "prompts", "test"}: SFT transcripts (rows with messages and the tools' schemas), GRPO
-    prompts and held-out test prompts (prompt + answer), from disjoint factor pairs."""
+def make_tool_splits(seed: int, *, sft: int = 3000, test: int = 200, dev: int = 50,
+                     tool_share: float = 0.5) -> dict[str, list[dict]]:
+    """{"sft", "dev", "prompts", "test"}: SFT transcripts (rows with messages and the tools' schemas;
+    `dev` are held-out tool-using ones), GRPO prompts and held-out test prompts (prompt + answer),
+    from disjoint factor pairs."""
     rng = random.Random(seed)
     pairs = set()
-    while len(pairs) < sft + test + 2000:
+    while len(pairs) < sft + test + dev + 2000:
         pairs.add((rng.randint(100, 999), rng.randint(100, 999)))
     pairs = sorted(pairs)
     rng.shuffle(pairs)
-    test_pairs, sft_pairs, prompt_pairs = pairs[:test], pairs[test : test + sft], pairs[test + sft :]
+    test_pairs, dev_pairs = pairs[:test], pairs[test : test + dev]
+    sft_pairs, prompt_pairs = pairs[test + dev : test + dev + sft], pairs[test + dev + sft :]
     schemas = tool_schemas({"multiply": multiply})
     return {
         "sft": [{"messages": transcript(a, b, rng.random() < tool_share), "tools": schemas} for a, b in sft_pairs],
+        "dev": [{"messages": transcript(a, b, True), "tools": schemas, "prompt": prompt(a, b), "answer": str(a * b)}
+                for a, b in dev_pairs],
         "prompts": [{"prompt": prompt(a, b), "answer": str(a * b)} for a, b in prompt_pairs],
         "test": [{"prompt": prompt(a, b), "answer": str(a * b)} for a, b in test_pairs],
     }
@@ -66,6 +71,7 @@ def write_tool_task_data(out_dir: Path, seed: int = 0) -> dict[str, Path]:
     out_dir = Path(out_dir)
     return {
         "sft": write_jsonl(splits["sft"], out_dir / "multiply_tool_sft.jsonl"),
+        "dev": write_jsonl(splits["dev"], out_dir / "multiply_tool_dev.jsonl"),
         "prompts": write_jsonl(splits["prompts"], out_dir / "multiply_tool_prompts.jsonl"),
         "test": write_jsonl(splits["test"], out_dir / "multiply_tool_test_prompts.jsonl"),
     }
