@@ -18,6 +18,8 @@ model continues from there. Choices, named:
   encoding across its G samples (the sampler's grouped path); later turns decode only the
   trajectories still going, each from its own context (with vLLM the engine's prefix cache reuses
   the context's keys and values).
+- Each ended turn: tool calls in it (or malformed ones) are run and answered; a turn without calls
+  goes to the environment's `step`, if there is one; otherwise it is the final answer.
 - Environment rewards: `step` may return a reward each turn; a trajectory's environment reward is
   their plain sum (no discount), added to the reward functions' total with weight
   `grpo.environment_reward_weight`.
