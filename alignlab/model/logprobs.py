@@ -21,6 +21,10 @@ from torch.utils.checkpoint import checkpoint
 CHUNK_BUDGET_BYTES = 256 * 2**20
 # A trainable head keeps the softmax of every chunk from forward to backward when they fit in this.
 KEEP_BUDGET_BYTES = 512 * 2**20
+# The one-call trainable-head path pays off at real vocabularies (a [V, H] gradient block per chunk is
+# 545 MiB at Qwen2.5's); below this the per-chunk checkpoints cost nothing and keep the tiny model's
+# trajectories (and the tour's measured claims) exactly as they were.
+TRAINABLE_HEAD_MIN_VOCAB = 16384
 
 
 def _chunk_logits(project, hidden, scale, softcap, temperature):
@@ -240,7 +244,8 @@ def score_rows(model, rows: torch.Tensor, targets: torch.Tensor, chunk_size: int
     frozen_head = (weight is not None and not weight.requires_grad and project.keywords.get("bias") is None
                    and not softcap and rows.requires_grad and torch.is_grad_enabled())
     if (weight is not None and weight.requires_grad and project.keywords.get("bias") is None and not softcap
-            and torch.is_grad_enabled() and not torch.is_autocast_enabled(rows.device.type)):
+            and vocab_size >= TRAINABLE_HEAD_MIN_VOCAB and torch.is_grad_enabled()
+            and not torch.is_autocast_enabled(rows.device.type)):
         # A head that trains (full fine-tuning), without mixed precision: one weight-gradient buffer.
         keep = rows.shape[0] * vocab_size * 4 <= KEEP_BUDGET_BYTES
         logps, entropy = _TrainableHeadLogps.apply(rows, weight, targets, scale / temperature, chunk_size, with_entropy,
