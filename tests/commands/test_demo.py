@@ -64,3 +64,21 @@ def test_default_demo_gains_15_points(tmp_path):
     stages = summary["stages"]
     assert stages["grpo"]["greedy_accuracy"] - stages["sft"]["greedy_accuracy"] >= 0.15
     assert stages["dpo"]["preference_accuracy"] - stages["sft"]["preference_accuracy"] >= 0.15
+
+
+def test_tool_demo_fast_runs_sft_then_grpo_with_the_tool(tmp_path, cli):
+    """`alignlab demo --task tools --fast`: both stages through the shipped tool configs, measured with
+    the tool (greedy and sampled), a summary that says the fast run is too short, and a report."""
+    import json
+
+    out = tmp_path / "tools"
+    assert cli(["demo", "--task", "tools", "--fast", "--out", out]).code == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["task"] == "tools" and set(summary["stages"]) == {"sft", "grpo"}
+    assert summary["stages"]["sft"]["steps"] == 20 and summary["stages"]["grpo"]["steps"] == 2
+    for stage in summary["stages"].values():
+        assert {"accuracy", "sampled/accuracy", "tools/call_frequency", "sampled/tools/call_frequency"} <= set(stage)
+    assert "too short" in summary["notes"][0]
+    grpo_config = (out / "grpo" / "config.yaml").read_text()
+    assert "multiply" in grpo_config and (out / "report.html").is_file()
+    assert all("Tools: multiply(a, b)" in s["prompt"] for s in summary["samples"]["grpo"])

@@ -25,7 +25,7 @@ from alignlab.model.tiny import write_tiny_model
 # 50 steps): when the model starts copying the factors into its call and the result into its answer
 # depends on the seed (~450-900 steps of 64 measured), as the addition demo's jump does.
 SETTINGS = {"full": {"sft_max_steps": 1200, "sft_threshold": 0.5, "grpo_steps": 40, "test_prompts": 200},
-            "fast": {"sft_max_steps": 60, "sft_threshold": 2.0, "grpo_steps": 4, "test_prompts": 20}}
+            "fast": {"sft_max_steps": 20, "sft_threshold": 2.0, "grpo_steps": 2, "test_prompts": 8}}
 SAMPLES_PER_PROMPT = 4
 MEASURES = [("greedy accuracy (with the tool)", "accuracy", True),
             (f"sampled accuracy (T=1, {SAMPLES_PER_PROMPT}/prompt)", "sampled/accuracy", True),
