@@ -163,9 +163,13 @@ def main() -> None:
         for shape in args.shapes:
             path = build(shape, root)
             results[shape] = engines(shape, path, args.repeats)
-            results[shape]["lora_sync"] = lora_syncs(shape, path, args.repeats)
+            print(json.dumps({shape: results[shape]}), flush=True)  # kept if a later part fails
             results[shape]["grpo_step_s"] = {b: grpo_steps(path, b, root, args.grpo_steps) for b in ("hf", "vllm")}
             print(json.dumps({shape: results[shape]}), flush=True)
+            try:  # a second and third engine in one process: vLLM's CPU build lost its process groups at 4 layers
+                results[shape]["lora_sync"] = lora_syncs(shape, path, args.repeats)
+            except Exception as exc:  # noqa: BLE001 - report and go on to the tables
+                print(f"{shape}: LoRA sync timing failed: {type(exc).__name__}: {exc}", flush=True)
     print("\n| shape | completion tokens | alignlab tok/s | vLLM tok/s | transformers generate (TRL) tok/s | "
           "GRPO-LoRA step, hf | GRPO-LoRA step, vllm |")
     print("|---|---|---|---|---|---|---|")
@@ -175,6 +179,8 @@ def main() -> None:
     print("\n| shape | LoRA sync: merged (sync s / + generate s) | adapter-only (sync s / + generate s) |")
     print("|---|---|---|")
     for shape, r in results.items():
+        if "lora_sync" not in r:
+            continue
         m, a = r["lora_sync"]["merged"], r["lora_sync"]["adapter"]
         print(f"| {shape} | {m['sync_s']:.2f} / {m['sync_and_generate_s']:.2f} | {a['sync_s']:.2f} / {a['sync_and_generate_s']:.2f} |")
 
