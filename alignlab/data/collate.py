@@ -5,12 +5,12 @@ from __future__ import annotations
 import torch
 
 
-def pad_right(sequences: list[list[int]], pad_value: int) -> torch.Tensor:
+def pad_right(sequences: list[list[int]], pad_value: int, dtype=torch.long) -> torch.Tensor:
     """[B, T] tensor with each sequence left-aligned."""
     width = max(len(s) for s in sequences)
-    out = torch.full((len(sequences), width), pad_value, dtype=torch.long)
+    out = torch.full((len(sequences), width), pad_value, dtype=dtype)
     for row, seq in enumerate(sequences):
-        out[row, : len(seq)] = torch.tensor(seq, dtype=torch.long)
+        out[row, : len(seq)] = torch.tensor(seq, dtype=dtype)
     return out
 
 

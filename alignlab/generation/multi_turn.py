@@ -33,7 +33,6 @@ from typing import Callable, Optional
 import torch
 
 from alignlab.data.collate import pad_left, pad_right
-from alignlab.data.templates import render_chat
 from alignlab.errors import DataError
 from alignlab.generation.sampler import Rollout
 from alignlab.generation.tools import ParsedTurn, ToolResult, ToolRunner
@@ -93,8 +92,7 @@ def start_trajectories(templater, prompts: list, rows: list[dict], num_generatio
         first = group[0][1]
         if first is not None:
             messages = _with_observation(messages, str(first))
-        prompt_ids.append(templater.ids(render_chat(templater.tokenizer, messages, add_generation_prompt=True,
-                                                    **_tools(settings))))
+        prompt_ids.append(templater.ids(templater.render(messages, settings.tool_schemas, add_generation_prompt=True)))
         trajectories += [Trajectory(list(messages), len(messages), environment=env) for env, _ in group]
     return trajectories, prompt_ids
 
@@ -103,10 +101,6 @@ def _with_observation(messages: list[dict], observation: str) -> list[dict]:
     if messages and messages[-1]["role"] == "user":
         return messages[:-1] + [{**messages[-1], "content": f"{messages[-1]['content']}\n\n{observation}"}]
     return messages + [{"role": "user", "content": observation}]
-
-
-def _tools(settings: TurnSettings) -> dict:
-    return {"tools": settings.tool_schemas} if settings.tool_schemas else {}
 
 
 def multi_turn_rollout(generate_turn: TurnGenerator, templater, prompts: list, rows: list[dict], *,
@@ -185,21 +179,14 @@ def bridge_ids(templater, conversation: list[dict], new_messages: list[dict], se
     """The ids between the model's end-of-turn token and its next turn: what the chat template writes
     after the assistant turn (e.g. a newline), the new messages, and the next generation prompt."""
     tokenizer = templater.tokenizer
-    before = render_chat(tokenizer, conversation, **_tools(settings))
-    after = render_chat(tokenizer, conversation + new_messages, add_generation_prompt=True, **_tools(settings))
+    before = templater.render(conversation, settings.tool_schemas)
+    after = templater.render(conversation + new_messages, settings.tool_schemas, add_generation_prompt=True)
     if not after.startswith(before):
         raise DataError("the chat template renders the conversation differently once a tool or environment message "
                         "follows it (it rewrites earlier turns), so the next turn cannot continue the sampled tokens")
     stops = [t for t in tokenizer.convert_ids_to_tokens(sorted(templater.stop_ids)) if t]
     last_stop = max((before.rfind(s) + len(s) for s in stops if before.rfind(s) >= 0), default=len(before))
     return templater.ids(before[last_stop:] + after[len(before):])
-
-
-def _pad_floats(rows: list[list[float]]) -> torch.Tensor:
-    out = torch.zeros(len(rows), max(1, max(len(r) for r in rows)))
-    for i, r in enumerate(rows):
-        out[i, : len(r)] = torch.tensor(r, dtype=torch.float32)
-    return out
 
 
 def assemble(trajectories: list[Trajectory], prompt_ids: list[list[int]], num_generations: int, tokenizer) -> Rollout:
@@ -212,7 +199,7 @@ def assemble(trajectories: list[Trajectory], prompt_ids: list[list[int]], num_ge
         pad_right(ids, pad_id), pad_right(present, 0),
         [t.turns[-1] if t.turns else "" for t in trajectories],
         torch.tensor([t.ended for t in trajectories]),
-        _pad_floats([t.logps for t in trajectories]),
+        pad_right([t.logps or [0.0] for t in trajectories], 0.0, dtype=torch.float32),
         pad_right([t.tool_mask or [0] for t in trajectories], 0),
         [t.record() for t in trajectories],
     )
