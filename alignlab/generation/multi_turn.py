@@ -75,7 +75,7 @@ TurnGenerator = Callable[[list[list[int]], int, int, int], Rollout]
 
 
 def start_trajectories(templater, prompts: list, rows: list[dict], num_generations: int,
-                       settings: TurnSettings) -> tuple[list[Trajectory], list[list[int]]]:
+                       settings: TurnSettings, locations: Optional[list[str]] = None) -> tuple[list[Trajectory], list[list[int]]]:
     """G trajectories per prompt, and each prompt's ids; an environment's first observation joins the
     prompt (appended to its last user message), so it must be the same for the G trajectories of a row."""
     trajectories, prompt_ids = [], []
@@ -87,7 +87,8 @@ def start_trajectories(templater, prompts: list, rows: list[dict], num_generatio
             first = environment.reset(**row) if environment is not None else None
             group.append((environment, first))
         if len({first for _, first in group}) > 1:
-            raise DataError(f"prompt {index}: the environment's reset() gave different first observations for the "
+            where = locations[index] if locations else f"prompt {index}"
+            raise DataError(f"{where}: the environment's reset() gave different first observations for the "
                             "same row; a group must share its prompt (draw randomness from a column of the row)")
         first = group[0][1]
         if first is not None:
@@ -104,11 +105,11 @@ def _with_observation(messages: list[dict], observation: str) -> list[dict]:
 
 
 def multi_turn_rollout(generate_turn: TurnGenerator, templater, prompts: list, rows: list[dict], *,
-                       num_generations: int, settings: TurnSettings) -> Rollout:
+                       num_generations: int, settings: TurnSettings, locations: Optional[list[str]] = None) -> Rollout:
     """Rows [i*G, (i+1)*G) are prompt i's trajectories, as `generate`; `rows`: each prompt's dataset
-    columns (passed to the environment's reset)."""
+    columns (passed to the environment's reset); `locations`: each prompt's file and row, for errors."""
     tokenizer = templater.tokenizer
-    trajectories, prompt_ids = start_trajectories(templater, prompts, rows, num_generations, settings)
+    trajectories, prompt_ids = start_trajectories(templater, prompts, rows, num_generations, settings, locations)
     budget = settings.max_completion_length
     turn_out = generate_turn(prompt_ids, num_generations, budget, 0)
     active = list(range(len(trajectories)))

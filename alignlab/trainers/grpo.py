@@ -201,7 +201,7 @@ class GRPOTrainer:
         else:
             rollout = multi_turn_rollout(self._generate, self.templater, [self.prompts[i].prompt for i in indices],
                                          [self.prompts[i].columns for i in indices], num_generations=G,
-                                         settings=self.turns)
+                                         settings=self.turns, locations=[self.prompts[i].where for i in indices])
         columns = self._columns(indices, self.prompts, G)
         columns["completion_lengths"] = rollout.completion_mask.sum(1).tolist()  # tokens, for length rewards
         columns["max_completion_length"] = [self.grpo.max_completion_length] * len(rollout.texts)
