@@ -2,6 +2,11 @@
 the policy's weights to it after each optimizer step, with the colocated engine's interface
 (`generate` -> `Rollout`, `load_weights(model)`), so the trainer does not know which one it has.
 
+Several training processes share one server: each generates for its own prompts (the server takes
+requests one at a time), the main process alone pushes the weights, and the others wait at a
+barrier until it has, so no process samples from the weights before the step. Under FSDP or ZeRO-3
+every process takes part in each gather (a collective) and only the main one sends.
+
 Failures stop the run with what to do: a server that cannot be reached, one serving another
 model than the policy, one that dies mid-run (the last checkpoint stays as it was).
 """
@@ -13,7 +18,7 @@ import socket
 import threading
 import urllib.error
 import urllib.request
-from typing import Optional
+from typing import Callable, Optional
 
 from alignlab.errors import AlignlabError
 from alignlab.generation import weight_sync
@@ -23,9 +28,14 @@ from alignlab.model.loading import stop_token_ids
 
 
 class VLLMServerClient:
-    def __init__(self, address: str, tokenizer, policy_config, generation_config=None, *, timeout_s: float = 600.0):
+    """`is_main`: this process pushes the weights; `barrier`: all training processes wait there after a
+    push (None with one process); `sharded`: the weights are gathered collectively (FSDP, ZeRO-3)."""
+
+    def __init__(self, address: str, tokenizer, policy_config, generation_config=None, *, timeout_s: float = 600.0,
+                 is_main: bool = True, barrier: Optional[Callable[[], None]] = None, sharded: bool = False):
         self.base = address if address.startswith("http") else f"http://{address}"
         self.tokenizer, self.timeout_s = tokenizer, timeout_s
+        self.is_main, self.barrier, self.sharded = is_main, barrier, sharded
         self.stop_ids = stop_token_ids(tokenizer, generation_config)
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.stop_ids[0]
         self.group = None
@@ -64,7 +74,19 @@ class VLLMServerClient:
                           self.stop_ids, self.pad_id)
 
     def load_weights(self, model) -> None:
-        """Broadcast every weight to the server over the weight group (joined on first use)."""
+        """The main process broadcasts every weight to the server over the weight group (joined on
+        first use); every process returns once the server has them."""
+        if self.is_main:
+            self._push(model)
+        elif self.sharded:  # the main process's two passes over the weights gather collectively: join them
+            for _ in policy_weights(model, merge=False):
+                pass
+            for _ in policy_weights(model):
+                pass
+        if self.barrier is not None:
+            self.barrier()
+
+    def _push(self, model) -> None:
         import torch
 
         backend = "nccl" if torch.cuda.is_available() else "gloo"

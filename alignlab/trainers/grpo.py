@@ -160,11 +160,12 @@ class GRPOTrainer:
         if self.grpo.vllm_mode == "server":
             from alignlab.generation.vllm_client import VLLMServerClient
 
-            if self.run.num_processes > 1:
-                raise ConfigError("grpo.vllm_mode=server serves one training process for now; with several, use "
-                                  "grpo.vllm_mode=colocate (an engine per process)")
             model = self.run.unwrapped
-            return VLLMServerClient(self.grpo.vllm_server, self.tokenizer, model.config, model.generation_config)
+            several = self.run.num_processes > 1
+            return VLLMServerClient(self.grpo.vllm_server, self.tokenizer, model.config, model.generation_config,
+                                    is_main=self.run.is_main,
+                                    barrier=self.run.accelerator.wait_for_everyone if several else None,
+                                    sharded=self.run.lockstep_forwards)
         if self.run.lockstep_forwards and self.grpo.vllm_sync == "adapter":
             raise ConfigError("grpo.vllm_sync=adapter is not supported under FSDP or DeepSpeed ZeRO-3 (the adapter "
                               "is sharded there); use grpo.vllm_sync=merged, which gathers one layer at a time")

@@ -247,6 +247,24 @@ def test_grpo_against_a_vllm_server(tmp_path, tiny_model_dir, prompts, sevens_re
         assert record["sampling/sampling_logp_difference/mean"] < 1e-3  # step 2+ samples with the updated weights
 
 
+@pytest.mark.slow
+def test_two_training_processes_share_one_vllm_server(tmp_path, tiny_model_dir, prompts, sevens_reward, vllm_server):
+    """torchrun with 2 processes against one server: each generates its own prompts there, the main
+    process pushes the weights, and the other waits for it, so both keep sampling what they score."""
+    from launch import torchrun
+
+    address, _ = vllm_server
+    out = tmp_path / "two_server"
+    torchrun(grpo_args(tiny_model_dir, prompts, out, sevens_reward, "train.max_steps=3", "train.batch_size=2",
+                       "train.lr=1e-2", "grpo.backend=vllm", "grpo.vllm_mode=server", f"grpo.vllm_server={address}"),
+             tmp_path, {})
+    records = train_records(out)
+    assert [r["step"] for r in records] == [1, 2, 3]
+    assert any(r["grad_norm"] > 0 for r in records[:2])  # the weights moved before the later rollouts
+    # The gap is the mean over both processes' tokens: a process that sampled stale weights would open it.
+    assert all(r["sampling/sampling_logp_difference/mean"] < 1e-3 for r in records)
+
+
 def test_a_refused_connection_says_what_to_do(tmp_path, tiny_model_dir, prompts, sevens_reward, cli):
     out = tmp_path / "refused"
     result = cli(grpo_args(tiny_model_dir, prompts, out, sevens_reward, "train.max_steps=1", "grpo.backend=vllm",
