@@ -191,4 +191,11 @@ class _WandB:
         self.run.log({k: v for k, v in metrics.items() if isinstance(v, (int, float))}, step=step)
 
     def close(self):
+        import wandb
+
         self.run.finish()
+        # finish() can return before W&B's service process has written the run file (an offline run's
+        # .wandb file was seen empty right after it); shutting the service down waits for its writers,
+        # so the run's files are complete when the command returns. Not while another run is open.
+        if wandb.run is None:
+            wandb.teardown()
