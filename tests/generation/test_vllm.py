@@ -248,20 +248,32 @@ def test_grpo_against_a_vllm_server(tmp_path, tiny_model_dir, prompts, sevens_re
 
 
 @pytest.mark.slow
-def test_two_training_processes_share_one_vllm_server(tmp_path, tiny_model_dir, prompts, sevens_reward, vllm_server):
-    """torchrun with 2 processes against one server: each generates its own prompts there, the main
-    process pushes the weights, and the other waits for it, so both keep sampling what they score."""
-    from launch import torchrun
+@pytest.mark.parametrize("mode", ["ddp", "fsdp-lora"])
+def test_two_training_processes_share_one_vllm_server(tmp_path, tiny_model_dir, prompts, sevens_reward, vllm_server,
+                                                      mode):
+    """2 training processes against one server: each generates its own prompts there, the main process
+    pushes the weights (under FSDP both gather them, a collective) and the other waits for it, so both
+    keep sampling what they score."""
+    import sys
+
+    from launch import launch, torchrun
 
     address, _ = vllm_server
-    out = tmp_path / "two_server"
-    torchrun(grpo_args(tiny_model_dir, prompts, out, sevens_reward, "train.max_steps=3", "train.batch_size=2",
-                       "train.lr=1e-2", "grpo.backend=vllm", "grpo.vllm_mode=server", f"grpo.vllm_server={address}"),
-             tmp_path, {})
+    out = tmp_path / mode
+    argv = grpo_args(tiny_model_dir, prompts, out, sevens_reward, "train.max_steps=3", "train.batch_size=2",
+                     "train.lr=1e-2", "grpo.backend=vllm", "grpo.vllm_mode=server", f"grpo.vllm_server={address}",
+                     *(["lora.enabled=true", "lora.r=4"] if mode == "fsdp-lora" else []))
+    if mode == "fsdp-lora":
+        root = Path(__file__).resolve().parents[2]
+        launch([sys.executable, "-m", "accelerate.commands.launch", "--config_file",
+                str(root / "configs" / "accelerate" / "fsdp.yaml"), "-m", "alignlab", *[str(a) for a in argv]], tmp_path)
+    else:
+        torchrun(argv, tmp_path)
     records = train_records(out)
     assert [r["step"] for r in records] == [1, 2, 3]
+    assert ("FSDP" in (out / "train.log").read_text()) == (mode == "fsdp-lora")
     assert any(r["grad_norm"] > 0 for r in records[:2])  # the weights moved before the later rollouts
-    # The gap is the mean over both processes' tokens: a process that sampled stale weights would open it.
+    # The gap is the token mean over both processes: one that sampled stale weights would open it.
     assert all(r["sampling/sampling_logp_difference/mean"] < 1e-3 for r in records)
 
 
