@@ -160,12 +160,10 @@ class GRPOTrainer:
         if self.grpo.vllm_mode == "server":
             from alignlab.generation.vllm_client import VLLMServerClient
 
-            model = self.run.unwrapped
-            several = self.run.num_processes > 1
+            model, several = self.run.unwrapped, self.run.num_processes > 1
             return VLLMServerClient(self.grpo.vllm_server, self.tokenizer, model.config, model.generation_config,
-                                    is_main=self.run.is_main,
-                                    barrier=self.run.accelerator.wait_for_everyone if several else None,
-                                    sharded=self.run.lockstep_forwards)
+                                    is_main=self.run.is_main, sharded=self.run.lockstep_forwards,
+                                    barrier=self.run.accelerator.wait_for_everyone if several else None)
         if self.run.lockstep_forwards and self.grpo.vllm_sync == "adapter":
             raise ConfigError("grpo.vllm_sync=adapter is not supported under FSDP or DeepSpeed ZeRO-3 (the adapter "
                               "is sharded there); use grpo.vllm_sync=merged, which gathers one layer at a time")
