@@ -38,7 +38,7 @@ class VLLMServerClient:
         self.is_main, self.barrier, self.sharded = is_main, barrier, sharded
         self.stop_ids = stop_token_ids(tokenizer, generation_config)
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.stop_ids[0]
-        self.group = None
+        self.group, self.specs = None, None
         info = self._call("/info", None, timeout_s=10.0)
         theirs, ours = info["shape"], model_shape(policy_config)
         if theirs != ours:
@@ -76,11 +76,14 @@ class VLLMServerClient:
     def load_weights(self, model) -> None:
         """The main process broadcasts every weight to the server over the weight group (joined on
         first use); every process returns once the server has them."""
+        if self.specs is None and (self.is_main or self.sharded):
+            # Names, dtypes and shapes (no LoRA merge needed) stay the same all run: read once, not at
+            # every sync, where under FSDP/ZeRO-3 it would gather the whole model a second time.
+            self.specs = [(name, str(t.dtype).replace("torch.", ""), list(t.shape))
+                          for name, t in policy_weights(model, merge=False)]
         if self.is_main:
             self._push(model)
-        elif self.sharded:  # the main process's two passes over the weights gather collectively: join them
-            for _ in policy_weights(model, merge=False):
-                pass
+        elif self.sharded:  # the main process's pass over the weights gathers collectively: join it
             for _ in policy_weights(model):
                 pass
         if self.barrier is not None:
@@ -92,11 +95,9 @@ class VLLMServerClient:
         backend = "nccl" if torch.cuda.is_available() else "gloo"
         if self.group is None:
             self._join(backend)
-        # Names, dtypes and shapes first (no LoRA merge needed for those), then the tensors, one at a time.
-        specs = [(name, str(t.dtype).replace("torch.", ""), list(t.shape)) for name, t in policy_weights(model, merge=False)]
         errors: list[BaseException] = []
         request = threading.Thread(target=self._in_thread, args=(errors, "/weights/update",
-                                                                  {"tensors": specs, "backend": backend}))
+                                                                  {"tensors": self.specs, "backend": backend}))
         request.start()
         device = "cuda" if backend == "nccl" else "cpu"
         weight_sync.send(self.group, (t.to(device) for _, t in policy_weights(model)))

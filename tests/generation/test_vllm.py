@@ -233,6 +233,24 @@ def vllm_server(tiny_model_dir, tmp_path_factory):
     proc.wait(timeout=30)
 
 
+def _two_processes(mode: str, argv: list, cwd: Path, env: dict | None = None) -> None:
+    """`alignlab <argv>` in 2 processes: ddp (torchrun), fsdp (accelerate's FSDP2 config) or zero3."""
+    import sys
+
+    from launch import deepspeed_env, launch, torchrun
+
+    if mode == "fsdp":
+        root = Path(__file__).resolve().parents[2]
+        launch([sys.executable, "-m", "accelerate.commands.launch", "--config_file",
+                str(root / "configs" / "accelerate" / "fsdp.yaml"), "-m", "alignlab", *[str(a) for a in argv]],
+               cwd, env)
+    elif mode == "zero3":
+        pytest.importorskip("deepspeed")
+        torchrun(argv, cwd, {**(env or {}), **deepspeed_env(3)})
+    else:
+        torchrun(argv, cwd, env)
+
+
 @pytest.mark.slow
 def test_grpo_against_a_vllm_server(tmp_path, tiny_model_dir, prompts, sevens_reward, vllm_server):
     """GRPO generates on the server and pushes its weights there after every step (over a gloo group):
@@ -254,21 +272,12 @@ def test_two_training_processes_share_one_vllm_server(tmp_path, tiny_model_dir, 
     """2 training processes against one server: each generates its own prompts there, the main process
     pushes the weights (under FSDP both gather them, a collective) and the other waits for it, so both
     keep sampling what they score."""
-    import sys
-
-    from launch import launch, torchrun
-
     address, _ = vllm_server
     out = tmp_path / mode
     argv = grpo_args(tiny_model_dir, prompts, out, sevens_reward, "train.max_steps=3", "train.batch_size=2",
                      "train.lr=1e-2", "grpo.backend=vllm", "grpo.vllm_mode=server", f"grpo.vllm_server={address}",
                      *(["lora.enabled=true", "lora.r=4"] if mode == "fsdp-lora" else []))
-    if mode == "fsdp-lora":
-        root = Path(__file__).resolve().parents[2]
-        launch([sys.executable, "-m", "accelerate.commands.launch", "--config_file",
-                str(root / "configs" / "accelerate" / "fsdp.yaml"), "-m", "alignlab", *[str(a) for a in argv]], tmp_path)
-    else:
-        torchrun(argv, tmp_path)
+    _two_processes("fsdp" if mode == "fsdp-lora" else "ddp", argv, tmp_path)
     records = train_records(out)
     assert [r["step"] for r in records] == [1, 2, 3]
     assert ("FSDP" in (out / "train.log").read_text()) == (mode == "fsdp-lora")
@@ -305,22 +314,10 @@ def test_grpo_with_vllm_under_sharding_gathers_full_weights(tmp_path, tiny_model
     """FSDP2 or ZeRO-3, 2 processes, an engine each: every sync gathers the sharded weights (the base
     weights, and LoRA merged layer by layer from its gathered factors) into each engine, so after optimizer steps the engines still sample what the
     trainer scores (a stale or partial weight would open the sampler/trainer gap)."""
-    import sys
-
-    from launch import deepspeed_env, launch, torchrun
-
     out = tmp_path / mode
     argv = grpo_args(tiny_model_dir, prompts, out, sevens_reward, "train.max_steps=3", "train.batch_size=2",
                      "grpo.backend=vllm", "train.lr=1e-2", *(["lora.enabled=true", "lora.r=4"] if lora else []))
-    env = {"VLLM_CPU_KVCACHE_SPACE": "1"}
-    if mode == "fsdp":
-        root = Path(__file__).resolve().parents[2]
-        launch([sys.executable, "-m", "accelerate.commands.launch", "--config_file",
-                str(root / "configs" / "accelerate" / "fsdp.yaml"), "-m", "alignlab", *[str(a) for a in argv]],
-               tmp_path, env)
-    else:
-        pytest.importorskip("deepspeed")
-        torchrun(argv, tmp_path, {**env, **deepspeed_env(3)})
+    _two_processes(mode, argv, tmp_path, {"VLLM_CPU_KVCACHE_SPACE": "1"})
     records = train_records(out)
     log = (out / "train.log").read_text()
     assert [r["step"] for r in records] == [1, 2, 3] and ("FSDP" in log if mode == "fsdp" else "ZeRO-3" in log)
