@@ -11,6 +11,8 @@ import pytest
 
 from conftest import read_jsonl, run_cli, train_records
 
+ROOT = Path(__file__).resolve().parents[1]
+
 # What `accelerate launch` with configs/accelerate/fsdp.yaml exports to each process.
 FSDP_ENV = {"ACCELERATE_USE_FSDP": "true", "FSDP_VERSION": "2", "FSDP_AUTO_WRAP_POLICY": "TRANSFORMER_BASED_WRAP"}
 
@@ -35,6 +37,23 @@ def launch(command: list, cwd: Path, env_extra: dict | None = None, ok: bool = T
     output = proc.stdout + proc.stderr
     assert (proc.returncode == 0) == ok, output[-4000:]
     return output
+
+
+def free_port() -> int:
+    """A port nothing listens on now: parallel test workers must not share accelerate's default 29500."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def accelerate_launch(config: str, argv: list, cwd: Path, env_extra: dict | None = None, ok: bool = True) -> str:
+    """`accelerate launch --config_file configs/accelerate/<config> -m alignlab <argv>`; returns its output."""
+    command = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
+               str(ROOT / "configs" / "accelerate" / config), "--main_process_port", str(free_port()),
+               "-m", "alignlab", *[str(a) for a in argv]]
+    return launch(command, cwd, env_extra, ok=ok)
 
 
 def torchrun(argv: list, cwd: Path, env_extra: dict | None = None, script: Path | None = None, ok: bool = True) -> str:

@@ -8,19 +8,17 @@ Each run's train.log must name the ZeRO stage, so a silent fallback to DDP fails
 from __future__ import annotations
 
 import shutil
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
 from conftest import base_args, read_jsonl, train_records
-from launch import (assert_grpo_like_ddp, assert_same, assert_same_weights, assert_written_once, deepspeed_env, launch, run_ok,
-                    safetensors_of, torchrun)
+from launch import (accelerate_launch, assert_grpo_like_ddp, assert_same, assert_same_weights, assert_written_once,
+                    deepspeed_env, run_ok, safetensors_of, torchrun)
 
 pytest.importorskip("deepspeed", reason="DeepSpeed tests need `pip install --no-build-isolation deepspeed`")
 
-ROOT = Path(__file__).resolve().parents[2]
 TESTS = Path(__file__).resolve().parents[1]
 
 
@@ -46,9 +44,8 @@ def test_zero2_sft_accumulates_like_one_process_and_resumes(tmp_path, tiny_model
               "train.warmup_steps=2", "train.lr_scheduler=cosine"]
     one, two = tmp_path / "one", tmp_path / "two"
     run_ok(base_args("sft", tiny_model_dir, sft_train, one, "train.batch_size=4", *common))
-    launch([sys.executable, "-m", "accelerate.commands.launch", "--config_file",
-            str(ROOT / "configs" / "accelerate" / "deepspeed_zero2.yaml"), "-m", "alignlab",
-            *base_args("sft", tiny_model_dir, sft_train, two, "train.batch_size=2", *common)], tmp_path)
+    accelerate_launch("deepspeed_zero2.yaml", base_args("sft", tiny_model_dir, sft_train, two, "train.batch_size=2", *common),
+                      tmp_path)
     assert_zero(two, 2)
     keys = ("loss", "grad_norm", "lr")
     assert_same(train_records(one), train_records(two), keys)

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import sys
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -18,7 +17,8 @@ import pytest
 import torch
 
 from conftest import base_args, read_jsonl, train_records
-from launch import FSDP_ENV, assert_grpo_like_ddp, assert_same, assert_same_weights, assert_written_once, launch, run_ok, torchrun
+from launch import (FSDP_ENV, accelerate_launch, assert_grpo_like_ddp, assert_same, assert_same_weights,
+                    assert_written_once, run_ok, torchrun)
 
 ROOT = Path(__file__).resolve().parents[2]
 FSDP_LOG_LINE = "2 processes (FSDP: weights, gradients and optimizer state sharded)"
@@ -26,9 +26,7 @@ FSDP_LOG_LINE = "2 processes (FSDP: weights, gradients and optimizer state shard
 
 
 def accelerate_fsdp(argv: list, cwd: Path) -> str:
-    command = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
-               str(ROOT / "configs" / "accelerate" / "fsdp.yaml"), "-m", "alignlab", *[str(a) for a in argv]]
-    return launch(command, cwd)
+    return accelerate_launch("fsdp.yaml", argv, cwd)
 
 
 def assert_fsdp(run_dir: Path) -> None:

@@ -20,6 +20,7 @@ from transformers import AutoModelForCausalLM  # noqa: E402
 from alignlab.generation.sampler import generate  # noqa: E402
 from alignlab.generation.vllm import VLLMEngine  # noqa: E402
 from conftest import base_args, run_cli, train_records, write_jsonl  # noqa: E402
+from launch import free_port  # noqa: E402
 
 SEVENS = """
 def sevens(completions, **_):
@@ -196,14 +197,6 @@ def test_missing_vllm_says_how_to_install(monkeypatch):
     assert write_jsonl  # conftest helper kept importable for the 2-process case
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def vllm_server(tiny_model_dir, tmp_path_factory):
     """`alignlab vllm-serve` on 127.0.0.1, in its own process (as on another GPU or machine)."""
@@ -214,7 +207,7 @@ def vllm_server(tiny_model_dir, tmp_path_factory):
 
     from launch import clean_env
 
-    port = _free_port()
+    port = free_port()
     log = tmp_path_factory.mktemp("serve") / "serve.log"
     with open(log, "w") as out:
         proc = subprocess.Popen([sys.executable, "-m", "alignlab", "vllm-serve", str(tiny_model_dir), "--port", str(port),
@@ -235,15 +228,10 @@ def vllm_server(tiny_model_dir, tmp_path_factory):
 
 def _two_processes(mode: str, argv: list, cwd: Path, env: dict | None = None) -> None:
     """`alignlab <argv>` in 2 processes: ddp (torchrun), fsdp (accelerate's FSDP2 config) or zero3."""
-    import sys
-
-    from launch import deepspeed_env, launch, torchrun
+    from launch import accelerate_launch, deepspeed_env, torchrun
 
     if mode == "fsdp":
-        root = Path(__file__).resolve().parents[2]
-        launch([sys.executable, "-m", "accelerate.commands.launch", "--config_file",
-                str(root / "configs" / "accelerate" / "fsdp.yaml"), "-m", "alignlab", *[str(a) for a in argv]],
-               cwd, env)
+        accelerate_launch("fsdp.yaml", argv, cwd, env)
     elif mode == "zero3":
         pytest.importorskip("deepspeed")
         torchrun(argv, cwd, {**(env or {}), **deepspeed_env(3)})
@@ -289,7 +277,7 @@ def test_two_training_processes_share_one_vllm_server(tmp_path, tiny_model_dir, 
 def test_a_refused_connection_says_what_to_do(tmp_path, tiny_model_dir, prompts, sevens_reward, cli):
     out = tmp_path / "refused"
     result = cli(grpo_args(tiny_model_dir, prompts, out, sevens_reward, "train.max_steps=1", "grpo.backend=vllm",
-                           "grpo.vllm_mode=server", f"grpo.vllm_server=127.0.0.1:{_free_port()}"))
+                           "grpo.vllm_mode=server", f"grpo.vllm_server=127.0.0.1:{free_port()}"))
     assert result.code == 2
     assert "cannot reach the vLLM server" in result.err and "alignlab vllm-serve" in result.err
 
