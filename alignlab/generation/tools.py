@@ -18,8 +18,7 @@ from __future__ import annotations
 import json
 import re
 import time
-from concurrent.futures import ThreadPoolExecutor
-from concurrent.futures import TimeoutError as FutureTimeout
+from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from typing import Any, Callable, Optional
 
@@ -160,11 +159,18 @@ def format_result(value: Any) -> str:
 
 class ToolRunner:
     """Runs parsed calls with a time limit each; a batch of calls (one turn of every trajectory) runs
-    concurrently on a thread pool. A call past its limit is reported as failed; its thread cannot be
-    stopped and finishes on its own (the `python` tool enforces its limits in its own process)."""
+    concurrently on a thread pool. A call's limit counts from the moment a worker starts it, not from
+    when the batch was submitted: with more calls than workers (8 prompts x 8 samples on 32 workers)
+    the later ones wait for a free worker, and that wait is not theirs to pay. The whole batch is
+    bounded separately (`batch_timeout`, by default the time every wave of calls would take if each
+    used its full limit), so calls that never get a worker (the pool held by earlier calls that ran
+    past their limit) are reported as failed instead of stalling the rollout. A call past its limit is
+    reported as failed; its thread cannot be stopped and finishes on its own (the `python` tool
+    enforces its limits in its own process)."""
 
-    def __init__(self, tools: dict[str, Callable], timeout: float = 10.0, workers: int = 32):
-        self.tools, self.timeout = tools, timeout
+    def __init__(self, tools: dict[str, Callable], timeout: float = 10.0, workers: int = 32,
+                 batch_timeout: Optional[float] = None):
+        self.tools, self.timeout, self.workers, self.batch_timeout = tools, timeout, workers, batch_timeout
         self.pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="alignlab-tool")
 
     def _call(self, call: ToolCall) -> ToolResult:
@@ -179,14 +185,47 @@ class ToolRunner:
             return ToolResult(call.name, f"Error: tool '{call.name}' raised {type(exc).__name__}: {exc}", True)
 
     def run(self, calls: list[ToolCall]) -> list[ToolResult]:
-        futures = [self.pool.submit(self._call, call) for call in calls]
-        deadline, results = time.monotonic() + self.timeout, []  # all started together: one deadline
-        for call, future in zip(calls, futures):
-            try:
-                results.append(future.result(timeout=max(0.0, deadline - time.monotonic())))
-            except FutureTimeout:
-                results.append(ToolResult(call.name, f"Error: tool '{call.name}' timed out after {self.timeout:g} s", True))
+        started: list[Optional[float]] = [None] * len(calls)  # set by the worker when the call begins
+
+        def timed(index: int, call: ToolCall) -> ToolResult:
+            started[index] = time.monotonic()
+            return self._call(call)
+
+        futures = [self.pool.submit(timed, i, call) for i, call in enumerate(calls)]
+        waves = -(-len(calls) // self.workers)
+        batch_limit = self.batch_timeout if self.batch_timeout is not None else waves * self.timeout
+        batch_deadline = time.monotonic() + batch_limit
+        results: list[Optional[ToolResult]] = [None] * len(calls)
+        pending = set(range(len(calls)))
+        while pending:
+            now = time.monotonic()
+            for i in sorted(pending):
+                result = self._settle(calls[i], futures[i], started[i], now, now >= batch_deadline, batch_limit)
+                if result is not None:
+                    results[i] = result
+                    pending.discard(i)
+            if pending:  # sleep until a call ends or the next limit is due; a call that starts meanwhile
+                # has its limit at least `timeout` from now, so waking by then never misses one
+                due = [started[i] + self.timeout for i in pending if started[i] is not None]
+                wake = min(due + [now + self.timeout, batch_deadline])
+                wait([futures[i] for i in pending], timeout=max(0.0, wake - time.monotonic()),
+                     return_when=FIRST_COMPLETED)
         return results
+
+    def _settle(self, call: ToolCall, future, start: Optional[float], now: float, batch_over: bool,
+                batch_limit: float) -> Optional[ToolResult]:
+        """The call's result if it has one now (finished, past its own limit, or the batch is over)."""
+        if future.done():
+            return future.result()
+        if start is not None and now >= start + self.timeout:
+            return ToolResult(call.name, f"Error: tool '{call.name}' timed out after {self.timeout:g} s", True)
+        if not batch_over:
+            return None
+        if future.cancel():  # never started: every worker stayed busy for the whole batch
+            return ToolResult(call.name, f"Error: tool '{call.name}' did not run: all {self.workers} tool workers "
+                              f"were busy for the batch's {batch_limit:g} s", True)
+        return ToolResult(call.name, f"Error: tool '{call.name}' was stopped at the batch's limit of "
+                          f"{batch_limit:g} s", True)
 
     def close(self) -> None:
         self.pool.shutdown(wait=False, cancel_futures=True)
