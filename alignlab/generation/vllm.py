@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import logging
 import os
+from contextlib import contextmanager, nullcontext
 from typing import Optional
 
 import torch
@@ -60,6 +61,8 @@ class VLLMEngine:
         self.stop_ids = stop_token_ids(tokenizer, generation_config)
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.stop_ids[0]
         self.sleep_between = sleep and on_gpu
+        self.asleep: set[str] = set()  # what vLLM's sleep mode has released: "weights", "kv_cache"
+        self.held = 0  # > 0 inside `awake()`: generate leaves the engine awake for the next call
         self.seed, self.calls = seed, 0
         # lora_rank > 0: adapter-only sync, the engine applies the policy's adapter (vLLM's LoRA support).
         self.adapter_dir, self.lora_request, self.adapter_version, self.base_loaded = None, None, 0, False
@@ -75,8 +78,7 @@ class VLLMEngine:
         else:
             options.update(enforce_eager=True)  # no CUDA graphs to capture on a CPU
         self.llm = LLM(**options)
-        if self.sleep_between:
-            self.llm.sleep(level=1)
+        self._sleep()
 
     # ------------------------------------------------------------ weights
 
@@ -103,14 +105,44 @@ class VLLMEngine:
 
     def load_named(self, weights) -> None:
         """Load (checkpoint name, tensor) pairs into the engine's model, in place."""
-        if self.sleep_between:
-            self.llm.wake_up(tags=["weights"])
+        self._wake("weights")
         runner = self.llm.llm_engine.model_executor.driver_worker.worker.model_runner
         if hasattr(runner, "reload_weights"):
             runner.reload_weights(weights_iterator=weights)
         else:
             runner.model.load_weights(weights)
         self.llm.reset_prefix_cache()  # cached keys and values belong to the old weights
+
+    # ------------------------------------------------------------ sleep mode (GPU)
+    # Level 1 offloads the weights to CPU memory and drops the KV cache. The weights must be back
+    # before any decoding, not only after a push: a step's second rollout call (a tool turn, a
+    # dynamic-sampling refill) and, with adapter-only sync, every step after the first (the base is
+    # pushed once) generate without a push in between. TRL sleeps at level 2 (weights discarded)
+    # because it pushes every weight before each step's generation; level 1 keeps the base that
+    # adapter-only sync does not push again.
+
+    def _wake(self, *tags: str) -> None:
+        """Bring back what sleep released, the weights before the KV cache (vLLM's order)."""
+        todo = [tag for tag in ("weights", "kv_cache") if tag in tags and tag in self.asleep]
+        if todo:
+            self.llm.wake_up(tags=todo)
+            self.asleep.difference_update(todo)
+
+    def _sleep(self) -> None:
+        if self.sleep_between and not self.held and "weights" not in self.asleep:
+            self.llm.sleep(level=1)
+            self.asleep = {"weights", "kv_cache"}
+
+    @contextmanager
+    def awake(self):
+        """Keep the engine awake across several `generate` calls (one step's rollout: tool turns,
+        refills) and release its memory once at the end, instead of moving the weights per call."""
+        self.held += 1
+        try:
+            yield self
+        finally:
+            self.held -= 1
+            self._sleep()
 
     # ------------------------------------------------------------ sampling
 
@@ -123,8 +155,7 @@ class VLLMEngine:
         from vllm import SamplingParams
         from vllm.inputs import TokensPrompt
 
-        if self.sleep_between:
-            self.llm.wake_up(tags=["kv_cache"])
+        self._wake("weights", "kv_cache")  # both, whatever happened since the last push
         self.calls += 1
         seed = _draw_seed(self.seed, self.calls) if seed is None else seed
         params = [
@@ -137,8 +168,7 @@ class VLLMEngine:
         ]
         outputs = self.llm.generate([TokensPrompt(prompt_token_ids=list(p)) for p in prompts], params, use_tqdm=False,
                                     lora_request=self.lora_request)
-        if self.sleep_between:
-            self.llm.sleep(level=1)
+        self._sleep()
         completions = [list(choice.token_ids) for output in outputs for choice in output.outputs]
         logps = [[next(iter(d.values())).logprob for d in (choice.logprobs or [])]
                  for output in outputs for choice in output.outputs]
@@ -201,6 +231,11 @@ def engine_for_model(name_or_path: str, model, tokenizer, *, max_model_len: int 
                         gpu_memory_utilization=gpu_memory_utilization, generation_config=model.generation_config)
     engine.load_weights(model)
     return engine
+
+
+def engine_awake(engine):
+    """`engine.awake()` for an engine with sleep mode; a no-op context for none or a server client."""
+    return engine.awake() if isinstance(engine, VLLMEngine) else nullcontext()
 
 
 def engine_or_none(backend: str, make) -> Optional[VLLMEngine]:

@@ -70,7 +70,7 @@ from alignlab.model.loading import (count_parameters, disable_dropout, is_peft, 
 from alignlab.rewards import RewardScores, get_reward, score_completions
 from alignlab.generation.sampler import Rollout, concat_rollouts, generate
 from alignlab.generation.multi_turn import multi_turn_rollout, trajectory_columns, turn_settings
-from alignlab.generation.vllm import build_engine, engine_or_none
+from alignlab.generation.vllm import build_engine, engine_awake, engine_or_none
 from alignlab.engine.tracking import append_jsonl
 from alignlab.engine.data_order import IndexSampler
 from alignlab.engine.loop import TrainingRun
@@ -318,7 +318,8 @@ class GRPOTrainer:
     def step(self, _step: int) -> dict:
         tick = time.perf_counter()
         if not self.buffer:
-            rollout, advantages, stats = self.collect()
+            with engine_awake(self.engine):  # sleep mode: one wake and one sleep per step, not per turn
+                rollout, advantages, stats = self.collect()
             generation_seconds = time.perf_counter() - tick
             ref = self._frozen_logps(rollout, reference=True) if self.grpo.beta > 0 else None
             old = self._frozen_logps(rollout, reference=False) if self.grpo.num_iterations > 1 else None

