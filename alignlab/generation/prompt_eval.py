@@ -5,7 +5,7 @@ Definitions (what the numbers mean):
 - format_rate: share whose format rewards (`*_format`) are all > 0;
 - pass@k: share of prompts with at least one correct completion among k samples;
 - reward: mean weighted total reward; rewards/<fn>/mean: each function's mean;
-- mean_length: mean completion length in tokens (EOS included);
+- mean_length: mean completion length in tokens (EOS included; the model's tokens only, tools' left out);
 - preference_accuracy: share of held-out pairs where the chosen response gets the higher implicit
   reward, beta * (log pi - log ref); without a reference, the higher log-prob (a different
   quantity: `alignlab eval` reports that one as reference_free/accuracy and reference_free/margin).
@@ -21,7 +21,7 @@ from typing import Optional
 import torch
 
 from alignlab.rewards import score_completions
-from alignlab.generation.multi_turn import TurnSettings, multi_turn_rollout, trajectory_columns
+from alignlab.generation.multi_turn import TurnSettings, multi_turn_rollout, process_max, trajectory_columns
 from alignlab.generation.sampler import generate
 
 
@@ -70,20 +70,23 @@ def evaluate_prompts(
 
     if turns is None:
         rollout = generate_turn([templater.ids(templater.prompt_text(item.prompt)) for item in items], k, max_new_tokens)
-    else:
+    else:  # synced (our sampler): every process takes every turn, each forward being a collective
+        lockstep = process_max(next(model.parameters()).device) if synced and engine is None else None
         rollout = multi_turn_rollout(generate_turn, templater, [item.prompt for item in items],
                                      [item.columns for item in items], num_generations=k,
-                                     settings=replace(turns, max_completion_length=max_new_tokens))
+                                     settings=replace(turns, max_completion_length=max_new_tokens, prompt_limit=None),
+                                     lockstep=lockstep)
     names = sorted({c for item in items for c in item.columns})
     columns = {n: [item.columns.get(n) for item in items for _ in range(k)] for n in names}
-    columns["completion_lengths"] = rollout.completion_mask.sum(1).tolist()
+    lengths = rollout.loss_mask.sum(1)  # the model's tokens: no tool or environment tokens
+    columns["completion_lengths"] = lengths.tolist()
     if rollout.trajectories is not None:
         columns.update(trajectory_columns(rollout))
     scores = score_completions(reward_fns, weights, rollout.texts, columns, on_error="none")
     n = len(rollout.texts)
     metrics = {
         "reward": _mean([t for t in scores.total if not math.isnan(t)]),  # unscorable completions left out
-        "mean_length": float(rollout.completion_mask.sum(1).float().mean()),
+        "mean_length": float(lengths.float().mean()),
         "prompts": len(items),
     }
     for name, values in scores.per_function.items():

@@ -27,7 +27,7 @@ def reward_stats(run, scores, rewards: torch.Tensor, rollout, num_generations: i
     within-group std, the share of groups with no reward variance, per-function means."""
     everyone = run.accelerator.gather(rewards.to(run.device)).cpu().double()  # [processes * n*G]
     grouped = everyone.view(-1, num_generations)  # [groups, G]
-    lengths = rollout.completion_mask.sum(1).float()
+    lengths = rollout.loss_mask.sum(1).float()  # the model's tokens (no tool or environment tokens), as TRL
     stats = {
         "reward": float(everyone.nanmean()) if not everyone.isnan().all() else float("nan"),
         "reward_std": float(nan_std(everyone)),
