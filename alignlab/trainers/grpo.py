@@ -69,7 +69,7 @@ from alignlab.model.loading import (count_parameters, disable_dropout, is_peft, 
                                     model_stop_ids)
 from alignlab.rewards import RewardScores, get_reward, score_completions
 from alignlab.generation.sampler import Rollout, concat_rollouts, generate
-from alignlab.generation.multi_turn import multi_turn_rollout, trajectory_columns, turn_settings
+from alignlab.generation.multi_turn import multi_turn_rollout, process_max, trajectory_columns, turn_settings
 from alignlab.generation.vllm import build_engine, engine_awake, engine_or_none
 from alignlab.engine.tracking import append_jsonl
 from alignlab.engine.data_order import IndexSampler
@@ -98,8 +98,8 @@ class GRPOTrainer:
         self.tokenizer = load_tokenizer(config.model.name_or_path, trust_remote_code=config.model.trust_remote_code)
         self.turns = turn_settings(self.grpo.tools, tool_parser=self.grpo.tool_parser,
                                    max_tool_turns=self.grpo.max_tool_turns, tool_timeout=self.grpo.tool_timeout,
-                                   environment=self.grpo.environment,
-                                   max_completion_length=self.grpo.max_completion_length)
+                                   environment=self.grpo.environment, on_long=config.data.on_long,
+                                   max_completion_length=self.grpo.max_completion_length, max_length=self.train.max_length)
         self.templater = Templater(self.tokenizer, use_chat_template=config.data.chat_template,
                                    system_prompt=config.data.system_prompt,
                                    stop_ids=model_stop_ids(config.model, self.tokenizer),
@@ -197,12 +197,13 @@ class GRPOTrainer:
         G = self.grpo.num_generations
         if self.turns is None:
             rollout = self._generate([self.prompt_ids[i] for i in indices], G, self.grpo.max_completion_length)
-        else:
-            rollout = multi_turn_rollout(self._generate, self.templater, [self.prompts[i].prompt for i in indices],
-                                         [self.prompts[i].columns for i in indices], num_generations=G,
-                                         settings=self.turns, locations=[self.prompts[i].where for i in indices])
+        else:  # hf under FSDP / ZeRO-3: every forward is a collective, so all processes take every turn
+            rows, synced = [self.prompts[i] for i in indices], self.run.lockstep_forwards and self.engine is None
+            rollout = multi_turn_rollout(self._generate, self.templater, [p.prompt for p in rows], [p.columns for p in rows],
+                                         num_generations=G, settings=self.turns, locations=[p.where for p in rows],
+                                         lockstep=process_max(self.run.device) if synced else None)
         columns = self._columns(indices, self.prompts, G)
-        columns["completion_lengths"] = rollout.completion_mask.sum(1).tolist()  # tokens, for length rewards
+        columns["completion_lengths"] = rollout.loss_mask.sum(1).tolist()  # the model's tokens, for length rewards
         columns["max_completion_length"] = [self.grpo.max_completion_length] * len(rollout.texts)
         if rollout.trajectories is not None:
             columns.update(trajectory_columns(rollout))
