@@ -136,18 +136,36 @@ def upload(plan: PushPlan, *, private: bool = False, revision: Optional[str] = N
             api.create_branch(plan.repo_id, branch=revision, exist_ok=True)
         commit = api.upload_folder(repo_id=plan.repo_id, folder_path=plan.staging, revision=revision,
                                    commit_message=f"alignlab {plan.info.command}: {what} from {plan.run_dir.name}")
-    except HfHubHTTPError as exc:
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise AlignlabError(f"the Hub refused the push to {plan.repo_id}: {reason}") from None
+    except HfHubHTTPError as exc:  # the Hub answered: no write access, a name taken, ...
+        raise AlignlabError(f"the Hub refused the push to {plan.repo_id}: {_first_line(exc)}") from None
+    except Exception as exc:
+        if not _network_error(exc):
+            raise
+        raise AlignlabError(f"the push to {plan.repo_id} failed: {type(exc).__name__}: {_first_line(exc)}") from None
     return commit.commit_url
+
+
+def _first_line(exc: Exception) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def _network_error(exc: Exception) -> bool:
+    """A connection lost or refused: huggingface_hub's HTTP client raises its own types (httpx's), not OSError."""
+    return isinstance(exc, OSError) or type(exc).__module__.split(".")[0] in ("httpx", "httpx2", "httpcore", "requests")
 
 
 def push_run(run_dir: Path, repo_id: str, *, merged: bool = False, private: bool = False,
              revision: Optional[str] = None, license: Optional[str] = None) -> str:
-    """The whole push, as `alignlab push` does it without --dry-run; returns the commit URL."""
-    check_can_push(repo_id)
-    plan = plan_push(run_dir, repo_id, merged=merged, license=license)
-    stage(plan)
-    url = upload(plan, private=private, revision=revision)
+    """The whole push, as `alignlab push` does it without --dry-run (train.push_to_hub: at the end of
+    training); returns the commit URL. A failure says how to push the finished run later."""
+    try:
+        check_can_push(repo_id)
+        plan = plan_push(run_dir, repo_id, merged=merged, license=license)
+        stage(plan)
+        url = upload(plan, private=private, revision=revision)
+    except AlignlabError as exc:
+        raise AlignlabError(f"{exc}. The run itself is complete: push it later with `alignlab push {run_dir} "
+                            f"{repo_id}`") from None
     log.info("pushed the %s of %s to %s", "LoRA adapter" if plan.adapter else "model", run_dir, url)
     return url
