@@ -15,6 +15,7 @@ from typing import Iterator
 
 import torch
 
+from alignlab.errors import ConfigError
 from alignlab.model.loading import is_peft
 
 
@@ -38,15 +39,63 @@ def _gathered(module, zero3: bool):
 
 
 def _delta(owner) -> torch.Tensor:
-    """scale * B A of a LoRA layer's active adapters, from its (possibly sharded) factors."""
+    """scale * B A of a LoRA layer's active adapters, from its (possibly sharded) factors, in the base
+    weight's layout. PEFT keeps an embedding's factors as parameters `lora_embedding_A` [r, V] and
+    `lora_embedding_B` [H, r], and the weight is [V, H]: its delta is (B A) transposed."""
     total = None
     for adapter in owner.active_adapters:
-        a, b = _full(owner.lora_A[adapter].weight), _full(owner.lora_B[adapter].weight)
-        delta = (b @ a) * owner.scaling[adapter]
-        if getattr(owner, "fan_in_fan_out", False):
-            delta = delta.T
+        if adapter in getattr(owner, "lora_embedding_A", {}):
+            a, b = _full(owner.lora_embedding_A[adapter]), _full(owner.lora_embedding_B[adapter])
+            delta = (b @ a).T * owner.scaling[adapter]  # [V, H]
+        elif adapter in owner.lora_A:
+            a, b = _full(owner.lora_A[adapter].weight), _full(owner.lora_B[adapter].weight)
+            delta = (b @ a) * owner.scaling[adapter]
+            if getattr(owner, "fan_in_fan_out", False):
+                delta = delta.T
+        else:  # an adapter that does not touch this layer
+            continue
         total = delta if total is None else total + delta
     return total
+
+
+def check_engine_sync(model, sync: str) -> None:
+    """Refuse, before any engine starts, LoRA on embeddings that a vLLM engine cannot be given.
+
+    Merged sync writes W + scale * B A into the engine's weights. With tied input and output
+    embeddings the engine holds one matrix for both, while the policy applies its embedding adapter
+    to the input lookup only (and an `lm_head` adapter to the output only): no single matrix is the
+    policy (PEFT's own merge_and_unload changes the output layer the same way). Adapter-only sync hands
+    the adapter to vLLM, whose LoRA covers embeddings only for some architectures."""
+    inner = model.module if hasattr(model, "module") else model
+    if not is_peft(inner):
+        return
+    base = inner.get_base_model()
+    embeddings = {"input": base.get_input_embeddings(), "output": base.get_output_embeddings()}
+    adapted = {side: layer for side, layer in embeddings.items() if layer is not None and _adapted(layer)}
+    if not adapted:
+        return
+    names = ", ".join(name for name, module in base.named_modules() if module in adapted.values())
+    if sync == "adapter":
+        raise ConfigError(f"lora.target_modules adapts the embedding layer(s) {names}, which vLLM's LoRA does not "
+                          "cover for every architecture: use grpo.vllm_sync=merged (the adapter is merged into the "
+                          "weights the engine gets), or leave them out of lora.target_modules")
+    tied = embeddings["output"] is not None and \
+        _base_weight(embeddings["input"]) is _base_weight(embeddings["output"])
+    if tied:
+        raise ConfigError(f"lora.target_modules adapts {names} of a model with tied input and output embeddings "
+                          "(tie_word_embeddings): the vLLM engine holds one matrix for both, while the policy's "
+                          "adapter changes only one of them, so no merged weight is the policy. Leave the embeddings "
+                          "out of lora.target_modules, or use grpo.backend=hf")
+
+
+def _adapted(layer) -> bool:
+    """Whether an active LoRA adapter changes this layer."""
+    factors = [getattr(layer, "lora_A", {}), getattr(layer, "lora_embedding_A", {})]
+    return any(adapter in f for adapter in getattr(layer, "active_adapters", []) for f in factors)
+
+
+def _base_weight(layer) -> torch.Tensor:
+    return getattr(layer, "base_layer", layer).weight
 
 
 def policy_weights(model, merge: bool = True) -> Iterator[tuple[str, torch.Tensor]]:
@@ -66,6 +115,8 @@ def policy_weights(model, merge: bool = True) -> Iterator[tuple[str, torch.Tenso
             tensor = _full(getattr(modules[module], attr))
             if lora_owner is not None:
                 name = name.replace(".base_layer.", ".")
-                if merge and name.endswith(".weight") and not getattr(owner, "merged", False):
-                    tensor = tensor + _delta(owner).to(tensor.dtype)
+                delta = _delta(owner) if merge and name.endswith(".weight") and not getattr(owner, "merged", False) \
+                    else None
+                if delta is not None:
+                    tensor = tensor + delta.to(tensor.dtype)
             yield name, tensor.detach()

@@ -27,7 +27,7 @@ from typing import Optional
 import torch
 
 from alignlab.errors import AlignlabError
-from alignlab.generation.full_weights import policy_weights
+from alignlab.generation.full_weights import check_engine_sync, policy_weights
 from alignlab.model.loading import stop_token_ids
 from alignlab.generation.sampler import Rollout, completion_mask, _right_to
 from alignlab.data.collate import pad_left
@@ -198,11 +198,13 @@ def _draw_seed(*parts: int) -> int:
     return zlib.crc32(repr(parts).encode())
 
 
-def build_engine(model_cfg, tokenizer, generation_config, *, max_model_len: int, gpu_memory_utilization: float,
+def build_engine(model_cfg, tokenizer, policy, *, max_model_len: int, gpu_memory_utilization: float,
                  seed: int, sleep: bool, lora_rank: int = 0) -> VLLMEngine:
-    """An engine for the run's base model (the policy's weights are pushed before its first rollout)."""
+    """An engine for the run's base model (the policy's weights are pushed before its first rollout);
+    a policy whose adapter the engine could not be given is refused before the engine starts."""
     from alignlab.model.loading import ensure_tiny_model, resolve_model_path
 
+    check_engine_sync(policy, "adapter" if lora_rank else "merged")
     if model_cfg.load_in_4bit:
         raise AlignlabError("grpo.backend=vllm with model.load_in_4bit=true is not supported yet: the engine needs "
                             "unquantised weights to receive merged LoRA updates; use grpo.backend=hf for QLoRA")
@@ -211,7 +213,7 @@ def build_engine(model_cfg, tokenizer, generation_config, *, max_model_len: int,
     log.info("vLLM engine (colocated) for %s, max_model_len %d", path, max_model_len)
     return VLLMEngine(path, tokenizer, dtype=dtype, max_model_len=max_model_len,
                       gpu_memory_utilization=gpu_memory_utilization, seed=seed, sleep=sleep,
-                      generation_config=generation_config, lora_rank=lora_rank)
+                      generation_config=policy.generation_config, lora_rank=lora_rank)
 
 
 def engine_for_model(name_or_path: str, model, tokenizer, *, max_model_len: int = 2048, seed: int = 0,

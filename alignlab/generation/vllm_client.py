@@ -22,7 +22,7 @@ from typing import Callable, Optional
 
 from alignlab.errors import AlignlabError
 from alignlab.generation import weight_sync
-from alignlab.generation.vllm import policy_weights, to_rollout
+from alignlab.generation.vllm import check_engine_sync, policy_weights, to_rollout
 from alignlab.generation.vllm_server import model_shape
 from alignlab.model.loading import stop_token_ids
 
@@ -38,7 +38,7 @@ class VLLMServerClient:
         self.is_main, self.barrier, self.sharded = is_main, barrier, sharded
         self.stop_ids = stop_token_ids(tokenizer, generation_config)
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.stop_ids[0]
-        self.group, self.specs = None, None
+        self.group, self.specs, self.checked = None, None, False
         info = self._call("/info", None, timeout_s=10.0)
         theirs, ours = info["shape"], model_shape(policy_config)
         if theirs != ours:
@@ -76,6 +76,9 @@ class VLLMServerClient:
     def load_weights(self, model) -> None:
         """The main process broadcasts every weight to the server over the weight group (joined on
         first use); every process returns once the server has them."""
+        if not self.checked:  # on every process, so that all stop together
+            check_engine_sync(model, "merged")  # the server is given merged weights
+            self.checked = True
         if self.specs is None and (self.is_main or self.sharded):
             # Names, dtypes and shapes (no LoRA merge needed) stay the same all run: read once, not at
             # every sync, where under FSDP/ZeRO-3 it would gather the whole model a second time.

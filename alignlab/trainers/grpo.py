@@ -168,7 +168,7 @@ class GRPOTrainer:
             raise ConfigError("grpo.vllm_sync=adapter is not supported under FSDP or DeepSpeed ZeRO-3 (the adapter "
                               "is sharded there); use grpo.vllm_sync=merged, which gathers one layer at a time")
         return build_engine(
-            self.config.model, self.tokenizer, self.run.unwrapped.generation_config,
+            self.config.model, self.tokenizer, self.run.unwrapped,
             max_model_len=self.grpo.vllm_max_model_len or self.train.max_length,
             gpu_memory_utilization=self.grpo.vllm_gpu_memory_utilization,
             seed=self.train.seed, sleep=self.grpo.vllm_sleep,

@@ -444,3 +444,16 @@ def test_sleep_calls_are_accepted_by_the_real_engine(engine):
             engine.llm.wake_up()
         engine.asleep = set()
     assert seen == [False, False]
+
+
+@pytest.mark.parametrize("sync", ["merged", "adapter"])
+def test_embedding_lora_the_engine_cannot_hold_stops_before_the_engine_starts(tmp_path, tiny_model_dir, prompts,
+                                                                             sevens_reward, cli, sync):
+    """The tiny model ties its input and output embeddings: LoRA on embed_tokens cannot be merged into
+    the one matrix vLLM holds for both (merged sync), nor handed to vLLM's LoRA (adapter sync)."""
+    out = tmp_path / sync
+    result = cli(grpo_args(tiny_model_dir, prompts, out, sevens_reward, "train.max_steps=1", "grpo.backend=vllm",
+                           "lora.enabled=true", "lora.target_modules=[embed_tokens,q_proj]", f"grpo.vllm_sync={sync}"))
+    assert result.code == 2, result.err
+    assert "lora.target_modules" in result.err and "model.embed_tokens" in result.err
+    assert "vLLM engine (colocated)" not in result.err
