@@ -127,6 +127,8 @@ class GRPOConfig:
     tool_parser: str = "qwen"  # qwen (<tool_call>{json}</tool_call>; Qwen2.5/3, Hermes) | module:function
     max_tool_turns: int = 4  # model turns that may act; a trajectory still acting after them is truncated
     tool_timeout: float = 10.0  # seconds per tool call; a call past it is reported to the model as failed
+    python_sandbox: str = "isolated"  # the python tool: isolated (own user/mount/PID/net namespaces; refused where
+    # the machine allows none) | unsafe (rlimits and an audit hook only: the code can reach what the trainer can)
     environment: Optional[str] = None  # module:Class with reset(**row) -> str, step(text) -> (obs, reward, done)
     environment_reward_weight: float = 1.0  # weight of the summed per-turn environment rewards in the total
     eval_max_prompts: int = 200

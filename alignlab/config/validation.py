@@ -134,6 +134,8 @@ def validate(config) -> None:
             raise ConfigError(f"grpo.vllm_mode must be colocate or server, got '{grpo.vllm_mode}'")
         if grpo.reward_errors not in ("raise", "none"):
             raise ConfigError(f"grpo.reward_errors must be raise or none, got '{grpo.reward_errors}'")
+        if grpo.python_sandbox not in ("isolated", "unsafe"):
+            raise ConfigError(f"grpo.python_sandbox must be isolated or unsafe, got '{grpo.python_sandbox}'")
 
 
 def validate_eval(config: EvalRunConfig) -> None:

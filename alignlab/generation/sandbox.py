@@ -1,28 +1,41 @@
 """Run model-written Python in a separate, locked-down process: the `python` tool of GRPO rollouts.
 
-Layers, outermost first, each meant to hold when the ones inside it fail:
+`grpo.python_sandbox=isolated` (the default) runs each call in namespaces of its own, the same way for
+root and for a normal user (unprivileged user namespaces; the child's side is sandbox_boot.py):
 
-* A child `sys.executable -I -B` (no PYTHON* variables, user site or cwd on sys.path), a fresh tiny
-  environment (no inherited keys), stdin /dev/null, a fresh temporary cwd deleted afterwards, its own
-  session. The parent enforces wall time and an output cap (it never reads more than output_bytes+1)
-  and then kills the whole run. rlimits: CPU, address space, file size, files, processes, no core.
-* As root (root ignores RLIMIT_NPROC and file modes): a fresh unused uid/gid per run (concurrent runs
-  cannot signal, read or starve each other), no groups, no_new_privs, and new network (a down
-  loopback), mount and PID namespaces. The end of the PID namespace kills and reaps all the run
-  started, also what left its process group and even where PID 1 reaps no orphans. The cwd is a
-  tmpfs of file_bytes; a private dir holding Python (/root for /root/.pyenv) is covered by an empty
-  tmpfs with only the Python tree bound back. A refused namespace is skipped; if the uid then cannot
-  start Python the run fails closed ("sandbox setup failed").
-* An audit hook (PEP 578) refuses socket connect/bind/send and lookups, process creation other than
-  fork, ctypes library loading and foreign calls (importing ctypes stays possible: sympy needs it),
-  gc walks, and file access outside the cwd except reading Python's own tree and import paths.
+* A fresh interpreter (`-I -S`: no PYTHON* variables, user site or cwd on sys.path) with a fresh tiny
+  environment (no inherited keys such as HF_TOKEN), stdin /dev/null, its own session. The parent
+  enforces wall time and an output cap (it never reads more than output_bytes+1) and then kills the
+  process group, whose init takes the whole namespace down. rlimits: CPU, address space, file size,
+  open files, processes (counted per run: the count is per user namespace), no core.
+* New user, mount, PID, network, IPC, UTS and cgroup namespaces. The code runs as uid 1000 of its own
+  user namespace with no capabilities and no_new_privs; outside, that uid is the caller's (a normal
+  user) or, as root, a fresh unused uid per run (root's processes are exempt from RLIMIT_NPROC, and a
+  kernel escape should not land as root). It may not create user namespaces of its own.
+* Its root is a read-only tmpfs with only the Python trees and /usr (/lib*, /bin where they are not
+  symlinks to it) bound read-only, /etc/ld.so.cache, /dev/null, zero, random, urandom, a /proc of its
+  own PID namespace where the kernel allows one, and /tmp: a tmpfs of file_bytes that is the cwd and
+  HOME. So the caller's files, /proc/<caller>/environ and the caller's pids cannot be reached (another
+  PID namespace: nothing outside can be named, let alone signalled), the only network is a loopback
+  that is down, and nothing written survives the call: the tmpfs goes with the namespace, and the
+  host's /tmp is never touched.
+* An audit hook (PEP 578), a tripwire rather than the boundary: it refuses socket connect/bind/send
+  and lookups, process creation other than fork, signals to processes not its own, ctypes library
+  loading and foreign calls (importing ctypes stays possible: sympy needs it), gc walks, and file
+  access outside /tmp except reading Python's own tree and import paths; paths are resolved as the
+  kernel resolves them, dir_fd included.
 
-Not covered (this is not a VM): kernel exploits, side channels, host load within the limits, and
-world-readable files read by routes the hook misses: it is a tripwire, which code set on escaping
-defeats (monkeypatching what it calls, ctypes pointer tricks, _posixsubprocess); uid, namespaces and
-rlimits are the boundary. Without root only the process, rlimit and hook layers apply, and
-RLIMIT_NPROC counts all that user's processes. Linux only; preexec_fn carries CPython's caveats
-about forking a multi-threaded caller.
+Where user namespaces are not available (max_user_namespaces 0, a distribution's restriction on
+unprivileged ones, seccomp), a call is refused with an error that names `grpo.python_sandbox=unsafe`.
+`unsafe` (the environment variable ALIGNLAB_PYTHON_SANDBOX=unsafe outside GRPO) skips the namespaces:
+only the process, rlimit and hook layers apply, in a temporary directory of the host that is removed
+afterwards. Then the code runs as the caller's uid: whatever defeats the hook can read what the caller
+can read (including /proc/<caller>/environ), signal the caller, write where it can, and leave
+processes that leave the process group; RLIMIT_NPROC counts all that user's processes.
+
+Not covered in either mode (this is not a VM): kernel exploits, side channels, host load within the
+limits (CPU time, memory and pids are not a cgroup's), and reading world-readable files under /usr
+and the Python trees. Linux only.
 """
 
 from __future__ import annotations
@@ -30,7 +43,6 @@ from __future__ import annotations
 import dataclasses
 import os
 import random
-import resource
 import select
 import selectors
 import shutil
@@ -40,6 +52,17 @@ import sys
 import tempfile
 import time
 
+from alignlab.errors import ConfigError
+
+MODES = ("isolated", "unsafe")
+_BOOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "sandbox_boot.py")
+_INNER_ID = 1000  # sandbox_boot.INNER_ID: the code's uid and gid inside its user namespace
+_UID_BASE = 0x70000000  # as root: far above real users and the usual subuid ranges of rootless containers
+_MAX_CODE_BYTES = 1 << 20
+_TRIPWIRE = True  # tests switch the audit hook off to check what the kernel enforces on its own
+_mode: str | None = None
+_checked = False
+
 
 @dataclasses.dataclass(frozen=True)
 class SandboxLimits:
@@ -47,8 +70,8 @@ class SandboxLimits:
     wall_seconds: float = 10
     memory_mb: int = 512  # address space, so it bounds mmap and thread stacks too
     output_bytes: int = 65536  # stdout and stderr together
-    max_processes: int = 16  # processes and threads of the run's uid
-    file_bytes: int = 16 << 20  # one file; all files together when the workdir is a tmpfs
+    max_processes: int = 16  # processes and threads of the run
+    file_bytes: int = 16 << 20  # one file; isolated, all files together (the size of /tmp)
 
 
 @dataclasses.dataclass
@@ -59,144 +82,102 @@ class SandboxResult:
     seconds: float
 
 
-_NEWNS, _NEWPID, _NEWNET = 0x00020000, 0x20000000, 0x40000000
-_MS_NOSUID, _MS_NODEV, _MS_BIND, _MS_MOVE, _MS_REC, _MS_PRIVATE = 2, 4, 4096, 8192, 16384, 1 << 18
-_PDEATHSIG, _NO_NEW_PRIVS = 1, 38  # prctl options
-_UID_BASE = 0x70000000  # far above real users and the usual subuid ranges of rootless containers
-
-# `python -I -B -u -c _BOOT cwd codefile`: read the code, arm the hook, run the code as __main__.
-_BOOT = r'''
-import os, sys, traceback
-def _arm(work, code_file, real=os.path.realpath, paths=(str, bytes, os.PathLike)):
-    rw = (real(work),)
-    ro = rw + tuple({real(p) for p in (sys.prefix, sys.base_prefix, sys.exec_prefix, sys.base_exec_prefix,
-                     code_file, "/dev/null", "/dev/urandom", "/usr/share/zoneinfo", *sys.path) if p})
-    write = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_APPEND | os.O_TRUNC
-    deny = set("socket.connect socket.bind socket.sendto socket.sendmsg socket.getaddrinfo socket.gethostbyname "
-               "socket.gethostbyaddr os.system os.exec os.posix_spawn os.spawn subprocess.Popen ctypes.dlsym "
-               "ctypes.dlsym/handle ctypes.call_function ctypes.cdata ctypes.string_at ctypes.wstring_at "
-               "gc.get_objects gc.get_referrers gc.get_referents".split())
-    writes = set("os.mkdir os.remove os.rmdir os.rename os.symlink os.link os.chmod os.chown os.truncate "
-                 "os.utime".split())
-    def allowed(path, roots):
-        p = real(os.fsdecode(path)) if isinstance(path, paths) else None  # an fd or a number: nothing to check
-        return p is None or any(p == r or p.startswith(r + os.sep) for r in roots)
-    def hook(event, args):
-        if event == "open" and not allowed(args[0], rw if (args[2] or 0) & write else ro):
-            raise PermissionError(f"sandbox: access to {args[0]!r} is not allowed")
-        if event in writes or event in ("os.listdir", "os.scandir", "os.chdir"):
-            for a in args:
-                if not allowed(a, rw if event in writes else ro):
-                    raise PermissionError(f"sandbox: {event} on {a!r} is not allowed")
-        if event in deny or event == "ctypes.dlopen" and args[0] is not None:  # importing ctypes opens None
-            raise PermissionError(f"sandbox: {event} is not allowed")
-    sys.addaudithook(hook)
-_src = open(sys.argv[2], encoding="utf-8").read()
-_arm(*sys.argv[1:])
-del _arm  # leave the code no path to the hook
-sys.argv[:] = sys.argv[2:]
-try:
-    exec(compile(_src, sys.argv[0], "exec"), {"__name__": "__main__", "__builtins__": __builtins__})
-except SystemExit:
-    raise
-except BaseException as e:
-    traceback.print_exception(type(e), e, e.__traceback__.tb_next)  # without this bootstrap's frame
-    sys.exit(1)
-'''
-
-# Waits for one child, reaping orphans meanwhile (it may be PID 1 of the namespace), and exits with
-# the child's status, a signal as 128 + its number since PID 1 cannot kill itself with one.
-_WAITER = r'''
-import os, sys
-os.closerange(0, 1 << 16)
-while True:
-    pid, status = os.wait()
-    if pid == int(sys.argv[1]):
-        os._exit(128 + os.WTERMSIG(status) if os.WIFSIGNALED(status) else os.WEXITSTATUS(status))
-'''
-
-_LIBC = None
+def set_python_sandbox(mode: str) -> None:
+    """The mode of every later call in this process (the GRPO trainer sets grpo.python_sandbox)."""
+    global _mode, _checked
+    if mode not in MODES:
+        raise ConfigError(f"grpo.python_sandbox must be one of {', '.join(MODES)}, got {mode!r}")
+    _mode, _checked = mode, _checked and mode == _mode
 
 
-def _c(name: str, *args, check: bool = True) -> bool:
-    """A libc call (symbols resolved by the parent, so nothing is loaded in the forked child)."""
-    import ctypes  # already imported by the parent
-    if getattr(_LIBC, name)(*args) == 0:
-        return True
-    if check:
-        raise OSError(ctypes.get_errno(), f"{name}: {os.strerror(ctypes.get_errno())}")
-    return False
+def python_sandbox_mode() -> str:
+    mode = _mode or os.environ.get("ALIGNLAB_PYTHON_SANDBOX") or "isolated"
+    if mode not in MODES:
+        raise ConfigError(f"ALIGNLAB_PYTHON_SANDBOX must be one of {', '.join(MODES)}, got {mode!r}")
+    return mode
 
 
-def _exposure_plan(base: str) -> list:
-    """[(private dir, [(python dir, stage dir)])] for the Python dirs a dropped uid cannot reach."""
-    dirs = {os.path.realpath(d) for d in (sys.prefix, sys.base_prefix, sys.exec_prefix, sys.base_exec_prefix,
-                                          os.path.dirname(os.path.realpath(sys.executable)))}
-    plan: dict = {}
-    for d in sorted(dirs):  # parents first, so a nested dir rides on its parent's bind
-        cur = "/"
-        for part in d.strip("/").split("/"):
-            cur = os.path.join(cur, part)
-            if not os.stat(cur).st_mode & 0o001:
-                kept = plan.setdefault(cur, [])
-                if cur != d and not any(d.startswith(k + "/") for k, _ in kept):
-                    kept.append((d, os.path.join(base, f"stage{sum(map(len, plan.values()))}")))
-                    os.mkdir(kept[-1][1])
-                break
-    return list(plan.items())
+def check_python_sandbox() -> None:
+    """Refuse at setup, not at the first tool call, where model-written code could not be isolated."""
+    global _checked
+    if _checked or python_sandbox_mode() == "unsafe":
+        return
+    result = run_python("pass", SandboxLimits(wall_seconds=30))
+    if not result.ok:
+        raise ConfigError(f"the python tool: {result.error}")
+    _checked = True
 
 
-def _isolate(work: str, plan: list, limits: SandboxLimits, uid: int) -> bool:
-    """Namespaces (in the child, as root); returns whether a PID namespace was made."""
-    _c("unshare", _NEWNET, check=False)
-    # Mounts only once nothing propagates back to the host.
-    if _c("unshare", _NEWNS, check=False) and _c("mount", b"none", b"/", None, _MS_REC | _MS_PRIVATE, None,
-                                                 check=False):
-        for hidden, binds in plan:
-            for d, stage in binds:
-                _c("mount", d.encode(), stage.encode(), None, _MS_BIND | _MS_REC, None)
-            _c("mount", b"tmpfs", hidden.encode(), b"tmpfs", _MS_NOSUID | _MS_NODEV, b"mode=0755")
-            for d, stage in binds:
-                os.makedirs(d, exist_ok=True)
-                _c("mount", stage.encode(), d.encode(), None, _MS_MOVE, None)
-        opts = f"size={limits.file_bytes},nr_inodes=4096,mode=0700,uid={uid},gid={uid}".encode()
-        if _c("mount", b"tmpfs", work.encode(), b"tmpfs", _MS_NOSUID | _MS_NODEV, opts, check=False):
-            os.chdir(work)  # subprocess chdir'd before this mount: step onto the tmpfs
-    return _c("unshare", _NEWPID, check=False)
+def _refusal(why: str) -> str:
+    return (f"sandbox: cannot isolate model-written code on this machine ({why}). Allow unprivileged user "
+            "namespaces (sysctl user.max_user_namespaces > 0; on Ubuntu also "
+            "kernel.apparmor_restrict_unprivileged_userns=0), or set grpo.python_sandbox=unsafe "
+            "(ALIGNLAB_PYTHON_SANDBOX=unsafe outside GRPO) to run it with rlimits and an audit hook only")
 
 
-def _prepare_child(limits: SandboxLimits, work: str, plan: list, uid: int | None, report: int) -> None:
-    """preexec_fn: runs in the forked child, before exec."""
+def _host_root() -> bool:
+    """Root of the initial user namespace, which may map a fresh uid (root of a rootless container may not)."""
     try:
-        if uid is not None:
-            _c("prctl", _PDEATHSIG, signal.SIGKILL, 0, 0, 0)  # a dead caller takes the run down
-            if _isolate(work, plan, limits, uid):
-                for step in range(2):  # this process waits for the namespace's init, which waits for the code
-                    pid = os.fork()
-                    if pid:
-                        if step == 0:
-                            os.write(report, f"pid {pid}\n".encode())
-                        os.close(report)
-                        os.execv(sys.executable, [sys.executable, "-I", "-S", "-B", "-c", _WAITER, str(pid)])
-                    _c("prctl", _PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-        cpu = max(1, int(limits.cpu_seconds + 0.999))
-        for res, soft, hard in ((resource.RLIMIT_CPU, cpu, cpu + 1),  # SIGXCPU, then SIGKILL a second later
-                                (resource.RLIMIT_AS, limits.memory_mb << 20, limits.memory_mb << 20),
-                                (resource.RLIMIT_FSIZE, limits.file_bytes, limits.file_bytes),
-                                (resource.RLIMIT_NPROC, limits.max_processes, limits.max_processes),
-                                (resource.RLIMIT_NOFILE, 256, 256), (resource.RLIMIT_CORE, 0, 0)):
-            cap = resource.getrlimit(res)[1]  # without root a hard limit can only go down
-            cap = hard if cap == resource.RLIM_INFINITY else min(hard, cap)
-            resource.setrlimit(res, (min(soft, cap), cap))
-        if uid is not None:
-            os.setgroups([])
-            os.setgid(uid)
-            os.setuid(uid)
-            _c("prctl", _NO_NEW_PRIVS, 1, 0, 0, 0)  # no setuid binary hands privileges back
-        os.close(report)
-    except BaseException as e:
-        os.write(report, f"{type(e).__name__}: {e}\n".encode())
-        raise
+        with open("/proc/self/uid_map") as f:
+            return os.geteuid() == 0 and f.read().split() == ["0", "0", "4294967295"]
+    except OSError:
+        return False
+
+
+def _write_maps(pid: int, fresh: int | None) -> None:
+    """Map the child's uid/gid in its new user namespace: to a fresh id as root (only a process outside the
+    namespace may map an id other than its own), else to the caller's own."""
+    uid, gid = (fresh, fresh) if fresh is not None else (os.geteuid(), os.getegid())
+    for name, text in (("setgroups", "deny"), ("uid_map", f"{_INNER_ID} {uid} 1"),
+                       ("gid_map", f"{_INNER_ID} {gid} 1")):
+        with open(f"/proc/{pid}/{name}", "w") as f:
+            f.write(text)
+
+
+class _Report:
+    """The child's setup messages, one a line, until it closes the pipe (the code is about to run)."""
+
+    def __init__(self, fd: int):
+        self.fd, self.buf = fd, b""
+
+    def line(self, deadline: float) -> str | None:
+        """The next line; None at EOF; "timeout" when the deadline passes first."""
+        while b"\n" not in self.buf:
+            if not select.select([self.fd], [], [], max(0.0, deadline - time.monotonic()))[0]:
+                return "timeout"
+            chunk = os.read(self.fd, 4096)
+            if not chunk:
+                return self.buf.decode(errors="replace") or None
+            self.buf += chunk
+        line, _, self.buf = self.buf.partition(b"\n")
+        return line.decode(errors="replace")
+
+
+def _start(proc: subprocess.Popen, report: _Report, data: bytes, fresh: int | None, isolated: bool,
+           deadline: float) -> str | None:
+    """The setup handshake; returns why it failed ("timeout" for the deadline), or None once the code runs."""
+    if isolated:
+        line = report.line(deadline)
+        if line != "ready":
+            return _failure(line)
+        try:
+            _write_maps(proc.pid, fresh)
+        except OSError as e:
+            return _refusal(f"writing its uid/gid maps: {e}")
+    try:
+        proc.stdin.write(data)  # the child reads it whole, then sets up the rest
+        proc.stdin.close()
+    except BrokenPipeError:
+        pass
+    line = report.line(deadline)
+    return None if line is None else _failure(line)
+
+
+def _failure(line: str | None) -> str:
+    if line in (None, "timeout"):
+        return line or "sandbox setup failed: the child exited during setup"
+    kind, _, why = line.partition(" ")
+    return _refusal(why) if kind == "noiso" else f"sandbox setup failed: {why}"
 
 
 def _read_capped(stream, deadline: float, cap: int) -> tuple[bytes, str | None]:
@@ -215,87 +196,71 @@ def _read_capped(stream, deadline: float, cap: int) -> tuple[bytes, str | None]:
     return bytes(buf), "wall"
 
 
-def _quiet(fn, *args) -> None:
-    try:
-        fn(*args)
-    except OSError:  # already gone
-        pass
+def _spawn(isolated: bool, work: str | None, fresh: int | None, report_w: int, limits: SandboxLimits):
+    home = "/tmp" if isolated else work
+    env = {"PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": home, "TMPDIR": home, "LANG": "C.UTF-8",
+           "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}  # threads are processes
+    args = {"mode": "isolated" if isolated else "unsafe", "report": report_w, "ppid": os.getpid(),
+            "gid": fresh, "work": work, "tripwire": int(_TRIPWIRE), "cpu_seconds": limits.cpu_seconds,
+            "memory_bytes": limits.memory_mb << 20, "file_bytes": limits.file_bytes,
+            "max_processes": limits.max_processes}
+    # No preexec_fn: the caller may be a multi-threaded trainer, and this way it is never forked
+    # into running Python; every step happens in the fresh interpreter.
+    return subprocess.Popen(
+        [sys.executable, "-I", "-S", "-B", "-u", "-X", "utf8", _BOOT, *(f"{k}={v}" for k, v in args.items())],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, cwd=work or "/",
+        start_new_session=True, pass_fds=(report_w,))
 
 
 def run_python(code: str, limits: SandboxLimits = SandboxLimits()) -> SandboxResult:
     """Run `code` as a script in a fresh sandboxed interpreter; nothing the code does makes this raise."""
-    global _LIBC
     start = time.monotonic()
-    base = tempfile.mkdtemp(prefix="alignlab-sandbox-")
-    proc = ns_init = None
+    deadline = start + limits.wall_seconds
+    isolated = python_sandbox_mode() == "isolated"
+    data = code.encode("utf-8", errors="replace")  # lone surrogates would fail in the child
+    if len(data) > _MAX_CODE_BYTES:
+        return SandboxResult(False, "", f"the code is over {_MAX_CODE_BYTES} bytes", 0.0)
+    fresh = _UID_BASE + random.randrange(1 << 24) if _host_root() else None
+    work = None if isolated else tempfile.mkdtemp(prefix="alignlab-sandbox-")
+    proc = None
+    report_r, report_w = os.pipe()
     try:
-        work, code_file = os.path.join(base, "work"), os.path.join(base, "snippet.py")
-        os.mkdir(work, 0o700)
-        with open(code_file, "w", encoding="utf-8", errors="replace") as f:  # lone surrogates fail in the child
-            f.write(code)
-        uid, plan = None, []
-        if os.geteuid() == 0:
-            if _LIBC is None:
-                import ctypes
-                _LIBC = ctypes.CDLL(None, use_errno=True)
-                _LIBC.unshare, _LIBC.mount, _LIBC.prctl  # look the symbols up here, not in the forked child
-            uid = _UID_BASE + random.randrange(1 << 24)
-            os.chmod(base, 0o711)
-            os.chmod(code_file, 0o644)
-            os.chown(work, uid, uid)
-            plan = _exposure_plan(base)
-        env = {"PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": work, "TMPDIR": work, "LANG": "C.UTF-8",
-               "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}  # threads are processes
-        report_r, report_w = os.pipe()  # the child's setup error, or the host pid of the namespace's init
-        failure, report = None, ""
         try:
-            proc = subprocess.Popen(
-                [sys.executable, "-I", "-B", "-u", "-X", "utf8", "-c", _BOOT, work, code_file], cwd=work, env=env,
-                stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True,
-                pass_fds=(report_w,), preexec_fn=lambda: _prepare_child(limits, work, plan, uid, report_w))
-        except (OSError, subprocess.SubprocessError) as e:
-            failure = e
+            proc = _spawn(isolated, work, fresh, report_w, limits)
+        except OSError as e:
+            return SandboxResult(False, "", f"sandbox setup failed: {e}", time.monotonic() - start)
         finally:
             os.close(report_w)
-            os.set_blocking(report_r, False)
-            try:
-                report = os.read(report_r, 4096).decode(errors="replace").strip()
-            except BlockingIOError:
-                pass
-            os.close(report_r)
-        if proc is None:
-            why = [line for line in report.splitlines() if not line.startswith("pid ")] or [failure]
-            return SandboxResult(False, "", f"sandbox setup failed: {why[-1]}", time.monotonic() - start)
-        if report.startswith("pid "):
-            try:
-                ns_init = os.pidfd_open(int(report.split()[1]))
-            except OSError:
-                ns_init = -1  # already exited: the namespace is gone
-        deadline = start + limits.wall_seconds
-        out, reason = _read_capped(proc.stdout, deadline, limits.output_bytes)
-        if reason is None:  # EOF: wait for the exit without reaping, so the group id stays reserved for the kill
-            pidfd = os.pidfd_open(proc.pid)
-            if not select.select([pidfd], [], [], max(0.0, deadline - time.monotonic()))[0]:
-                reason = "wall"
-            os.close(pidfd)
-        # Kill what is left: the namespace through its init (the kernel kills and reaps the rest), else
-        # the process group, whose id is still reserved because `proc` is not reaped yet.
-        if ns_init is None:
-            _quiet(os.killpg, proc.pid, signal.SIGKILL)
-        elif ns_init >= 0:
-            _quiet(signal.pidfd_send_signal, ns_init, signal.SIGKILL)
+        failure = _start(proc, _Report(report_r), data, fresh, isolated, deadline)
+        out, reason = b"", "wall" if failure == "timeout" else None
+        if failure is None:
+            out, reason = _read_capped(proc.stdout, deadline, limits.output_bytes)
+            if reason is None:  # EOF: wait for the exit without reaping, so the group id stays reserved
+                pidfd = os.pidfd_open(proc.pid)
+                if not select.select([pidfd], [], [], max(0.0, deadline - time.monotonic()))[0]:
+                    reason = "wall"
+                os.close(pidfd)
+        # Kill what is left: the group holds the namespace's init (which never leaves it), whose end
+        # kills everything inside; unsafe, whatever the code left in the group.
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except OSError:  # already gone
+            pass
         try:
             proc.wait(5)
         except subprocess.TimeoutExpired:  # stuck in the kernel: do not hang the caller on it
-            _quiet(os.killpg, proc.pid, signal.SIGKILL)
-        return SandboxResult(*_verdict(out, reason, proc.returncode, ns_init is not None, limits),
+            pass
+        if failure not in (None, "timeout"):  # with what the child printed (a crash's traceback)
+            out = _read_capped(proc.stdout, time.monotonic() + 1, limits.output_bytes)[0]
+            return SandboxResult(False, out.decode(errors="replace"), failure, time.monotonic() - start)
+        return SandboxResult(*_verdict(out, reason, proc.returncode, isolated, limits),
                              seconds=time.monotonic() - start)
     finally:
+        os.close(report_r)
         if proc is not None:
             proc.stdout.close()
-        if ns_init is not None and ns_init >= 0:
-            os.close(ns_init)
-        shutil.rmtree(base, ignore_errors=True)
+        if work is not None:
+            shutil.rmtree(work, ignore_errors=True)
 
 
 def _verdict(out: bytes, reason: str | None, rc: int | None, waiters: bool, limits: SandboxLimits) -> tuple:

@@ -39,8 +39,9 @@ def multiply(a: int, b: int) -> int:
 
 def _builtin_tool(name: str) -> Callable:
     if name == "python":  # model-written code runs in a separate, limited process (generation/sandbox.py)
-        from alignlab.generation.sandbox import python
+        from alignlab.generation.sandbox import check_python_sandbox, python
 
+        check_python_sandbox()  # refused here, at setup, where it could not be isolated (grpo.python_sandbox)
         return python
     return multiply
 

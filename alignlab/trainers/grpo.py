@@ -70,6 +70,7 @@ from alignlab.model.loading import (count_parameters, disable_dropout, is_peft, 
 from alignlab.rewards import RewardScores, get_reward, score_completions
 from alignlab.generation.sampler import Rollout, concat_rollouts, generate
 from alignlab.generation.multi_turn import multi_turn_rollout, process_max, trajectory_columns, turn_settings
+from alignlab.generation.sandbox import set_python_sandbox
 from alignlab.generation.vllm import build_engine, engine_awake, engine_or_none
 from alignlab.engine.tracking import append_jsonl
 from alignlab.engine.data_order import IndexSampler
@@ -96,6 +97,7 @@ class GRPOTrainer:
         self.config, self.grpo, self.train = config, config.grpo, config.train
         self.run = TrainingRun("grpo", config)
         self.tokenizer = load_tokenizer(config.model.name_or_path, trust_remote_code=config.model.trust_remote_code)
+        set_python_sandbox(self.grpo.python_sandbox)  # before the python tool loads: it checks the sandbox
         self.turns = turn_settings(self.grpo.tools, tool_parser=self.grpo.tool_parser,
                                    max_tool_turns=self.grpo.max_tool_turns, tool_timeout=self.grpo.tool_timeout,
                                    environment=self.grpo.environment, on_long=config.data.on_long,

@@ -1,28 +1,43 @@
-"""The sandboxed `python` tool: ordinary code runs, hostile code fails within its limits and the caller goes on."""
+"""The sandboxed `python` tool: ordinary code runs, hostile code fails within its limits and the caller goes on.
 
+Hostile code runs twice more through sandbox_hostile.py, as root and as a normal user (uid 65534),
+with the audit hook off: what must hold there is what the kernel enforces.
+"""
+
+import json
 import os
 import re
+import secrets
+import shlex
+import shutil
 import socket
+import subprocess
+import sys
 import tempfile
+from pathlib import Path
 
 import pytest
 
+from alignlab.errors import ConfigError
+from alignlab.generation import sandbox
 from alignlab.generation.sandbox import SandboxLimits, python, run_python
 
 SMALL = SandboxLimits(cpu_seconds=2, wall_seconds=3, memory_mb=256)
 ROOT = os.geteuid() == 0
+REPO = Path(__file__).resolve().parents[2]
+HOSTILE = Path(__file__).with_name("sandbox_hostile.py")
 
 
-def processes_of(uid: int) -> list[str]:
-    """Pids (zombies included) whose real uid is `uid`."""
+def sandbox_processes() -> list[str]:
+    """Processes of this test process's sandbox runs still alive: their command line names it (ppid=)."""
     found = []
     for pid in filter(str.isdigit, os.listdir("/proc")):
         try:
-            with open(f"/proc/{pid}/status") as f:
-                status = f.read()
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                cmd = f.read()
         except OSError:
             continue
-        if re.search(rf"^Uid:\s+{uid}\s", status, re.M):
+        if b"sandbox_boot.py" in cmd and f"ppid={os.getpid()}".encode() in cmd:
             found.append(pid)
     return found
 
@@ -91,19 +106,15 @@ def test_fork_bomb_is_contained_and_leaves_no_process():
     result = run_python("import os\nprint(os.getuid(), flush=True)\nwhile True:\n    os.fork()", SMALL)
     assert not result.ok and result.seconds < SMALL.wall_seconds + 2
     assert "BlockingIOError" in result.output or result.error.startswith(("timeout", "output limit"))
-    if ROOT:
-        uid = int(result.output.split()[0])
-        assert uid != 0 and processes_of(uid) == []
+    assert sandbox_processes() == []
     assert run_python("print('still fine')", SMALL).output == "still fine\n"
 
 
-@pytest.mark.skipif(not ROOT, reason="the run has its own uid (to look for leftovers by) only as root")
 def test_a_process_that_leaves_the_group_is_killed_too():
-    code = ("import os, time\nprint(os.getuid(), flush=True)\n"
-            "if os.fork() == 0:\n    os.setsid()\n    time.sleep(60)\n")
+    code = "import os, time\nif os.fork() == 0:\n    os.setsid()\n    time.sleep(60)\nprint('parent done')"
     result = run_python(code, SMALL)
-    assert result.ok and result.seconds < 2
-    assert processes_of(int(result.output.split()[0])) == []
+    assert result.ok and result.output == "parent done\n" and result.seconds < 2
+    assert sandbox_processes() == []
 
 
 def test_huge_allocation_is_a_memory_error_in_the_child_only():
@@ -173,10 +184,166 @@ def test_shells_subprocesses_and_libc_are_refused(code):
     assert "PermissionError: sandbox:" in result.output
 
 
-def test_the_environment_is_fresh_and_the_directory_is_removed(monkeypatch):
+def test_the_environment_is_fresh_and_nothing_is_left_on_the_host(monkeypatch):
+    monkeypatch.setenv("ALIGNLAB_SECRET", "s3cr3t-5a1f")
+    mark = f"alignlab-test-{secrets.token_hex(4)}"
+    result = run_python(f"import os\nprint(os.getcwd())\nprint(sorted(os.environ.items()))\n"
+                        f"open('{mark}', 'w').write('x')", SMALL)
+    assert result.ok, result.output
+    cwd, env = result.output.splitlines()
+    assert "s3cr3t-5a1f" not in env and "ALIGNLAB_SECRET" not in env
+    assert cwd == "/tmp" and "('HOME', '/tmp')" in env  # its own /tmp, not the host's
+    assert not os.path.exists(f"/tmp/{mark}")
+    assert run_python(f"import os\nprint(os.path.exists('{mark}'), os.listdir('.'))", SMALL).output == "False []\n"
+
+
+def test_unsafe_mode_runs_in_a_host_directory_that_is_removed(monkeypatch):
+    monkeypatch.setattr(sandbox, "_mode", "unsafe")
     monkeypatch.setenv("ALIGNLAB_SECRET", "s3cr3t-5a1f")
     result = run_python("import os\nprint(os.getcwd())\nprint(sorted(os.environ.items()))", SMALL)
     assert result.ok, result.output
     cwd, env = result.output.splitlines()
-    assert "s3cr3t-5a1f" not in env and "ALIGNLAB_SECRET" not in env
-    assert cwd.startswith(tempfile.gettempdir()) and not os.path.exists(cwd) and not os.path.exists(os.path.dirname(cwd))
+    assert "s3cr3t-5a1f" not in env
+    assert cwd.startswith(tempfile.gettempdir() + "/alignlab-sandbox-") and not os.path.exists(cwd)
+
+
+# --- hostile code as root and as a normal user (the kernel's layers alone: the audit hook is off) ---
+
+def exposure_script() -> list[str]:
+    """Shell lines that, in a private mount namespace of root's, make the Python tree reachable by another
+    uid without changing the host: a dir closed to others on the way to it (/root for /root/.pyenv) is
+    covered by a tmpfs and the tree bound back."""
+    plan: dict[str, set[str]] = {}
+    for tree in {os.path.realpath(p) for p in (sys.prefix, sys.base_prefix, sys.exec_prefix, sys.base_exec_prefix)}:
+        cur = "/"
+        for part in tree.strip("/").split("/"):
+            nxt = os.path.join(cur, part)
+            if not os.stat(cur).st_mode & 0o001:
+                plan.setdefault(cur, set()).add(nxt)
+                break
+            cur = nxt
+    lines = ["set -e", 'stage=$(mktemp -d)']
+    for closed, keeps in plan.items():
+        for i, keep in enumerate(sorted(keeps)):
+            lines += [f"mkdir $stage/{i}", f"mount --bind {shlex.quote(keep)} $stage/{i}"]
+        lines.append(f"mount -t tmpfs -o mode=0755,size=64k tmpfs {shlex.quote(closed)}")
+        for i, keep in enumerate(sorted(keeps)):
+            lines += [f"mkdir -p {shlex.quote(keep)}", f"mount --move $stage/{i} {shlex.quote(keep)}"]
+    return lines + ["rm -r $stage"]
+
+
+def run_hostile(tmp_path, as_nobody: bool) -> tuple[dict, str, str]:
+    """sandbox_hostile.py's report, run as this uid or as nobody (65534, no groups, no capabilities)."""
+    mark, token = f"alignlab-hostile-{secrets.token_hex(4)}", f"hf_{secrets.token_hex(8)}"
+    secret = Path(tempfile.mkdtemp(prefix="alignlab-test-")) / "secret.txt"  # world-readable, in the host's /tmp
+    secret.write_text(f"SECRET-{token}")
+    secret.parent.chmod(0o755)
+    secret.chmod(0o644)
+    env = {"PATH": os.environ["PATH"], "HOME": "/", "PYTHONPATH": str(REPO), "HF_TOKEN": token,
+           "WANDB_API_KEY": token, "LANG": "C.UTF-8"}
+    cmd = [sys.executable, str(HOSTILE), mark, str(secret), "no-tripwire"]
+    if as_nobody:
+        drop = "exec setpriv --reuid=65534 --regid=65534 --clear-groups --inh-caps=-all -- " + shlex.join(cmd)
+        cmd = ["unshare", "--mount", "--propagation", "private", "sh", "-c", "\n".join(exposure_script() + [drop])]
+    try:
+        done = subprocess.run(cmd, env=env, check=False, capture_output=True, text=True, timeout=240, cwd="/")
+        assert done.returncode == 0, f"the driver died (killed by its sandbox?): {done.returncode}\n{done.stderr[-3000:]}"
+        return json.loads(done.stdout.splitlines()[-1]), mark, token
+    finally:
+        leaked = [n for n in os.listdir("/tmp") if n.startswith(mark)]
+        shutil.rmtree(secret.parent)
+        for name in leaked:
+            os.remove(os.path.join("/tmp", name))
+        assert leaked == [], f"left in the host's /tmp: {leaked}"
+
+
+def check_hostile(report: dict, mark: str, token: str) -> None:
+    for name, r in report.items():
+        if isinstance(r, dict):
+            assert r["leftovers"] == [] and r["host_tmp"] == [], (name, r)
+            assert token not in r["output"], (name, r["output"])
+    assert "'HOME': '/tmp'" in report["environ"]["output"]  # it ran, with an environment of its own
+    visible = [int(p) for p in re.search(r"visible \[(.*)\]", report["kill"]["output"]).group(1).split(", ") if p]
+    assert len(visible) <= 3 and all(p < 100 for p in visible), visible  # only its own PID namespace
+    write = report["write_out"]["output"]
+    assert f"wrote L/tmp/{mark}-dirfd" in write and f"wrote /tmp/{mark}-direct" in write  # into its own /tmp
+    assert "refused" in write and "prefix" in write.split("refused")[1] and "wrote /usr" not in write
+    assert "SECRET-" not in report["read_out"]["output"] and "refused" in report["read_out"]["output"]
+    assert report["leave"]["ok"] and report["leave"]["output"] == "forked\n"
+    assert report["find_left"]["output"] == "[] [] False\n", report["find_left"]  # the next call starts empty
+    assert not report["fork_bomb"]["ok"] and report["fork_bomb"]["seconds"] < 8
+    assert report["memory"]["error"] == "memory limit"
+    assert not report["network"]["ok"] and "CONNECTED" not in report["network"]["output"]
+    assert not report["network"]["accepted"]
+
+
+def test_hostile_code_as_this_user(tmp_path):
+    report, mark, token = run_hostile(tmp_path, as_nobody=False)
+    assert report["uid"] == os.getuid()
+    check_hostile(report, mark, token)
+
+
+@pytest.mark.skipif(not ROOT or not shutil.which("setpriv") or not shutil.which("unshare"),
+                    reason="simulating a normal user takes root, setpriv and unshare (as a normal user the test above is it)")
+def test_hostile_code_as_a_normal_user(tmp_path):
+    report, mark, token = run_hostile(tmp_path, as_nobody=True)
+    assert report["uid"] == 65534
+    check_hostile(report, mark, token)
+
+
+# --- the audit hook resolves paths as the kernel does: dir_fd and symlink targets included ---
+
+@pytest.mark.parametrize("mode", ["isolated", "unsafe"])
+def test_the_hook_follows_dir_fd_and_symlink_targets(monkeypatch, mode):
+    monkeypatch.setattr(sandbox, "_mode", mode)
+    mark = f"alignlab-test-{secrets.token_hex(4)}"
+    route = HOSTILE.read_text().split('DIR_FD_ROUTE = """')[1].split('"""')[0]
+    code = route + f"os.close(os.open('L/tmp/{mark}', os.O_CREAT | os.O_WRONLY, dir_fd=d))\nprint('WROTE')"
+    result = run_python(code, SMALL)
+    assert not os.path.exists(f"/tmp/{mark}")
+    assert not result.ok and "WROTE" not in result.output
+    assert "PermissionError: sandbox: os.symlink on 'q/../.." in result.output, result.output
+    # Relative to a directory descriptor: refused outside, allowed inside (shutil.rmtree works that way).
+    code = ("import os, sys, tempfile\nwith tempfile.TemporaryDirectory() as t:\n"
+            "    open(t + '/f', 'w').write('x')\n    d = os.open(t, os.O_RDONLY)\n"
+            "    os.mkdir('sub', dir_fd=d)\n    print(sorted(os.listdir(t)))\nprint(os.path.exists(t))\n"
+            "p = os.open(sys.prefix, os.O_RDONLY)\n"
+            "os.open('x', os.O_CREAT | os.O_WRONLY, dir_fd=p)")
+    result = run_python(code, SMALL)
+    assert result.output.startswith("['f', 'sub']\nFalse\n"), result.output
+    assert "PermissionError: sandbox: open on 'x' is not allowed" in result.output
+
+
+def test_signals_to_processes_not_its_own_are_refused():
+    result = run_python(f"import os, signal\nos.kill({os.getpid()}, signal.SIGTERM)", SMALL)
+    assert "PermissionError: sandbox: os.kill" in result.output
+    code = "import os, signal, time\npid = os.fork()\nif pid == 0:\n    time.sleep(30)\nos.kill(pid, signal.SIGKILL)\n" \
+           "print(os.waitpid(pid, 0)[1])"
+    assert run_python(code, SMALL).output == "9\n"  # its own child it may signal
+
+
+# --- where no isolation is available: refused unless the user opts in ---
+
+def test_without_user_namespaces_model_code_is_refused_unless_unsafe():
+    if subprocess.run(["unshare", "-Ur", "true"], check=False, capture_output=True).returncode != 0:
+        pytest.skip("unshare -Ur is not available here")
+    probe = (
+        "import json\nfrom alignlab.errors import ConfigError\nfrom alignlab.generation import sandbox, tools\n"
+        "out = {'refused': sandbox.run_python('print(41 + 1)').error}\n"
+        "try:\n    tools.load_tools(['python'])\nexcept ConfigError as e:\n    out['load'] = str(e)\n"
+        "sandbox.set_python_sandbox('unsafe')\nout['unsafe'] = sandbox.run_python('print(41 + 1)').output\n"
+        "out['loaded'] = list(tools.load_tools(['python']))\nprint(json.dumps(out))")
+    # A user namespace of this test's own in which no further user namespace may be made.
+    script = f"echo 0 > /proc/sys/user/max_user_namespaces && exec {shlex.quote(sys.executable)} -c {shlex.quote(probe)}"
+    done = subprocess.run(["unshare", "-Ur", "sh", "-c", script], check=False, capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert done.returncode == 0, done.stderr[-3000:]
+    out = json.loads(done.stdout.splitlines()[-1])
+    assert out["refused"].startswith("sandbox: cannot isolate") and "grpo.python_sandbox=unsafe" in out["refused"]
+    assert "grpo.python_sandbox=unsafe" in out["load"]
+    assert out["unsafe"] == "42\n" and out["loaded"] == ["python"]
+
+
+def test_the_mode_is_checked():
+    with pytest.raises(ConfigError, match="grpo.python_sandbox must be one of isolated, unsafe"):
+        sandbox.set_python_sandbox("off")
