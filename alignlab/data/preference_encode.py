@@ -1,7 +1,8 @@
 """Preference pairs -> token ids, with the documented truncation policy.
 
 Truncation (`train.max_length` bounds prompt + the longer response):
-1. cut the prompt from the left, keeping at least 8 tokens of it (the most recent turns matter most);
+1. cut the prompt from the left, keeping at least 8 tokens of it (the most recent turns matter most)
+   and a leading BOS;
 2. then cut both responses from the right to the room left.
 `data.on_long=drop` (default) drops such pairs instead, `error` fails naming the row. Counts are reported.
 """
@@ -49,7 +50,8 @@ def encode_pairs(examples, templater: Templater, *, max_length: int, on_long: st
                 stats.dropped_long += 1
                 continue
             response_len = max(len(chosen_ids), len(rejected_ids))
-            kept_prompt, _, _ = fit_length(prompt_ids, [0] * response_len, max_length)
+            kept_prompt, _, _ = fit_length(prompt_ids, [0] * response_len, max_length,
+                                           bos_id=templater.tokenizer.bos_token_id)
             room = max_length - len(kept_prompt)
             prompt_ids, chosen_ids, rejected_ids = kept_prompt, chosen_ids[:room], rejected_ids[:room]
             stats.truncated += 1

@@ -38,27 +38,33 @@ def rewriting_tokenizer(tiny_model_dir):
 
 
 def test_multi_turn_sft_with_a_template_that_rewrites_history(rewriting_tokenizer):
-    """The ids are exactly the template's render of the whole conversation, and the loss covers each
-    assistant turn as it appears there (the first without its reasoning) through <|im_end|>."""
+    """One example per assistant turn (data.multi_turn=per_turn), each as the template renders it when that
+    turn is the last: the first with its reasoning, trained through <|im_end|>; the second after the first as
+    the template shows it later (reasoning dropped). One sequence for both (all_turns) fails naming the turn."""
+    from alignlab.errors import DataError
+
     tok = rewriting_tokenizer
-    ids, mask = encode_conversation(Templater(tok), CONVERSATION)
-    full = tok.apply_chat_template(CONVERSATION, tokenize=False)
-    assert ids == tok(full, add_special_tokens=False)["input_ids"]
-    trained = tok.decode([i for i, m in zip(ids, mask) if m])
-    assert trained == "2<|im_end|><think>two and two</think>4<|im_end|>"
-    # Nothing of the user turns or the role headers is trained.
-    assert "1+1" not in trained and "assistant" not in trained
+    examples = encode_conversation(Templater(tok), CONVERSATION, mode="per_turn")
+    for (ids, mask), turn in zip(examples, (1, 3)):
+        full = tok.apply_chat_template(CONVERSATION[: turn + 1], tokenize=False)
+        assert ids == tok(full, add_special_tokens=False)["input_ids"][: len(ids)]
+        prompt = tok.apply_chat_template(CONVERSATION[:turn], tokenize=False, add_generation_prompt=True)
+        assert tok.decode(ids[: mask.index(1)]) == prompt and set(mask[mask.index(1):]) == {1}
+    assert [tok.decode([i for i, m in zip(ids, mask) if m]) for ids, mask in examples] == [
+        "<think>one and one</think>2<|im_end|>", "<think>two and two</think>4<|im_end|>"]
+    with pytest.raises(DataError, match="message 3 \\(assistant\\).*data.multi_turn=per_turn"):
+        encode_conversation(Templater(tok), CONVERSATION, mode="all_turns")
 
 
 def test_a_turn_the_template_drops_fails_naming_it(rewriting_tokenizer):
     from alignlab.errors import DataError
 
     tok = rewriting_tokenizer
-    # Rewrites user turns too, only inside longer conversations: the turns before an answer render differently.
+    # Rewrites user turns too, only inside longer conversations: the last turn's history renders differently.
     tok.chat_template = REWRITING_TEMPLATE.replace("{% else %}", "{% elif m['role'] == 'user' and loop.length > 3 "
                                                    "%}{{ '<|im_start|>user\\n[elided]<|im_end|>\\n' }}{% else %}")
-    with pytest.raises(DataError, match="message 1 \\(assistant\\)"):
-        encode_conversation(Templater(tok), CONVERSATION)
+    with pytest.raises(DataError, match="message 3 \\(assistant\\)"):
+        encode_conversation(Templater(tok), CONVERSATION, mode="per_turn")
 
 
 @pytest.fixture(scope="module")
