@@ -37,6 +37,9 @@ class DataConfig:
     system_prompt: Optional[str] = None  # prepended as a system message to every prompt
     chat_template: bool = True  # apply the tokenizer's chat template when it has one
     on_long: str = "drop"  # rows longer than train.max_length: drop (with a warning) | truncate | error
+    # SFT `messages` rows: auto (per_turn where the chat template rewrites earlier turns, e.g. Qwen3 / R1-Distill
+    # drop their reasoning; else all_turns) | per_turn (one example per assistant turn) | last_turn | all_turns
+    multi_turn: str = "auto"
     skip_bad_rows: bool = False  # count and skip malformed rows instead of failing
     max_rows: Optional[int] = None
     format: str = "auto"  # auto (detected from the columns) | one of DATA_FORMATS (alignlab/data/public_formats.py)

@@ -111,6 +111,9 @@ def validate(config) -> None:
     if config.data.format not in DATA_FORMATS:
         raise ConfigError(f"data.format must be one of {', '.join(DATA_FORMATS)}, got '{config.data.format}'")
     if config.data.min_score_ratio is not None and config.data.min_score_ratio <= 0:
+    if config.data.multi_turn not in ("auto", "per_turn", "last_turn", "all_turns"):
+        raise ConfigError("data.multi_turn must be auto, per_turn, last_turn or all_turns, "
+                          f"got '{config.data.multi_turn}'")
         raise ConfigError(f"data.min_score_ratio must be positive (or null), got {config.data.min_score_ratio}")
     if config.model.dtype not in ("float32", "bfloat16", "float16", "auto"):
         raise ConfigError(f"model.dtype must be float32, bfloat16, float16 or auto, got '{config.model.dtype}'")
