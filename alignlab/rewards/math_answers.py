@@ -30,7 +30,8 @@ __all__ = ["VERIFY_TIMEOUT_S", "last_boxed", "looks_like_math", "math_equal"]
 #: Seconds for each math-verify parse or comparison (whole seconds: its timer is ``signal.alarm``).
 VERIFY_TIMEOUT_S = 2
 
-_BOX_MARKERS = ("\\boxed{", "\\fbox{")
+_BOX = re.compile(r"\\(?:boxed|fbox)(?![A-Za-z])\s*")  # the command, not \boxedfoo; spaces after it skipped
+_UNBRACED_END = re.compile(r"\$|\\\]|\\\)|\n")  # where an unbraced box's content ends
 _MATH_CHARS = re.compile(r"[0-9\\^_{}()\[\]=+\-*/<>%|.,:;!]")
 _log = logging.getLogger("alignlab")
 _missing_warned = False
@@ -39,25 +40,41 @@ _missing_warned = False
 def last_boxed(text: str) -> str | None:
     r"""Content of the last ``\boxed{...}`` (or ``\fbox{...}``), nested braces honoured; None if absent or unclosed.
 
+    Escaped braces are not group delimiters: ``\left\{ ... \right.`` (cases, a set's left bracket) is
+    content. ``\boxed 5`` (no braces, valid LaTeX) is read as Hendrycks' MATH grader and verl read it:
+    up to the closing ``$`` (or ``\]``, ``\)``, the end of the line), without a final full stop.
+
     >>> last_boxed(r"so $\boxed{\frac{1}{2}}$, not \boxed{3") is None  # the last box is never closed
     True
     >>> last_boxed(r"first \boxed{1}, then \boxed{\frac{\sqrt{3}}{2}}.")
     '\\frac{\\sqrt{3}}{2}'
     >>> last_boxed(r"\fbox{7}"), last_boxed("no box"), last_boxed(r"\boxed{}")
     ('7', None, '')
+    >>> last_boxed(r"so $\boxed 5$."), last_boxed(r"\boxed{\left\{ x \right.}"), last_boxed(r"\boxed")
+    ('5', '\\left\\{ x \\right.', None)
     """
-    start = max(text.rfind(marker) for marker in _BOX_MARKERS)
-    if start < 0:
+    boxes = list(_BOX.finditer(text))
+    if not boxes:
         return None
-    begin = text.index("{", start) + 1
-    depth = 1
-    for end in range(begin, len(text)):
-        if text[end] == "{":
+    begin = boxes[-1].end()
+    if not text.startswith("{", begin):
+        end = _UNBRACED_END.search(text, begin)
+        content = text[begin:end.start() if end else len(text)].strip()
+        content = content[:-1].rstrip() if content.endswith(".") else content
+        return content or None
+    depth, index = 0, begin
+    while index < len(text):
+        char = text[index]
+        if char == "\\":  # an escaped character (\{, \}, \\): never a group delimiter
+            index += 2
+            continue
+        if char == "{":
             depth += 1
-        elif text[end] == "}":
+        elif char == "}":
             depth -= 1
             if depth == 0:
-                return text[begin:end]
+                return text[begin + 1:index]
+        index += 1
     return None
 
 
@@ -82,7 +99,17 @@ def _verifier():
             _log.warning("math-verify is not installed (pip install 'math-verify>=0.9,<0.10'): math answers are "
                          "compared as strings, so equivalent forms such as \\frac{1}{2} and 0.5 score as wrong")
         return None
+    global _warmed
+    if not _warmed:  # the first parse builds the LaTeX grammar (seconds on a loaded CPU): not the time limit's business
+        _warmed = True
+        try:
+            math_verify.verify(math_verify.parse("\\boxed{\\frac{1}{2}}"), math_verify.parse("\\boxed{x^2+1}"))
+        except Exception:  # the timed checks will report what is wrong
+            pass
     return math_verify
+
+
+_warmed = False
 
 
 def _verify(verifier, predicted: str, gold: str, seconds: int | None) -> bool:

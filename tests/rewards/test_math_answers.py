@@ -31,6 +31,14 @@ def test_doctests_pass():
         (r"\fbox{2} then \boxed{3}", "3"),
         (r"\boxed{1} \boxed{2", None),
         ("no box at all", None),
+        (r"so the answer is $\boxed 5$.", "5"),  # LaTeX without braces (Hendrycks' MATH grader reads it too)
+        (r"\boxed 12", "12"),
+        (r"\[\boxed -3.5\] and that is it", "-3.5"),
+        (r"the answer is \boxed 5.", "5"),
+        (r"\boxed{x \in \left\{ 1, 2 \right.}", r"x \in \left\{ 1, 2 \right."),  # \{ is not a group brace
+        (r"\boxed{f(x) = \left\{ \begin{array}{ll} 1 & x > 0 \\ 0 & x \le 0 \end{array} \right.} done",
+         r"f(x) = \left\{ \begin{array}{ll} 1 & x > 0 \\ 0 & x \le 0 \end{array} \right."),
+        (r"\boxedfoo{1}", None),  # another command
     ],
 )
 def test_last_boxed(text, expected):
@@ -66,6 +74,11 @@ def test_boxed_correct_math_equivalence(completion, gold, expected):
     assert boxed_correct([completion], answer=[gold]) == [expected]
     tagged = completion.replace(r"\boxed{", "<answer>", 1)[:-1] + "</answer>"
     assert answer_correct([tagged], answer=[gold]) == [2 * expected]
+
+
+def test_boxes_without_braces_and_with_escaped_braces_are_scored():
+    assert boxed_correct([r"so $\boxed 5$.", r"so $\boxed 6$."], answer=["5", "5"]) == [1.0, 0.0]
+    assert boxed_correct([r"$\boxed{\left\{1, 2\right\}}$"], answer=[r"\{1,2\}"]) == [1.0]
 
 
 def test_a_whole_solution_as_gold_is_read_as_its_last_box():
