@@ -69,8 +69,16 @@ def test_tool_metrics_and_no_tool_token_trained(tmp_path, tiny_model_dir, prompt
         rollouts.append(rollout)
         return rollout, scores
 
+    columns = []
+    real_score = grpo_module.score_completions
+
+    def recording_score(fns, weights, texts, cols, **kwargs):
+        columns.append(cols)
+        return real_score(fns, weights, texts, cols, **kwargs)
+
     monkeypatch.setattr(grpo_module, "grpo_loss", recording_loss)
     monkeypatch.setattr(grpo_module.GRPOTrainer, "_rollout", recording_rollout)
+    monkeypatch.setattr(grpo_module, "score_completions", recording_score)
     out = tmp_path / "run"
     result = run_cli(base_args("grpo", tiny_model_dir, prompts, out, "train.max_steps=2", f"grpo.rewards=[{crc_reward}]",
                                f"data.eval={prompts}", "train.eval_every=2", "grpo.eval_max_prompts=2", *TOOL_ARGS))
@@ -83,6 +91,10 @@ def test_tool_metrics_and_no_tool_token_trained(tmp_path, tiny_model_dir, prompt
         assert record["sampling/sampling_logp_difference/mean"] < 1e-4
         called = [t for t in rollout.trajectories if t["tool_calls"]]
         assert all(t["messages"][1] == {"role": "tool", "name": "multiply", "content": "408"} for t in called)
+        # lengths, for the metrics and for length rewards, count the model's tokens, not the tool's
+        model_tokens = rollout.loss_mask.sum(1)
+        assert record["completions/mean_length"] == pytest.approx(float(model_tokens.float().mean()))
+    assert [c["completion_lengths"] for c in columns] == [r.loss_mask.sum(1).tolist() for r in rollouts]
     # every loss call saw exactly the policy's tokens: no tool token, every model token
     assert seen == [float(r.loss_mask.sum()) for r in rollouts]
     assert all(r.tool_mask.sum() > 0 and r.loss_mask.sum() < r.completion_mask.sum() for r in rollouts)
@@ -135,3 +147,81 @@ def test_dropout_is_off_so_the_trained_forward_is_the_sampler(tmp_path, tiny_mod
         out[flag] = [r["sampling/sampling_logp_difference/mean"] for r in train_records(run)]
     assert max(out["true"]) < 1e-5
     assert max(out["false"][1:]) > 1e-3  # dropout on: the trainer scores another function
+
+
+def test_tool_prompts_follow_data_on_long(tmp_path, tiny_model_dir, prompts, crc_reward, monkeypatch):
+    """Multi-turn prompts are rendered at rollout time; they keep the limit the single-turn ones keep:
+    truncated from the left to train.max_length - grpo.max_completion_length."""
+    seen = []
+    real_rollout = grpo_module.GRPOTrainer._rollout
+
+    def recording_rollout(self, indices):
+        rollout, scores = real_rollout(self, indices)
+        whole = [self.templater.ids(self.templater.prompt_text(self.prompts[i].prompt)) for i in indices]
+        used = [ids[mask.bool()].tolist() for ids, mask in zip(rollout.prompt_ids, rollout.prompt_mask)]
+        seen.append((whole, used))
+        return rollout, scores
+
+    monkeypatch.setattr(grpo_module.GRPOTrainer, "_rollout", recording_rollout)
+    completion, max_length = 16, 40
+    assert run_cli(base_args("grpo", tiny_model_dir, prompts, tmp_path / "run", "train.max_steps=1", "train.batch_size=1",
+                             "grpo.num_generations=2", f"grpo.max_completion_length={completion}",
+                             f"train.max_length={max_length}", "data.on_long=truncate", "grpo.tools=[multiply]",
+                             f"grpo.rewards=[{crc_reward}]")).code == 0
+    ((whole,), used), = seen
+    limit = max_length - completion
+    assert len(whole) > limit and used == [whole[-limit:]] * 2
+
+
+# Process 0's trajectories call the tool on their first turn (a second turn follows); process 1's answer
+# at once (no second turn). Under FSDP every forward is a collective: process 1 must decode process 0's
+# second turn with it. The first turn's texts are forced after our (synced) sampler has run.
+UNEVEN_TURNS = f"""
+import sys
+
+import torch
+
+import alignlab.trainers.grpo as grpo_module
+from alignlab.cli import main
+from alignlab.generation.sampler import generate
+from alignlab.generation.vllm import to_rollout
+
+
+def uneven(model, tokenizer, prompts, *, num_generations=1, **kwargs):
+    out = generate(model, tokenizer, prompts, num_generations=num_generations, **kwargs)
+    if num_generations == 1:  # a later turn: sampled
+        return out
+    text = {CALL!r} if torch.distributed.get_rank() == 0 else "<answer>1</answer>"
+    forced = tokenizer(text, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+    rows = len(prompts) * num_generations
+    return to_rollout(prompts, [forced] * rows, [[0.0] * len(forced)] * rows, num_generations, tokenizer,
+                      [tokenizer.eos_token_id], tokenizer.pad_token_id)
+
+
+grpo_module.generate = uneven
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+@pytest.mark.slow
+def test_fsdp_processes_whose_trajectories_take_different_turns_stay_in_lockstep(tmp_path, tiny_model_dir, prompts,
+                                                                                crc_reward):
+    import subprocess
+    import sys
+
+    from launch import FSDP_ENV, clean_env
+
+    script = tmp_path / "uneven_turns.py"
+    script.write_text(UNEVEN_TURNS)
+    out = tmp_path / "run"
+    argv = base_args("grpo", tiny_model_dir, prompts, out, "train.max_steps=1", "train.batch_size=1",
+                     "grpo.num_generations=2", "grpo.max_completion_length=100", "train.max_length=200",
+                     "grpo.tools=[multiply]", f"grpo.rewards=[{crc_reward}]")
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(script),
+               *[str(a) for a in argv]]
+    # Hung before: process 1 left the rollout while process 0 decoded its second turn.
+    proc = subprocess.run(command, cwd=tmp_path, env=clean_env(FSDP_ENV), capture_output=True, text=True, timeout=150)
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
+    assert "2 processes (FSDP: weights, gradients and optimizer state sharded)" in (out / "train.log").read_text()
+    record, = train_records(out)
+    assert record["turns/mean"] == 1.5 and record["tools/call_frequency"] == 0.5  # 2 turns on process 0, 1 on 1
