@@ -108,12 +108,12 @@ def validate(config) -> None:
         raise ConfigError(f"train.mixed_precision must be no, bf16 or fp16, got '{train.mixed_precision}'")
     if config.data.on_long not in ("drop", "truncate", "error"):
         raise ConfigError(f"data.on_long must be drop, truncate or error, got '{config.data.on_long}'")
-    if config.data.format not in DATA_FORMATS:
-        raise ConfigError(f"data.format must be one of {', '.join(DATA_FORMATS)}, got '{config.data.format}'")
-    if config.data.min_score_ratio is not None and config.data.min_score_ratio <= 0:
     if config.data.multi_turn not in ("auto", "per_turn", "last_turn", "all_turns"):
         raise ConfigError("data.multi_turn must be auto, per_turn, last_turn or all_turns, "
                           f"got '{config.data.multi_turn}'")
+    if config.data.format not in DATA_FORMATS:
+        raise ConfigError(f"data.format must be one of {', '.join(DATA_FORMATS)}, got '{config.data.format}'")
+    if config.data.min_score_ratio is not None and config.data.min_score_ratio <= 0:
         raise ConfigError(f"data.min_score_ratio must be positive (or null), got {config.data.min_score_ratio}")
     if config.model.dtype not in ("float32", "bfloat16", "float16", "auto"):
         raise ConfigError(f"model.dtype must be float32, bfloat16, float16 or auto, got '{config.model.dtype}'")
