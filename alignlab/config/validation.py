@@ -7,6 +7,10 @@ from alignlab.config.sections import DATA_FORMATS, EvalRunConfig, config_section
 from alignlab.errors import ConfigError
 
 
+# The LoRA ranks a vLLM engine can be set up for (vLLM's `max_lora_rank` choices, 0.32): an adapter of
+# rank r is served by the smallest one >= r.
+VLLM_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
+
 # The allowed range of every numeric key that has an obvious one: "> 0", ">= 1", "[0, 1)" (interval
 # brackets: [ ] include the bound, ( ) exclude it), and why, where the range is not self-evident.
 # Checked when a config loads, so a bad value fails before any work with the key and its range.
@@ -135,6 +139,10 @@ def validate(config) -> None:
             raise ConfigError(f"grpo.vllm_sync must be merged or adapter, got '{grpo.vllm_sync}'")
         if grpo.vllm_mode not in ("colocate", "server"):
             raise ConfigError(f"grpo.vllm_mode must be colocate or server, got '{grpo.vllm_mode}'")
+        adapter_sync = grpo.backend == "vllm" and grpo.vllm_sync == "adapter" and config.lora.enabled
+        if adapter_sync and config.lora.r > max(VLLM_LORA_RANKS):
+            raise ConfigError(f"lora.r={config.lora.r} with grpo.vllm_sync=adapter: vLLM serves LoRA ranks up to "
+                              f"{max(VLLM_LORA_RANKS)}; lower lora.r or use grpo.vllm_sync=merged")
         if grpo.reward_errors not in ("raise", "none"):
             raise ConfigError(f"grpo.reward_errors must be raise or none, got '{grpo.reward_errors}'")
         if grpo.python_sandbox not in ("isolated", "unsafe"):

@@ -26,6 +26,7 @@ from typing import Optional
 
 import torch
 
+from alignlab.config.validation import VLLM_LORA_RANKS
 from alignlab.errors import AlignlabError
 from alignlab.generation.full_weights import check_engine_sync, policy_weights
 from alignlab.model.loading import stop_token_ids
@@ -72,7 +73,7 @@ class VLLMEngine:
             import tempfile
 
             self.adapter_dir = tempfile.mkdtemp(prefix="alignlab-adapter-")
-            options.update(enable_lora=True, max_lora_rank=max(8, lora_rank), max_loras=1)
+            options.update(enable_lora=True, max_lora_rank=vllm_max_lora_rank(lora_rank), max_loras=1)
         if on_gpu:
             options.update(gpu_memory_utilization=gpu_memory_utilization, enable_sleep_mode=sleep)
         else:
@@ -173,6 +174,12 @@ class VLLMEngine:
         logps = [[next(iter(d.values())).logprob for d in (choice.logprobs or [])]
                  for output in outputs for choice in output.outputs]
         return to_rollout(prompts, completions, logps, num_generations, self.tokenizer, self.stop_ids, self.pad_id)
+
+
+def vllm_max_lora_rank(rank: int) -> int:
+    """The smallest `max_lora_rank` vLLM accepts that serves an adapter of `rank` (it takes only a few
+    values: 12 is served as 16). Ranks past the largest are refused when the config loads."""
+    return min(choice for choice in VLLM_LORA_RANKS if choice >= rank)
 
 
 def to_rollout(prompts, completions: list[list[int]], logps: list[list[float]], num_generations: int, tokenizer,
