@@ -7,9 +7,9 @@ last one. `auto` (default) is per_turn for templates that rewrite history (Qwen3
 lose their reasoning, so one sequence cannot show each turn as the model generated it) and all_turns for the
 others. With per_turn each example is a sequence like any other: `train.batch_size` counts them, a data
 mixture's weights draw them, and the eval set is encoded the same way, so eval loss is the mean NLL over the
-same trained tokens as the training loss. Every assistant token is trained once in either mode (the loss is a
-mean over trained tokens), so on a template that keeps history per_turn gives the all_turns loss, at the cost
-of computing the history once per turn.
+same trained tokens as the training loss. Every assistant token is trained once in either mode, after the same
+context where the template keeps history, and both losses are means over trained tokens: there per_turn's eval
+loss equals all_turns' (steps see different mixes of turns), at the cost of computing the history once per turn.
 """
 
 from __future__ import annotations
