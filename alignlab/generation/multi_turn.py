@@ -43,6 +43,7 @@ model continues from there. Choices, named:
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from typing import Callable, Optional
 
@@ -52,6 +53,8 @@ from alignlab.data.collate import pad_left, pad_right
 from alignlab.errors import DataError
 from alignlab.generation.sampler import Rollout
 from alignlab.generation.tools import ParsedTurn, ToolResult, ToolRunner
+
+log = logging.getLogger("alignlab")
 
 
 @dataclass
@@ -118,9 +121,17 @@ def fit_prompt(ids: list[int], where: str, settings: TurnSettings) -> list[int]:
     if limit is None or len(ids) <= limit:
         return ids
     if settings.on_long == "error":
-        raise DataError(f"{where}: the prompt (with the environment's first observation) has {len(ids)} tokens, "
-                        f"more than train.max_length - grpo.max_completion_length = {limit} (set data.on_long=truncate)")
+        raise DataError(f"{where}: the prompt (with the environment's first observation) has {len(ids)} tokens, more "
+                        f"than train.max_length - grpo.max_completion_length = {limit} (set data.on_long=truncate)")
+    if settings.on_long == "drop" and not _warned_truncation:
+        _warned_truncation.append(where)
+        log.warning("%s: the prompt with the environment's first observation has %d tokens, more than %d; "
+                    "truncated from the left (data.on_long=drop cannot drop a prompt already drawn; said once)",
+                    where, len(ids), limit)
     return ids[-limit:]  # the end: where the question, the observation and the generation prompt are
+
+
+_warned_truncation: list[str] = []
 
 
 def start_trajectories(templater, prompts: list, rows: list[dict], num_generations: int, settings: TurnSettings,
