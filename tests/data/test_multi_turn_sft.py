@@ -150,6 +150,28 @@ def test_per_turn_on_a_template_that_keeps_history_trains_the_same_tokens(tiny_t
     assert trained == [i for i, m in enumerate(all_mask) if m]
 
 
+
+def test_per_turn_and_all_turns_give_the_same_mean_nll_where_history_is_kept(tiny_tokenizer, tiny_model_dir):
+    """The eval loss (mean NLL over trained tokens) of one conversation, each example scored alone in float64."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float64).eval()
+
+    def mean_nll(examples):
+        total, count = 0.0, 0
+        for ids, mask in examples:
+            with torch.no_grad():
+                logps = torch.log_softmax(model(torch.tensor([ids])).logits[0, :-1], -1)  # [T-1, V]
+            picked = logps.gather(-1, torch.tensor(ids[1:])[:, None])[:, 0]
+            total -= float((picked * torch.tensor(mask[1:], dtype=torch.float64)).sum())
+            count += sum(mask[1:])
+        return total / count
+
+    templater = Templater(tiny_tokenizer)
+    per_turn = mean_nll(encode_conversation(templater, CHAT, mode="per_turn"))
+    assert per_turn == pytest.approx(mean_nll(encode_conversation(templater, CHAT, mode="all_turns")), rel=1e-9)
+
 def test_sft_on_qwen3_multi_turn_data_through_the_cli(cli, tmp_path, tiny_model_dir):
     """data.multi_turn=auto picks per_turn for Qwen3's template, reports examples per row, and trains."""
     import shutil
