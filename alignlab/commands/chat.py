@@ -1,6 +1,6 @@
 """`alignlab chat MODEL_OR_RUN`: talk to a model through its chat template, tokens streamed as they come.
 
-Interactive on a terminal, with `/reset` (forget the conversation), `/system TEXT` (set the system
+Interactive on a terminal, with `/help` (the commands), `/reset` (forget the conversation), `/system TEXT` (set the system
 prompt; `/system` alone clears it), `/quit`. With `--prompt TEXT`, or text piped into stdin, it
 answers once, prints only the answer, and exits, so scripts can use it:
 `echo "12+30=?" | alignlab chat runs/grpo_x --temperature 0`. Piped text is one prompt, however many
@@ -27,7 +27,7 @@ from alignlab.generation.multi_turn import TurnSettings, turn_settings
 from alignlab.model.inference import LoadedModel, load_for_inference
 from alignlab.model.loading import stop_token_ids
 
-HELP = "commands: /reset (new conversation), /system TEXT (set the system prompt), /quit"
+HELP = "commands: /help (this list), /reset (new conversation), /system TEXT (set the system prompt), /quit"
 
 
 class ChatSession:
@@ -120,7 +120,9 @@ def handle_line(session: ChatSession, line: str) -> bool:
         return True
     if text in ("/quit", "/exit"):
         return False
-    if text == "/reset":
+    if text in ("/help", "/?"):
+        out.write(f"{HELP}\n")
+    elif text == "/reset":
         session.reset()
         out.write("(new conversation)\n")
     elif text == "/system" or text.startswith("/system "):

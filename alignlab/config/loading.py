@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import importlib.resources
+import os
 import re
 import types
 import typing
@@ -183,23 +185,101 @@ def parse_overrides(overrides: list[str]) -> dict[str, Any]:
     return dotted
 
 
+# ---------------------------------------------------------------- config files: shipped ones, relative paths
+
+
+def shipped_dir() -> Path:
+    """The configs installed with alignlab, with the example data they train on in data/ beside them:
+    package data, so a wheel has them as a checkout does (where configs/ and data/ link here)."""
+    return Path(str(importlib.resources.files("alignlab") / "resources" / "configs"))  # pip unpacks: a real dir
+
+
+def shipped_config(name: str) -> Optional[Path]:
+    """A shipped config by name: `sft_tiny`, `sft_tiny.yaml`, `accelerate/fsdp`, or README's
+    `configs/sft_tiny.yaml` typed outside a checkout; None when there is none."""
+    root = shipped_dir()
+    stem = name[len("configs/"):] if name.startswith("configs/") else name
+    for candidate in (root / stem, root / f"{stem}.yaml"):
+        if candidate.suffix in (".yaml", ".yml") and candidate.is_file() and root in candidate.resolve().parents:
+            return candidate
+    return None
+
+
+def find_config(path: str) -> Path:
+    """The file `-c PATH` means: PATH when it exists (relative to the current directory), else the
+    shipped config of that name."""
+    file = Path(path)
+    if file.is_file():
+        return file
+    shipped = shipped_config(path)
+    if shipped is None:
+        raise ConfigError(f"config file not found: {path} (nor a shipped config of that name; `alignlab configs` "
+                          "lists them)")
+    return shipped
+
+
+# Inputs a config file may name by a relative path. Such a path is resolved against the config file's
+# directory when the file or directory is there, so a config and its data work from any directory;
+# otherwise it stays relative to the current directory (a model from an earlier run, runs/sft_tiny/final,
+# or a hub id). Outputs (train.output_dir, ...) and paths given on the command line are always
+# relative to the current directory.
+_INPUT_KEYS = ("model.name_or_path", "data.train", "data.eval", "data.prompts", "data.pairs", "iterate.prompts",
+               "iterate.eval_prompts", "eval.reference")
+_CODE_KEYS = ("grpo.rewards", "grpo.tools", "grpo.tool_parser", "grpo.environment", "iterate.rewards",
+              "eval.rewards", "eval.tools", "eval.tool_parser", "eval.environment")  # path/to/file.py:name
+
+
+def resolve_relative_paths(values: dict, base: Path, found: Optional[list[str]] = None) -> dict:
+    """`values` (a config file's mapping) with its input paths that exist under `base` made absolute;
+    those paths, as written, are appended to `found` (what a copy of the file must take along)."""
+    base = Path(os.path.abspath(base))  # ../exp -> /abs/exp, symlinks kept as the user named them
+    for key in _INPUT_KEYS + _CODE_KEYS:
+        section, name = key.split(".")
+        table = values.get(section)
+        if isinstance(table, dict) and name in table:
+            table[name] = _resolve(table[name], base, key in _CODE_KEYS, found if found is not None else [])
+    return values
+
+
+def _resolve(value: Any, base: Path, code: bool, found: list[str]) -> Any:
+    if isinstance(value, list):
+        return [_resolve(v, base, code, found) for v in value]
+    if isinstance(value, dict) and isinstance(value.get("path"), str):  # a source of a data mixture
+        return {**value, "path": _resolve(value["path"], base, code, found)}
+    if not isinstance(value, str) or not value:
+        return value
+    if code:
+        file, colon, name = value.rpartition(":")
+        return f"{_resolve(file, base, False, found)}:{name}" if colon and file.endswith(".py") else value
+    beside = base / value
+    if Path(value).is_absolute() or not beside.exists():
+        return value
+    found.append(value)
+    return str(beside)
+
+
+def read_config_file(path: str) -> tuple[Path, dict]:
+    """The file `path` names (see `find_config`) and its top-level mapping, as written in it."""
+    file = find_config(path)
+    try:
+        values = yaml.load(file.read_text(encoding="utf-8"), Loader=_Loader) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path} is not valid YAML: {exc}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path} is not UTF-8 text") from None
+    if not isinstance(values, dict):
+        raise ConfigError(f"{path}: expected a mapping of sections at the top level")
+    return file, values
+
+
 def load_config(command: str, path: Optional[str] = None, overrides: Optional[list[str]] = None):
-    """The run config for `command` from a YAML file plus `a.b=c` overrides (overrides win)."""
+    """The run config for `command` from a YAML file (a path, or a shipped config's name) plus `a.b=c`
+    overrides (overrides win). Relative input paths in the file: see `resolve_relative_paths`."""
     config = RUN_CONFIGS[command]()
     set_keys: set[str] = set()
     if path:
-        file = Path(path)
-        if not file.is_file():
-            raise ConfigError(f"config file not found: {path}")
-        try:
-            values = yaml.load(file.read_text(encoding="utf-8"), Loader=_Loader) or {}
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"{path} is not valid YAML: {exc}") from None
-        except UnicodeDecodeError:
-            raise ConfigError(f"{path} is not UTF-8 text") from None
-        if not isinstance(values, dict):
-            raise ConfigError(f"{path}: expected a mapping of sections at the top level")
-        _set_section(config, values, "", set_keys=set_keys)
+        file, values = read_config_file(path)
+        _set_section(config, resolve_relative_paths(values, file.parent), "", set_keys=set_keys)
     if overrides:
         _set_section(config, _nest(parse_overrides(overrides)), "", set_keys=set_keys)
     validate(config)
@@ -221,9 +301,10 @@ def infer_command(path: Optional[str]) -> Optional[str]:
     if not path:
         return None
     try:
+        path = str(find_config(path))
         text = Path(path).read_text(encoding="utf-8")
         values = yaml.load(text, Loader=_Loader)
-    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+    except (ConfigError, OSError, UnicodeDecodeError, yaml.YAMLError):
         return None
     first = re.match(r"#\s*alignlab\s+(\w+)", text)
     if first and first.group(1) in RUN_CONFIGS:

@@ -1,6 +1,6 @@
 """`alignlab demo`: tiny model -> SFT -> DPO and GRPO -> one honest before/after table, offline.
 
-Every stage runs through the same trainers and configs a user runs (configs/demo_*.yaml), with
+Every stage runs through the same trainers and shipped configs a user runs (configs/demo_*.yaml), with
 paths and step counts overridden here. Numbers are measured on held-out test prompts that no
 stage trains on.
 """
@@ -15,13 +15,14 @@ from pathlib import Path
 
 from alignlab.engine.checkpoint import atomic_write_text
 from alignlab.config import load_config
+from alignlab.config.loading import shipped_dir
 from alignlab.commands.demo.tasks import TASKS, make_splits, write_jsonl
 from alignlab.model.tiny import write_tiny_model
 from alignlab.errors import AlignlabError
 from alignlab.engine.tracking import drop_log_file, keep_log_file, read_jsonl, setup_logging
 
 log = logging.getLogger("alignlab")
-CONFIG_DIR = Path(__file__).resolve().parents[3] / "configs"  # alignlab/commands/demo/ -> the checkout
+CONFIG_DIR = shipped_dir()  # package data: an installed wheel has the demo's configs as a checkout does
 
 # Full demo vs --fast (for tests): step budgets only; everything else comes from configs/demo_*.yaml.
 SETTINGS = {
@@ -33,10 +34,7 @@ SETTINGS = {
 
 
 def _config(command: str, overrides: list[str]):
-    path = CONFIG_DIR / f"demo_{command}.yaml"
-    if not path.is_file():
-        raise AlignlabError(f"{path} not found: run the demo from a checkout of alignlab (pip install -e .)")
-    return load_config(command, str(path), overrides)
+    return load_config(command, str(CONFIG_DIR / f"demo_{command}.yaml"), overrides)
 
 
 def _stage_line(name: str, seconds: float, detail: str) -> None:

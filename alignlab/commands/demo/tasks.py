@@ -77,7 +77,8 @@ def write_jsonl(rows: list[dict], path: Path) -> Path:
 
 
 def write_example_data(out_dir: Path, seed: int = 0) -> None:
-    """The small files configs/*_tiny.yaml train on (shipped in data/; regenerate with
+    """The small files configs/*_tiny.yaml train on (shipped in alignlab/resources/configs/data/,
+    which a checkout's data/ links to; regenerate with
     `python -c "from alignlab.commands.demo.tasks import write_example_data; write_example_data('data')"`)."""
     out_dir = Path(out_dir)
     task = TASKS["addition"]

@@ -65,7 +65,8 @@ def make_tool_splits(seed: int, *, sft: int = 3000, test: int = 200, dev: int = 
 
 
 def write_tool_task_data(out_dir: Path, seed: int = 0) -> dict[str, Path]:
-    """The files configs/tools_tiny_*.yaml train on (shipped in data/; regenerate with
+    """The files configs/tools_tiny_*.yaml train on (shipped in alignlab/resources/configs/data/,
+    which a checkout's data/ links to; regenerate with
     `python -c "from alignlab.commands.demo.tool_task import write_tool_task_data; write_tool_task_data('data')"`)."""
     splits = make_tool_splits(seed)
     out_dir = Path(out_dir)
