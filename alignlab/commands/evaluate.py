@@ -288,7 +288,7 @@ def default_output(config) -> Path:
 def run_eval(config, notes=(), held_out=None) -> dict:
     """Evaluate, print the table, write the JSON; returns the result dict. `held_out`: a DPO run's
     held-out PreferenceExamples, evaluated as the pairs (see `fill_from_run`)."""
-    from alignlab.engine.checkpoint import atomic_write_text
+    from alignlab.commands.outputs import write_result
 
     loaded = load_for_inference(config.model.name_or_path, dtype=config.model.dtype,
                                 trust_remote_code=config.model.trust_remote_code,
@@ -305,9 +305,8 @@ def run_eval(config, notes=(), held_out=None) -> dict:
         result["preference"] = preference_metrics(loaded, config, held_out)
     result["config"] = to_dict(config)
     out = Path(config.eval.output) if config.eval.output else default_output(config)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out, json.dumps(result, indent=2, ensure_ascii=False) + "\n")
     print(format_table(result))
+    write_result(out, json.dumps(result, indent=2, ensure_ascii=False) + "\n")  # an earlier result is kept
     print(f"wrote {out}")
     result["output"] = str(out)
     return result

@@ -431,8 +431,8 @@ def expand_run_dirs(path: Path) -> list[Path]:
 
 
 def write_report(run_dirs, out=None) -> Path:
-    """Render the runs into one HTML file and return its path."""
-    from alignlab.engine.checkpoint import atomic_write_text
+    """Render the runs into one HTML file and return its path (an earlier file there is kept, renamed)."""
+    from alignlab.commands.outputs import write_result
 
     run_dirs = [run for p in run_dirs for run in expand_run_dirs(Path(p))]
     if not run_dirs:
@@ -442,7 +442,4 @@ def write_report(run_dirs, out=None) -> Path:
     for run in runs:  # runs/a/grpo and runs/b/grpo: tell them apart in legends
         if names.count(run.name) > 1:
             run.name = f"{run.path.resolve().parent.name}/{run.name}"
-    out = Path(out) if out else default_output(run_dirs)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out, render(runs))
-    return out
+    return write_result(Path(out) if out else default_output(run_dirs), render(runs))
