@@ -158,12 +158,13 @@ class VLLMEngine:
 
         self._wake("weights", "kv_cache")  # both, whatever happened since the last push
         self.calls += 1
-        seed = _draw_seed(self.seed, self.calls) if seed is None else seed
+        seed = draw_seed(self.seed, self.calls) if seed is None else seed
         params = [
             SamplingParams(
                 n=num_generations, temperature=0.0 if greedy else temperature, top_p=1.0 if greedy else top_p,
                 top_k=0 if greedy or not top_k else top_k, max_tokens=max_new_tokens, logprobs=0, detokenize=False,
-                stop_token_ids=[] if ignore_eos else self.stop_ids, ignore_eos=ignore_eos, seed=(seed + i) % 2**31,
+                stop_token_ids=[] if ignore_eos else self.stop_ids, ignore_eos=ignore_eos,
+                seed=request_seed(seed, i, num_generations),
             )
             for i in range(len(prompts))
         ]
@@ -198,11 +199,26 @@ def to_rollout(prompts, completions: list[list[int]], logps: list[list[float]], 
     return Rollout(prompt_ids, prompt_mask, completion_ids, mask, texts, ended, sampling_logps * mask)
 
 
-def _draw_seed(*parts: int) -> int:
-    """A seed from integers (run seed, process, data position, ...): reproducible and distinct per draw."""
-    import zlib
+SEED_SPACE = 2**62  # request seeds below it; vLLM adds a sample's index (< n) and seeds a 64-bit generator
 
-    return zlib.crc32(repr(parts).encode())
+
+def draw_seed(*parts: int) -> int:
+    """A seed from integers (run seed, process, data position, ...): reproducible and distinct per draw,
+    spread over SEED_SPACE so that two draws' ranges of request seeds (below) practically never meet."""
+    import hashlib
+
+    return int.from_bytes(hashlib.blake2b(repr(parts).encode(), digest_size=8).digest(), "little") % SEED_SPACE
+
+
+def request_seed(seed: int, index: int, num_generations: int) -> int:
+    """The seed of prompt `index`'s request in a draw seeded `seed`.
+
+    vLLM fans a request of n samples out into n requests seeded seed, seed + 1, ..., seed + n - 1. Per-prompt
+    seeds seed + index (what this engine gave before) overlap those: prompt 0's second sample and prompt 1's
+    first shared a seed, so a prompt that appears twice in a batch got two identical completions. Each
+    request gets its own block of n seeds instead, at a place in SEED_SPACE that depends on the whole draw
+    seed (consecutive draw seeds do not give neighbouring blocks either)."""
+    return (draw_seed(seed) + index * num_generations) % (SEED_SPACE - num_generations)
 
 
 def build_engine(model_cfg, tokenizer, policy, *, max_model_len: int, gpu_memory_utilization: float,

@@ -54,7 +54,6 @@ import copy
 import logging
 import math
 import time
-import zlib
 
 import torch
 
@@ -71,7 +70,7 @@ from alignlab.rewards import RewardScores, get_reward, score_completions
 from alignlab.generation.sampler import Rollout, concat_rollouts, generate
 from alignlab.generation.multi_turn import multi_turn_rollout, process_max, trajectory_columns, turn_settings
 from alignlab.generation.sandbox import set_python_sandbox
-from alignlab.generation.vllm import build_engine, engine_awake, engine_or_none
+from alignlab.generation.vllm import build_engine, draw_seed, engine_awake, engine_or_none
 from alignlab.engine.tracking import append_jsonl
 from alignlab.engine.data_order import IndexSampler
 from alignlab.engine.loop import TrainingRun
@@ -193,7 +192,7 @@ class GRPOTrainer:
         draw = (self.train.seed, self.run.accelerator.process_index, self.sampler.epoch, self.sampler.offset)
         if turn:
             draw += (turn,)
-        return self.engine.generate(prompts, seed=zlib.crc32(repr(draw).encode()), **sampling)
+        return self.engine.generate(prompts, seed=draw_seed(*draw), **sampling)
 
     def _rollout(self, indices: list[int]) -> tuple[Rollout, RewardScores]:
         G = self.grpo.num_generations

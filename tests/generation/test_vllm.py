@@ -94,6 +94,20 @@ def test_engine_follows_the_policy_weights(engine, tiny_model_dir, tiny_tokenize
     assert again.completion_ids.tolist() == sampled.completion_ids.tolist()  # a seed per draw: reproducible
 
 
+def test_duplicate_prompts_and_neighbouring_draws_sample_independently(engine, tiny_model_dir):
+    """vLLM seeds a request's n samples seed, seed + 1, ...: every sample of a draw, and of the next
+    draw, needs a seed of its own, or a prompt that appears twice repeats a completion."""
+    engine.load_weights(_perturbed(tiny_model_dir, seed=7))
+    prompt = [5, 6, 7, 8]
+    first = engine.generate([prompt] * 3, num_generations=3, max_new_tokens=12, temperature=1.0, seed=100)
+    samples = [tuple(ids) for ids in first.completion_ids.tolist()]
+    assert len(set(samples)) == 9, samples
+    second = engine.generate([prompt], num_generations=3, max_new_tokens=12, temperature=1.0, seed=101)
+    assert not set(samples) & {tuple(ids) for ids in second.completion_ids.tolist()}
+    again = engine.generate([prompt] * 3, num_generations=3, max_new_tokens=12, temperature=1.0, seed=100)
+    assert again.completion_ids.tolist() == first.completion_ids.tolist()  # still one draw per seed
+
+
 def test_tool_trajectories_are_the_same_from_both_backends(engine, tiny_model_dir, tiny_tokenizer):
     """Multi-turn: each trajectory's first turn calls the tool (scripted), then each backend continues
     greedily from the context with the tool's result (the bridge tokens); both give the same tokens."""
