@@ -4,7 +4,8 @@ GPUs or another machine (`grpo.vllm_mode=server`).
 Endpoints (JSON): GET /health; GET /info (the model's shape, checked against the policy);
 POST /generate (token-id prompts and sampling settings -> completions and their sampled-token
 log-probs); POST /weights/init (join the trainer's weight group, `alignlab.generation.weight_sync`);
-POST /weights/update (receive the listed tensors over that group and load them in place).
+POST /weights/update (receive the listed tensors over that group, loading each in place as it
+arrives).
 Requests are served one at a time (a lock): a weight update never interleaves with generation.
 """
 
@@ -68,7 +69,7 @@ class EngineServer:
                 if self.group is None:
                     raise ValueError("POST /weights/init first")
                 device = "cuda" if body["backend"] == "nccl" and torch.cuda.is_available() else "cpu"
-                self.engine.load_named(weight_sync.receive(self.group, body["tensors"], device))
+                weight_sync.load_streamed(self.group, body["tensors"], device, self.engine.load_named)
                 return {"ok": True, "tensors": len(body["tensors"])}
         raise KeyError(path)
 

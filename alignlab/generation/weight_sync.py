@@ -9,6 +9,7 @@ NCCL between GPUs (the server's and the trainer's).
 from __future__ import annotations
 
 import datetime
+from typing import Callable, Iterator
 
 import torch
 
@@ -37,11 +38,23 @@ def send(group, tensors) -> None:
         group.broadcast(tensor.contiguous(), 0).wait()
 
 
-def receive(group, specs, device) -> list[tuple[str, torch.Tensor]]:
-    """Rank 1: receive tensors of `specs` [(name, dtype name, shape)] in order."""
-    out = []
+def receive(group, specs, device) -> Iterator[tuple[str, torch.Tensor]]:
+    """Rank 1: the tensors of `specs` [(name, dtype name, shape)], received in order as they are asked
+    for. A stream, not a list: the engine loads each before the next arrives, so receiving never holds
+    a second copy of the weights (a list held all of them at once before the first was loaded)."""
     for name, dtype, shape in specs:
         tensor = torch.empty(shape, dtype=DTYPES[dtype], device=device)
         group.broadcast(tensor, 0).wait()
-        out.append((name, tensor))
-    return out
+        yield name, tensor
+
+
+def load_streamed(group, specs, device, load: Callable[[Iterator], None]) -> None:
+    """`load(stream)` over `receive`; if it stops early (an error), the rest is still received and
+    dropped: the trainer broadcasts every tensor and would otherwise wait at the next one until its
+    group times out, instead of getting the error."""
+    stream = receive(group, specs, device)
+    try:
+        load(stream)
+    finally:
+        for _ in stream:
+            pass

@@ -108,6 +108,32 @@ def test_duplicate_prompts_and_neighbouring_draws_sample_independently(engine, t
     assert again.completion_ids.tolist() == first.completion_ids.tolist()  # still one draw per seed
 
 
+def test_the_server_loads_weights_as_they_stream_in(engine, tiny_model_dir, tiny_tokenizer):
+    """`POST /weights/update` on a server around the shared engine: the trainer broadcasts the policy's
+    weights, vLLM loads each as it arrives, and then samples what the policy samples."""
+    import threading
+
+    from alignlab.generation import weight_sync
+    from alignlab.generation.full_weights import policy_weights
+    from alignlab.generation.vllm_server import EngineServer
+
+    model = _perturbed(tiny_model_dir, seed=9)
+    port, ends = free_port(), {}
+    joiner = threading.Thread(target=lambda: ends.update({1: weight_sync.weight_group("127.0.0.1", port, 1, "gloo")}))
+    joiner.start()
+    trainer = weight_sync.weight_group("127.0.0.1", port, 0, "gloo")
+    joiner.join()
+    server = EngineServer.__new__(EngineServer)  # around the module's engine: no second start-up
+    server.engine, server.lock, server.group = engine, threading.Lock(), ends[1]
+    specs = [(name, "float32", list(t.shape)) for name, t in policy_weights(model, merge=False)]
+    sender = threading.Thread(target=weight_sync.send, args=(trainer, (t for _, t in policy_weights(model))))
+    sender.start()
+    assert server.handle("/weights/update", {"tensors": specs, "backend": "gloo"})["tensors"] == len(specs)
+    sender.join(30)
+    ours = generate(model, tiny_tokenizer, PROMPTS, max_new_tokens=8, greedy=True)
+    assert engine.generate(PROMPTS, max_new_tokens=8, greedy=True).completion_ids.tolist() == ours.completion_ids.tolist()
+
+
 def test_tool_trajectories_are_the_same_from_both_backends(engine, tiny_model_dir, tiny_tokenizer):
     """Multi-turn: each trajectory's first turn calls the tool (scripted), then each backend continues
     greedily from the context with the tool's result (the bridge tokens); both give the same tokens."""
