@@ -5,11 +5,11 @@ class AlignlabError(Exception):
     """Something the user can fix: bad config, bad data, missing file. The message says what and where."""
 
 
-class DataError(AlignlabError):
+class DataError(AlignlabError, ValueError):
     """A dataset row or file is malformed. Messages name the file, the row and the field."""
 
 
-class ConfigError(AlignlabError):
+class ConfigError(AlignlabError, ValueError):
     """A config key or value is invalid."""
 
 

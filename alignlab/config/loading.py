@@ -287,6 +287,15 @@ def load_config(command: str, path: Optional[str] = None, overrides: Optional[li
     return config
 
 
+def update_config(config, values: dict):
+    """Set nested `values` ({"train": {"lr": 1e-5}}) on a loaded config, checked as a file's are; returns it."""
+    set_keys: set[str] = set(getattr(config, "_set_keys", ()))
+    _set_section(config, values, "", set_keys=set_keys)
+    validate(config)
+    config._set_keys = frozenset(set_keys)
+    return config
+
+
 def was_set(config, key: str) -> bool:
     """Whether the dotted `key` was given in the config file or on the command line (not for a
     default, nor in a config built in code)."""

@@ -73,7 +73,7 @@ class _Held(logging.Handler):
 
 class _TqdmHandler(logging.Handler):
     def emit(self, record):
-        from tqdm import tqdm
+        from tqdm.auto import tqdm
 
         if getattr(record, "file_only", False):  # already printed to stdout (the demo's stage lines)
             return

@@ -66,7 +66,7 @@ def pair_logps(model, pairs, pad_id: int, device, *, chunk_size: int = 0, share_
 @torch.no_grad()
 def compute_all(model, pairs, pad_id: int, device, *, batch_size: int, chunk_size: int, progress: bool = False) -> torch.Tensor:
     """[N, 2] (chosen, rejected) summed log-probs for every pair, in no-grad batches."""
-    from tqdm import tqdm
+    from tqdm.auto import tqdm
 
     was_training = model.training
     model.eval()

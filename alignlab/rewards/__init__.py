@@ -33,6 +33,12 @@ REWARDS: dict[str, Callable[..., Any]] = dict(builtin.BUILTINS)  # length regist
 assert length.length_penalty is REWARDS["length_penalty"]
 
 
+#: Python callables given to the Python API that cannot be imported again (lambdas, a notebook's or a
+#: script's own functions), by the spec config.yaml records for them: `<python>:NAME`.
+IN_PROCESS_PREFIX = "<python>:"
+IN_PROCESS: dict[str, Callable[..., Any]] = {}
+
+
 def register_reward(name: str, *, overwrite: bool = False) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """Decorator registering a reward function in :data:`REWARDS` under ``name``.
 
@@ -72,7 +78,7 @@ def get_reward(spec: str | Callable[..., Any]) -> Callable[..., Any]:
         return REWARDS[spec]
     if ":" not in spec or spec.endswith(":"):
         close = difflib.get_close_matches(spec, list(REWARDS), n=3)
-        hint = f"; did you mean {', '.join(map(repr, close))}?" if close else ""
+        hint = f"; did you mean {', '.join(map(repr, close))}?" if close else "."
         raise RewardError(
             f"unknown reward {spec!r}{hint} Registered rewards: {', '.join(sorted(REWARDS))}. "
             "Plugins are given as 'package.module:function' or 'path/to/file.py:function'"
@@ -83,6 +89,8 @@ def get_reward(spec: str | Callable[..., Any]) -> Callable[..., Any]:
 def load_plugin(spec: str, kind: str = "reward") -> Callable[..., Any]:
     """The callable a ``package.module:function`` or ``path/to/file.py:function`` spec names (rewards,
     tools, tool-call parsers, environments); failures raise ``RewardError`` naming the `kind` and the spec."""
+    if spec.startswith(IN_PROCESS_PREFIX):
+        return _in_process(spec, kind)
     target, _, attr = spec.strip().rpartition(":")
     if not target or not attr:
         raise RewardError(f"{kind} spec {spec!r} must be 'package.module:function' or 'path/to/file.py:function'")
@@ -91,6 +99,18 @@ def load_plugin(spec: str, kind: str = "reward") -> Callable[..., Any]:
     else:
         module = _import_module(target, spec, kind)
     return _get_function(module, attr, spec, kind)
+
+
+def _in_process(spec: str, kind: str) -> Callable[..., Any]:
+    if spec in IN_PROCESS:
+        return IN_PROCESS[spec]
+    name = spec[len(IN_PROCESS_PREFIX):]
+    raise RewardError(
+        f"{kind} {spec!r} was a Python function given to the alignlab Python API in another process (a lambda or a "
+        f"function of a notebook or script), which cannot be imported here. Pass the function to the API call again "
+        f"(alignlab.grpo(..., rewards=[..., {name}]) for a reward), or put it in a file and name it "
+        f"'path/to/file.py:{name}'"
+    )
 
 
 def _load_file(target: str, spec: str, kind: str) -> Any:
