@@ -7,6 +7,7 @@ so a run costs a second or two of CPU.
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,6 +17,8 @@ import torch
 # The test machines have two cores shared with other jobs: a second intra-op thread makes these
 # tiny matmuls 10-100x slower under contention, and one thread keeps results bit-reproducible.
 torch.set_num_threads(1)
+# Runs resolve train.num_threads=auto from it (alignlab.engine.launch), in this process and in the ones it starts.
+os.environ["OMP_NUM_THREADS"] = "1"
 
 TINY_LAYERS, TINY_HIDDEN = 2, 64
 

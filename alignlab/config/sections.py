@@ -78,6 +78,7 @@ class TrainConfig:
     report_to: list[str] = field(default_factory=list)  # tensorboard, wandb
     progress: bool = True
     max_bad_steps: int = 5  # consecutive non-finite losses before aborting
+    num_threads: Any = "auto"  # torch CPU threads: auto (OMP_NUM_THREADS, else half the cores on CPU) | N
 
 
 @dataclass

@@ -110,6 +110,9 @@ def validate(config) -> None:
         raise ConfigError(f"train.lr_scheduler must be constant, linear or cosine, got '{train.lr_scheduler}'")
     if train.mixed_precision not in ("no", "bf16", "fp16"):
         raise ConfigError(f"train.mixed_precision must be no, bf16 or fp16, got '{train.mixed_precision}'")
+    threads = train.num_threads
+    if threads != "auto" and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
+        raise ConfigError(f"train.num_threads must be auto or a whole number >= 1, got {threads!r}")
     if config.data.on_long not in ("drop", "truncate", "error"):
         raise ConfigError(f"data.on_long must be drop, truncate or error, got '{config.data.on_long}'")
     if config.data.multi_turn not in ("auto", "per_turn", "last_turn", "all_turns"):

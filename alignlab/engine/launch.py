@@ -1,13 +1,17 @@
-"""What the launcher started (processes, devices) and the precision settings that cannot train, checked
-before a run directory is made."""
+"""What the launcher started (processes, devices), the CPU threads a run uses, and the precision settings
+that cannot train, checked before a run directory is made."""
 
 from __future__ import annotations
 
+import logging
 import os
+from typing import Optional
 
 import torch
 
 from alignlab.errors import AlignlabError
+
+log = logging.getLogger("alignlab")
 
 
 def launched_processes() -> int:
@@ -42,3 +46,52 @@ def check_precision(config) -> None:
     if mixed == "bf16" and dtype == "float16":
         raise AlignlabError("model.dtype=float16 with train.mixed_precision=bf16 mixes two half-precision formats: "
                             "use model.dtype=bfloat16 (or float32)")
+
+
+def local_processes() -> int:
+    """How many processes the launcher started on this machine (torchrun and accelerate set LOCAL_WORLD_SIZE)."""
+    value = os.environ.get("LOCAL_WORLD_SIZE", "")
+    return int(value) if value.isdigit() and int(value) > 0 else launched_processes()
+
+
+def available_cores() -> int:
+    """The CPU cores this process may run on (its affinity mask: a container's or taskset's limit), not
+    every core of the machine as os.cpu_count() says."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS, Windows
+        return os.cpu_count() or 1
+
+
+def resolve_num_threads(setting, *, on_accelerator: bool) -> tuple[Optional[int], str]:
+    """(torch intra-op threads for `train.num_threads`, and why), or (None, why) to leave torch's own.
+
+    An explicit number wins. `auto` takes OMP_NUM_THREADS when it is set (launchers such as torchrun
+    set it to 1 per process); leaves torch's default on a GPU run, where the CPU only feeds the GPU;
+    and on a CPU run takes half the available cores shared by this machine's processes, at least 1.
+    Why half: measured on 2 shared cores (README, "CPU threads"), a second thread made SFT steps
+    several times slower whenever another job ran on the machine, and gained little when none did;
+    half the logical cores is also the physical cores of an SMT machine, where more threads add no
+    matmul throughput."""
+    if setting != "auto":
+        return int(setting), f"train.num_threads={setting}"
+    env = os.environ.get("OMP_NUM_THREADS", "").strip()
+    if env.isdigit() and int(env) > 0:
+        return int(env), f"OMP_NUM_THREADS={env}"
+    if on_accelerator:
+        return None, "torch's default on a GPU run"
+    cores, processes = available_cores(), local_processes()
+    threads = max(1, cores // (2 * processes))
+    per = f" shared by {processes} processes" if processes > 1 else ""
+    return threads, f"auto: half of the {cores} cores available{per}"
+
+
+def apply_num_threads(setting) -> int:
+    """Set torch's intra-op threads for a run (see resolve_num_threads), log the choice, return the count."""
+    accel = getattr(torch, "accelerator", None)
+    on_accelerator = accel.is_available() if accel is not None else torch.cuda.is_available()
+    threads, why = resolve_num_threads(setting, on_accelerator=on_accelerator)
+    if threads is not None and threads != torch.get_num_threads():
+        torch.set_num_threads(threads)
+    log.info("torch threads: %d (%s)", torch.get_num_threads(), why)
+    return torch.get_num_threads()

@@ -28,7 +28,7 @@ from alignlab.config import to_dict, to_yaml, was_set
 from alignlab.engine import checkpoint as ckpt
 from alignlab.engine import sharding
 from alignlab.engine.data_order import IndexSampler, process_seed, seed_everything
-from alignlab.engine.launch import check_precision, cpu_only_multiprocess, launched_processes
+from alignlab.engine.launch import apply_num_threads, check_precision, cpu_only_multiprocess, launched_processes
 from alignlab.engine.run_checkpoints import RunCheckpoints
 from alignlab.engine.run_dir import resolve_run_dir
 from alignlab.engine.tracking import Tracker, read_jsonl, setup_logging
@@ -80,6 +80,7 @@ class TrainingRun(RunCheckpoints):
         # The run directory is made by prepare(), once the data and model have loaded, so a start that
         # fails on them leaves nothing behind; what is logged until then is held for train.log.
         setup_logging(None, console=self.is_main, hold=self.is_main)
+        apply_num_threads(config.train.num_threads)  # once, at the start of every run (the CLI's, the API's)
         self._log_model()
         if self.num_processes > 1:
             mode = ("FSDP: weights, gradients and optimizer state sharded" if self.sharded else
