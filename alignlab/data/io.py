@@ -168,6 +168,19 @@ def _read_hub(name: str, split: str) -> list[Row]:
     return [Row(dict(item), f"{name}[{split}]", number) for number, item in enumerate(dataset, start=1)]
 
 
+def check_source(source: str, key: str) -> None:
+    """Before anything loads: a source that `read_rows` would read as a local file (it has a data file's
+    suffix, or exists) is a file. `key` names the config key that gave it."""
+    path = Path(source)
+    if not (path.suffix in LOCAL_SUFFIXES or path.exists()):
+        return  # a hub dataset id: checked when it loads
+    if path.is_dir():
+        raise DataError(f"{key}: {source} is a directory, not a data file (.jsonl, .json, .parquet or .csv)")
+    if not path.is_file():
+        where = "" if path.is_absolute() else f" (looked for {path.absolute()})"
+        raise DataError(f"{key}: data file not found: {source}{where}")
+
+
 def read_rows(source: str, *, split: str = "train", max_rows: Optional[int] = None,
               skip_bad_rows: bool = False) -> list[Row]:
     """All rows of a local file (by its first bytes, then its suffix) or a hub dataset id.

@@ -28,6 +28,7 @@ from alignlab.config import to_dict, to_yaml, was_set
 from alignlab.engine import checkpoint as ckpt
 from alignlab.engine import sharding
 from alignlab.engine.data_order import IndexSampler, process_seed, seed_everything
+from alignlab.engine.preflight import preflight
 from alignlab.engine.launch import apply_num_threads, check_precision, cpu_only_multiprocess, launched_processes
 from alignlab.engine.run_checkpoints import RunCheckpoints
 from alignlab.engine.run_dir import resolve_run_dir
@@ -49,6 +50,7 @@ class TrainingRun(RunCheckpoints):
 
         self.command, self.config = command, config
         check_precision(config)
+        preflight(config)  # data files, model path, rewards, tools, trackers: before anything loads
         # Runs started one after another in one process (the demo, iterate, tests) may differ in mixed
         # precision, which accelerate keeps in a process-wide state; the process group (PartialState) stays.
         AcceleratorState._reset_state()
