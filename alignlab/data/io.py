@@ -153,14 +153,27 @@ def _plain(value: Any) -> Any:
 
 
 def _read_hub(name: str, split: str) -> list[Row]:
+    """A Hugging Face dataset's rows. When the Hub cannot be used (an offline switch, or no network),
+    only the local datasets cache is read, so a dataset that is not there fails at once instead of
+    after the Hub client's retries."""
     import datasets
+
+    from alignlab.hub import datasets_unavailable, offline_mode
 
     config = None
     if ":" in name:  # "org/dataset:config"
         name, config = name.split(":", 1)
+    unavailable = datasets_unavailable()
     try:
-        dataset = datasets.load_dataset(name, config, split=split)
+        with offline_mode(unavailable is not None):
+            dataset = datasets.load_dataset(name, config, split=split)
     except Exception as exc:  # network, missing dataset, missing split: all reported the same way
+        if unavailable:
+            raise DataError(
+                f"cannot load '{name}' (split '{split}'): there is no such local file, so it was taken for a Hugging "
+                f"Face dataset id, but {unavailable} and it is not in the local datasets cache. Give a local .jsonl, "
+                ".json, .parquet or .csv file, or load the dataset once with network access"
+            ) from None
         raise DataError(
             f"cannot load '{name}' (split '{split}') as a local file or a Hugging Face dataset: {exc}. "
             "Local files must end in .jsonl, .json, .parquet or .csv."

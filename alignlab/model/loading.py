@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import functools
 import json
 import logging
 import os
@@ -16,6 +15,7 @@ from typing import Optional
 import torch
 
 from alignlab.errors import AlignlabError
+from alignlab.hub import endpoint, hub_offline, hub_reachable
 from alignlab.model.run_files import save_model
 
 log = logging.getLogger("alignlab")
@@ -71,32 +71,6 @@ def resolve_model_path(name_or_path: str) -> str:
     return name_or_path
 
 
-def _hub_offline() -> bool:
-    from huggingface_hub import constants
-
-    flags = (os.environ.get(name, "").strip().lower() for name in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
-    return bool(getattr(constants, "HF_HUB_OFFLINE", False)) or any(f in ("1", "true", "yes", "on") for f in flags)
-
-
-@functools.lru_cache(maxsize=None)
-def hub_reachable(timeout: float = 2.0) -> bool:
-    """One TCP connection to the hub (or the HTTPS proxy): offline, huggingface_hub would retry
-    each file with back-off for about 50 s before giving up."""
-    import socket
-    import urllib.request
-    from urllib.parse import urlsplit
-
-    endpoint = urlsplit(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
-    proxy = urllib.request.getproxies().get(endpoint.scheme)
-    target = urlsplit(proxy) if proxy and not urllib.request.proxy_bypass(endpoint.hostname or "") else endpoint
-    port = target.port or (443 if target.scheme == "https" else 80)
-    try:
-        with socket.create_connection((target.hostname, port), timeout=timeout):
-            return True
-    except (OSError, TypeError):  # no route, no DNS, refused; TypeError: no host in the URL
-        return False
-
-
 def hub_options(path: str, revision: Optional[str] = None) -> dict:
     """from_pretrained's options for `path` (after resolve_model_path): none for a local directory;
     for a hub id, the cached copy when the hub cannot be reached, or an error saying what to do."""
@@ -105,7 +79,7 @@ def hub_options(path: str, revision: Optional[str] = None) -> dict:
     from huggingface_hub import try_to_load_from_cache
 
     cached = isinstance(try_to_load_from_cache(path, "config.json", revision=revision), str)
-    if _hub_offline():
+    if hub_offline():
         if cached:
             return {}
         raise AlignlabError(_hub_message(path, "HF_HUB_OFFLINE is set"))
@@ -114,8 +88,7 @@ def hub_options(path: str, revision: Optional[str] = None) -> dict:
     if cached:
         log.warning("the hub cannot be reached: loading %s from the local cache", path)
         return {"local_files_only": True}
-    endpoint = os.environ.get("HF_ENDPOINT", "https://huggingface.co")
-    raise AlignlabError(_hub_message(path, f"{endpoint} cannot be reached (offline?)"))
+    raise AlignlabError(_hub_message(path, f"{endpoint()} cannot be reached (offline?)"))
 
 
 def _hub_message(name: str, why: str) -> str:
@@ -131,7 +104,7 @@ def _load_error(what: str, name: str, path: str, exc: Exception) -> AlignlabErro
     if what == "tokenizer" and Path(path).is_dir() and not any(
             (Path(path) / f).is_file() for f in ("tokenizer.json", "tokenizer_config.json", "tokenizer.model")):
         hint = f" ({path} has no tokenizer.json or tokenizer_config.json: save the tokenizer next to the model)"
-    elif not Path(path).exists() and _hub_offline():
+    elif not Path(path).exists() and hub_offline():
         hint = " (HF_HUB_OFFLINE is set: give a local model directory, or write one with `alignlab tiny-model DIR`)"
     shown = name if name == path else f"{name} ({path})"
     return AlignlabError(f"cannot load a {what} from {shown}: {reason}{hint}")
