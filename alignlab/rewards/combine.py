@@ -3,6 +3,9 @@ from __future__ import annotations
 
 import inspect
 import math
+import os
+import sysconfig
+import traceback
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
@@ -42,6 +45,7 @@ def score_completions(
     columns: dict[str, Sequence[Any]] | None = None,
     *,
     on_error: str = "raise",
+    on_error_option: str = "grpo.reward_errors=none",
 ) -> RewardScores:
     """Score ``completions`` with every ``(name, fn)`` in ``reward_fns`` and combine them.
 
@@ -56,7 +60,9 @@ def score_completions(
     instead and the failure is recorded in ``RewardScores.errors``; when the whole
     batch call raises or returns the wrong length, the function is re-run one row at
     a time so that only the rows that fail on their own are lost. A missing column
-    or invalid arguments to this function always raise.
+    or invalid arguments to this function always raise. A function's exception is reported with the
+    file and line in the function's own code where it happened, and names ``on_error_option``: how the
+    user sets ``on_error="none"`` (by default GRPO's config key, as GRPO is the caller that raises).
     """
     if on_error not in _ON_ERROR:
         raise RewardError(f"on_error must be one of {_ON_ERROR}, got {on_error!r}")
@@ -72,7 +78,7 @@ def score_completions(
     for name, fn in fns:
         kwargs = _select_columns(name, fn, columns)
         failed: set[int] = set()
-        per_function[name] = _run_one(name, fn, completions, kwargs, on_error, errors, failed)
+        per_function[name] = _run_one(name, fn, completions, kwargs, (on_error, on_error_option), errors, failed)
         error_rows[name] = len(failed)
 
     total = []
@@ -178,18 +184,23 @@ def _run_one(
     fn: Callable[..., Any],
     completions: list,
     kwargs: dict[str, list],
-    on_error: str,
+    on_error: tuple[str, str],
     errors: list[str],
     failed: set[int],
 ) -> list[float | None]:
+    """One function's scores of the batch. `on_error`: (the mode, how the user sets "none")."""
+    on_error, option = on_error
     n = len(completions)
     try:
         result = fn(list(completions), **{key: list(values) for key, values in kwargs.items()})
     except Exception as exc:  # a user function may raise anything; it is reported, not hidden
         if on_error == "raise":
-            row = _first_failing_row(fn, completions, kwargs)
+            row, row_exc = _first_failing_row(fn, completions, kwargs)
             where = f"on row {row}" if row is not None else "on the batch (each row alone succeeds)"
-            raise RewardError(f"reward function {name!r} raised {where}: {type(exc).__name__}: {exc}") from exc
+            exc = row_exc or exc
+            raise RewardError(f"reward function {name!r} raised {where}{raised_at(exc, fn)}: {type(exc).__name__}: "
+                              f"{str(exc).rstrip('.')}. To score the rows it fails on None and go on, set {option}"
+                              ) from exc
         return _run_rows(name, fn, completions, kwargs, errors, failed)
 
     values = _as_list(result)
@@ -224,7 +235,7 @@ def _run_rows(
         try:
             result = fn([completions[row]], **{key: [values[row]] for key, values in kwargs.items()})
         except Exception as exc:  # isolate the failing row; the message is kept in `errors`
-            errors.append(f"reward function {name!r} raised on row {row}: {type(exc).__name__}: {exc}")
+            errors.append(f"reward function {name!r} raised on row {row}{raised_at(exc, fn)}: {type(exc).__name__}: {exc}")
             failed.add(row)
             scores.append(None)
             continue
@@ -242,13 +253,48 @@ def _run_rows(
     return scores
 
 
-def _first_failing_row(fn: Callable[..., Any], completions: list, kwargs: dict[str, list]) -> int | None:
+def _first_failing_row(fn: Callable[..., Any], completions: list,
+                       kwargs: dict[str, list]) -> tuple[int | None, Exception | None]:
+    """(the first row that fails alone, its exception), or (None, None)."""
     for row in range(len(completions)):
         try:
             fn([completions[row]], **{key: [values[row]] for key, values in kwargs.items()})
-        except Exception:  # we only want to know which row fails; the original error is re-raised
-            return row
-    return None
+        except Exception as exc:  # we only want to know which row fails and how; the caller reports it
+            return row, exc
+    return None, None
+
+
+def raised_at(exc: BaseException, fn: Callable[..., Any]) -> str:
+    """" at FILE:LINE in FUNCTION (`source line`)" for the innermost frame of the traceback in the reward's
+    own file; else in code that is neither the standard library nor an installed package; else the
+    innermost frame. "" when the traceback holds no frame but this module's."""
+    frames = [f for f in traceback.extract_tb(exc.__traceback__) if os.path.abspath(f.filename) != _THIS_FILE]
+    if not frames:
+        return ""
+    own = _source_file(fn)
+    candidates = ([f for f in frames if own and os.path.abspath(f.filename) == own]
+                  or [f for f in frames if not os.path.abspath(f.filename).startswith(_LIBRARY_DIRS)] or frames)
+    frame = candidates[-1]
+    line = f" (`{frame.line.strip()}`)" if frame.line and frame.line.strip() else ""
+    return f" at {frame.filename}:{frame.lineno} in {frame.name}{line}"
+
+
+_THIS_FILE = os.path.abspath(__file__)
+_LIBRARY_DIRS = tuple(os.path.abspath(path) + os.sep for path in
+                      {sysconfig.get_path(key) for key in ("stdlib", "platstdlib", "purelib", "platlib")} if path)
+
+
+def _source_file(fn: Callable[..., Any]) -> str | None:
+    """The file a reward function's code is in (through functools.partial, decorators and callable objects)."""
+    target = getattr(fn, "func", fn)  # functools.partial
+    target = inspect.unwrap(target) if callable(target) else target
+    if not (inspect.isfunction(target) or inspect.ismethod(target)):
+        target = getattr(type(target), "__call__", target)
+    try:
+        path = inspect.getsourcefile(target) or inspect.getfile(target)
+    except TypeError:  # built-in or C callable
+        return None
+    return os.path.abspath(path) if path else None
 
 
 def _as_list(result: Any) -> list | None:
