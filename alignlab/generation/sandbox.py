@@ -1,41 +1,54 @@
 """Run model-written Python in a separate, locked-down process: the `python` tool of GRPO rollouts.
 
-`grpo.python_sandbox=isolated` (the default) runs each call in namespaces of its own, the same way for
-root and for a normal user (unprivileged user namespaces; the child's side is sandbox_boot.py):
+`grpo.python_sandbox=isolated` (the default) runs each call in namespaces of its own, built the same
+way for root and for a normal user from unprivileged user namespaces (the child's side, step by step,
+is sandbox_boot.py). What holds, as root and as a normal user alike:
 
-* A fresh interpreter (`-I -S`: no PYTHON* variables, user site or cwd on sys.path) with a fresh tiny
-  environment (no inherited keys such as HF_TOKEN), stdin /dev/null, its own session. The parent
-  enforces wall time and an output cap (it never reads more than output_bytes+1) and then kills the
-  process group, whose init takes the whole namespace down. rlimits: CPU, address space, file size,
-  open files, processes (counted per run: the count is per user namespace), no core.
-* New user, mount, PID, network, IPC, UTS and cgroup namespaces. The code runs as uid 1000 of its own
-  user namespace with no capabilities and no_new_privs; outside, that uid is the caller's (a normal
-  user) or, as root, a fresh unused uid per run (root's processes are exempt from RLIMIT_NPROC, and a
-  kernel escape should not land as root). It may not create user namespaces of its own.
-* Its root is a read-only tmpfs with only the Python trees and /usr (/lib*, /bin where they are not
-  symlinks to it) bound read-only, /etc/ld.so.cache, /dev/null, zero, random, urandom, a /proc of its
-  own PID namespace where the kernel allows one, and /tmp: a tmpfs of file_bytes that is the cwd and
-  HOME. So the caller's files, /proc/<caller>/environ and the caller's pids cannot be reached (another
-  PID namespace: nothing outside can be named, let alone signalled), the only network is a loopback
-  that is down, and nothing written survives the call: the tmpfs goes with the namespace, and the
-  host's /tmp is never touched.
+* A fresh interpreter (`-I -S`: no PYTHON* variables, user site or cwd on sys.path; site-packages are
+  added without running .pth import lines) with a fresh tiny environment (no inherited keys such as
+  HF_TOKEN), stdin /dev/null, its own session. The caller never forks itself into running Python (no
+  preexec_fn: a multi-threaded trainer is safe). It enforces wall time and an output cap (it never reads
+  more than output_bytes+1), then has the namespace ended and returns only once all of it is gone.
+  rlimits: CPU, address space, file size, open files, processes, no core.
+* New user, mount, PID, network, IPC, UTS and cgroup namespaces. The code runs as uid/gid 1000 of its
+  own user namespace with no capabilities and no_new_privs, and may not create a user namespace of its
+  own. Other processes cannot be named, let alone signalled (another PID namespace; the caller's pid
+  means nothing inside, /proc shows only the run's own processes), and the only network is a loopback
+  that is down. RLIMIT_NPROC counts the run's own processes only (the kernel counts per namespace).
+* Its root is a read-only tmpfs holding only the Python trees and /usr (/lib*, /bin where they are not
+  symlinks to it) bound read-only, /etc/ld.so.cache, /dev/null, zero, random, urandom, /proc of its
+  own PID namespace where the kernel allows one (not where the host's /proc is partly masked, as in
+  many containers), and /tmp: a tmpfs of file_bytes that is its cwd and HOME. So the caller's files and
+  /proc/<caller>/environ are out of reach, nothing outside /tmp is writable, and nothing written
+  survives the call: the host's filesystem, its /tmp included, is never written.
 * An audit hook (PEP 578), a tripwire rather than the boundary: it refuses socket connect/bind/send
   and lookups, process creation other than fork, signals to processes not its own, ctypes library
   loading and foreign calls (importing ctypes stays possible: sympy needs it), gc walks, and file
   access outside /tmp except reading Python's own tree and import paths; paths are resolved as the
-  kernel resolves them, dir_fd included.
+  kernel resolves them, relative to dir_fd and symlink targets relative to their link included.
 
-Where user namespaces are not available (max_user_namespaces 0, a distribution's restriction on
-unprivileged ones, seccomp), a call is refused with an error that names `grpo.python_sandbox=unsafe`.
-`unsafe` (the environment variable ALIGNLAB_PYTHON_SANDBOX=unsafe outside GRPO) skips the namespaces:
-only the process, rlimit and hook layers apply, in a temporary directory of the host that is removed
-afterwards. Then the code runs as the caller's uid: whatever defeats the hook can read what the caller
-can read (including /proc/<caller>/environ), signal the caller, write where it can, and leave
-processes that leave the process group; RLIMIT_NPROC counts all that user's processes.
+Root and a normal user differ in who the code is outside its namespace. As root (of the initial user
+namespace) it is a fresh unused uid and gid per run with no groups: root's processes are exempt from
+RLIMIT_NPROC, and a kernel escape should not land as root. As a normal user it is that user, with
+the user's supplementary groups (which cannot be dropped without privilege; they matter only for the
+read-only trees it sees). Root inside a user namespace that maps it to the host's root (`unshare -Ur`
+run by root, not the usual container mapping) is the caller's uid 0 again: isolated, but without the
+process limit.
+
+Where user namespaces are not available (user.max_user_namespaces 0, Ubuntu's apparmor restriction,
+a container's seccomp profile), a call is refused with an error that names `grpo.python_sandbox=unsafe`;
+loading the tool checks this once, so a run fails at setup rather than at its first tool call. `unsafe`
+(the environment variable ALIGNLAB_PYTHON_SANDBOX=unsafe outside GRPO) skips the namespaces: only the
+process, rlimit and hook layers apply, in a temporary directory of the host removed afterwards. The
+code then runs as the caller's uid (root, where the trainer is root): whatever gets past the hook can read what the caller
+can read (/proc/<caller>/environ included), signal the caller, write where it can and leave processes
+that left the process group; RLIMIT_NPROC counts all that user's processes.
 
 Not covered in either mode (this is not a VM): kernel exploits, side channels, host load within the
-limits (CPU time, memory and pids are not a cgroup's), and reading world-readable files under /usr
-and the Python trees. Linux only.
+limits (CPU time, memory and pids are not a cgroup's; tmpfs pages are not in the address-space
+limit), and reading what the bound trees hold (/usr and the Python trees, as the caller's uid). Where
+the host's /proc/sys is read-only, code that gets past the hook may create user namespaces of its own
+(with capabilities only over them). Linux only.
 """
 
 from __future__ import annotations
@@ -212,6 +225,32 @@ def _spawn(isolated: bool, work: str | None, fresh: int | None, report_w: int, l
         start_new_session=True, pass_fds=(report_w,))
 
 
+def _stop(proc: subprocess.Popen, isolated: bool) -> None:
+    """End whatever the run left. Isolated: the child kills the namespace's init and exits once the kernel
+    has reaped everything in it. Unsafe: the process group (whose id stays reserved: not reaped yet)."""
+    if isolated and proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(10)
+            return
+        except subprocess.TimeoutExpired:
+            pass
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except OSError:  # already gone
+        pass
+    try:
+        proc.wait(5)
+    except subprocess.TimeoutExpired:  # stuck in the kernel: do not hang the caller on it
+        return
+    for _ in range(100):  # processes forked while the kill went round: until the group is empty
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except OSError:
+            return
+        time.sleep(0.01)
+
+
 def run_python(code: str, limits: SandboxLimits = SandboxLimits()) -> SandboxResult:
     """Run `code` as a script in a fresh sandboxed interpreter; nothing the code does makes this raise."""
     start = time.monotonic()
@@ -240,16 +279,7 @@ def run_python(code: str, limits: SandboxLimits = SandboxLimits()) -> SandboxRes
                 if not select.select([pidfd], [], [], max(0.0, deadline - time.monotonic()))[0]:
                     reason = "wall"
                 os.close(pidfd)
-        # Kill what is left: the group holds the namespace's init (which never leaves it), whose end
-        # kills everything inside; unsafe, whatever the code left in the group.
-        try:
-            os.killpg(proc.pid, signal.SIGKILL)
-        except OSError:  # already gone
-            pass
-        try:
-            proc.wait(5)
-        except subprocess.TimeoutExpired:  # stuck in the kernel: do not hang the caller on it
-            pass
+        _stop(proc, isolated)
         if failure not in (None, "timeout"):  # with what the child printed (a crash's traceback)
             out = _read_capped(proc.stdout, time.monotonic() + 1, limits.output_bytes)[0]
             return SandboxResult(False, out.decode(errors="replace"), failure, time.monotonic() - start)

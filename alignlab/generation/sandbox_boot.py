@@ -1,17 +1,18 @@
 """The program the python sandbox's child process runs (alignlab/generation/sandbox.py starts it).
 
-`python -I -S -B -u -X utf8 sandbox_boot.py key=value ...`; the code comes on stdin. Standard library
-only and never imported by alignlab: it runs in a fresh interpreter, by path.
+`python -I -S -B -u -X utf8 sandbox_boot.py key=value ...`, the code on stdin. Standard library only
+and never imported by alignlab: it runs in a fresh interpreter, by path.
 
 Isolated mode, three processes (what each layer guards against: sandbox.py's docstring):
   boot   the process the caller started. As root it first drops its groups and takes a fresh gid. It
-         enters new user, mount, PID, network, IPC, UTS and cgroup namespaces, says "ready" and waits
-         (reading the code to EOF) while the caller writes its uid/gid maps, since only the caller may
-         map a fresh uid. It opens the trees to expose while it still has the caller's uid (a root-only
-         dir such as /root/.pyenv is readable only then), takes the mapped uid, forks the namespace's
-         init, reports its pid and waits for it.
-  init   PID 1 of the new PID namespace: builds the new root (below), forks the code's process and
-         reaps until that one ends. Its exit ends the namespace: the kernel kills what is left.
+         enters new user, mount, PID, network, IPC, UTS and cgroup namespaces, says "ready" and reads
+         the code to EOF while the caller writes its uid/gid maps (only a process outside the namespace
+         may map a fresh uid). It opens the trees to expose while it still has the caller's uid (a
+         root-only dir such as /root/.pyenv is reachable only then), takes the mapped uid, forks the
+         namespace's init and waits for it; SIGTERM from the caller makes it kill init first.
+  init   PID 1 of the new PID namespace, with the namespace's capabilities: builds the new root (below),
+         forks the code's process and reaps until that one ends. Its exit ends the namespace: the
+         kernel kills and reaps what is left before init is gone.
   code   drops every capability, sets no_new_privs and the rlimits, arms the audit hook, runs the code.
 Unsafe mode: the boot process only sets the rlimits, arms the hook and runs the code in the caller's
 temporary directory.
@@ -20,12 +21,15 @@ The new root is a read-only tmpfs holding: the Python trees and /usr (plus /lib*
 they are not symlinks into /usr) bound read-only, /etc/ld.so.cache, /dev/null, zero, random and
 urandom, /tmp (a tmpfs of file_bytes: cwd and HOME), and /proc of the new PID namespace where the
 kernel allows one (on hosts whose /proc is partly masked, as in many containers, there is none).
+Setup messages go to the caller on the `report` pipe, one a line: "ready", "noiso <why>" (the kernel
+refused a step of the isolation), "error <why>"; the pipe closes as the code starts.
 """
 
 import ctypes
 import os
 import resource
 import signal
+import stat
 import sys
 
 CLONE_NEWNS, CLONE_NEWCGROUP, CLONE_NEWUTS, CLONE_NEWIPC = 0x20000, 0x2000000, 0x4000000, 0x8000000
@@ -108,17 +112,17 @@ def build_root(dirs, files, links, opened, file_bytes):
             os.symlink(target, new("/dev/" + name))
     except OSError:
         pass
+    try:  # the code may not make user namespaces of its own (where it would hold capabilities again): the
+        # limit set is the writer's namespace's, also through the host's /proc (read-only in some containers)
+        with open("/proc/sys/user/max_user_namespaces", "w") as f:
+            f.write("0")
+    except OSError:
+        pass
     os.chdir(STAGE)
     c("pivot_root", b".", b".")  # the old root now sits on top of the new one: detach it
     c("umount2", b".", MNT_DETACH)
     os.chdir("/")
     mount(None, "/", None, MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NODEV)
-    if os.path.exists("/proc/sys/user/max_user_namespaces"):
-        try:  # the code may not make namespaces of its own (where it would hold capabilities again)
-            with open("/proc/sys/user/max_user_namespaces", "w") as f:
-                f.write("0")
-        except OSError:
-            pass
 
 
 def isolate(args, code_in):
@@ -137,6 +141,9 @@ def isolate(args, code_in):
     init = os.fork()
     if init:
         os.closerange(0, 1 << 16)  # the output pipe closes when the namespace's processes are gone
+        # The caller's stop: kill init, whose exit waits until the kernel has killed and reaped everything
+        # in the namespace, so that when this process is gone, so is the run.
+        signal.signal(signal.SIGTERM, lambda *_: os.kill(init, signal.SIGKILL))
         os._exit(exit_status(os.waitpid(init, 0)[1]))
     c("prctl", PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)  # boot killed: the namespace goes with it
     build_root(dirs, files, links, opened, int(args["file_bytes"]))
@@ -209,69 +216,94 @@ WRITES = {"os.mkdir": ((0, 2),), "os.remove": ((0, 1),), "os.rmdir": ((0, 1),), 
 READS = {"os.listdir": ((0, None),), "os.scandir": ((0, None),), "os.chdir": ((0, None),)}
 
 
-def arm_tripwire(work):
+class Tripwire:
     """An audit hook (PEP 578) that refuses what the code has no business doing: a tripwire that code set on
-    escaping defeats, not the boundary. Paths are resolved as the kernel will: relative to dir_fd where one
-    is given (through /proc/self/fd; refused where there is no /proc), and a symlink's target relative to
-    the link's directory. os.open's audit event carries no dir_fd, so os.open itself is wrapped."""
-    import posix
-    real = os.path.realpath
-    rw = (real(work),)
-    ro = rw + tuple({real(p) for p in (sys.prefix, sys.base_prefix, sys.exec_prefix, sys.base_exec_prefix,
-                                       "/dev/null", "/dev/urandom", "/usr/share/zoneinfo", *sys.path) if p})
+    escaping defeats, not the boundary. Paths are resolved as the kernel will resolve them: relative to
+    dir_fd where one is given, and a symlink's target relative to the link's directory. os.open's audit
+    event carries no dir_fd, so os.open itself is wrapped."""
 
-    def resolve(path, dir_fd=None):
+    def __init__(self, work):
+        import posix
+        real = os.path.realpath
+        self.rw = (real(work),)
+        self.ro = self.rw + tuple({real(p) for p in (sys.prefix, sys.base_prefix, sys.exec_prefix, sys.base_exec_prefix,
+                                                     "/dev/null", "/dev/urandom", "/usr/share/zoneinfo", *sys.path) if p})
+        self.dirs = {}  # fd -> (path, st_dev, st_ino): directories opened through os.open, for hosts without /proc
+        self.posix_open = posix.open
+
+        def checked_open(path, flags, mode=0o777, *, dir_fd=None):
+            return self.open(path, flags, mode, dir_fd)
+
+        checked_open.__doc__ = posix.open.__doc__
+        os.open = posix.open = checked_open
+        sys.addaudithook(self.hook)
+
+    def dir_path(self, fd):
+        """Where a directory descriptor points: /proc/self/fd, else what os.open recorded for it."""
+        try:
+            return os.readlink(f"/proc/self/fd/{fd}")
+        except OSError:
+            pass
+        path, dev, ino = self.dirs.get(fd, (None, None, None))
+        try:
+            st = os.fstat(fd)
+        except OSError:
+            st = None
+        if path is None or st is None or (st.st_dev, st.st_ino) != (dev, ino):
+            raise PermissionError(f"sandbox: cannot tell which directory dir_fd {fd} is")
+        return path
+
+    def resolve(self, path, dir_fd=None):
         """The absolute path the kernel will act on; None for a file descriptor (nothing to check)."""
         if not isinstance(path, (str, bytes, os.PathLike)):
             return None
         path = os.fsdecode(path)
         if not path.startswith("/") and dir_fd is not None and dir_fd >= 0:  # -1: none; AT_FDCWD is negative
-            try:
-                path = os.path.join(os.readlink(f"/proc/self/fd/{dir_fd}"), path)
-            except OSError:
-                raise PermissionError(f"sandbox: cannot check {path!r} relative to dir_fd {dir_fd}") from None
-        return real(path)
+            path = os.path.join(self.dir_path(dir_fd), path)
+        return os.path.realpath(path)
 
-    def check(event, path, dir_fd, roots, shown=None):
-        p = resolve(path, dir_fd)
+    def check(self, event, path, dir_fd, roots, shown=None):
+        p = self.resolve(path, dir_fd)
         if p is not None and not any(p == r or p.startswith(r + os.sep) for r in roots):
             raise PermissionError(f"sandbox: {event} on {path if shown is None else shown!r} is not allowed")
 
-    def hook(event, args):
+    def open(self, path, flags, mode, dir_fd):
+        self.check("open", path, dir_fd, self.rw if flags & WRITE_FLAGS else self.ro)
+        fd = self.posix_open(path, flags, mode, dir_fd=dir_fd)
+        try:
+            st, where = os.fstat(fd), self.resolve(path, dir_fd)
+            if stat.S_ISDIR(st.st_mode) and os.path.samestat(st, os.stat(where)):  # the object checked: keep
+                self.dirs[fd] = (where, st.st_dev, st.st_ino)                      # it for dir_fd
+        except OSError:
+            self.dirs.pop(fd, None)
+        return fd
+
+    def hook(self, event, args):
         if event == "open":
-            check(event, args[0], None, rw if (args[2] or 0) & WRITE_FLAGS else ro)
-        for table, roots in ((WRITES, rw), (READS, ro)):
+            self.check(event, args[0], None, self.rw if (args[2] or 0) & WRITE_FLAGS else self.ro)
+        for table, roots in ((WRITES, self.rw), (READS, self.ro)):
             for path_at, dir_fd_at in table.get(event, ()):
-                check(event, args[path_at], None if dir_fd_at is None else args[dir_fd_at], roots)
+                self.check(event, args[path_at], None if dir_fd_at is None else args[dir_fd_at], roots)
         if event == "os.symlink" and isinstance(args[0], (str, bytes, os.PathLike)):
-            link_dir = os.path.dirname(resolve(args[1], args[2]))  # a relative target starts from the link
-            check(event, os.path.join(link_dir, os.fsdecode(args[0])), None, rw, shown=args[0])
+            link_dir = os.path.dirname(self.resolve(args[1], args[2]))  # a relative target starts from the link
+            self.check(event, os.path.join(link_dir, os.fsdecode(args[0])), None, self.rw, shown=args[0])
         if event in ("os.kill", "os.killpg") and not own_process(event, args[0]):
             raise PermissionError(f"sandbox: {event} of {args[0]} is not allowed")
         if event in DENIED or event == "ctypes.dlopen" and args[0] is not None:  # importing ctypes opens None
             raise PermissionError(f"sandbox: {event} is not allowed")
 
-    def own_process(event, pid):
-        """The code itself, its process group, or a child of its own."""
-        if event == "os.killpg" or pid < 0:
-            return abs(pid) == os.getpgid(0) or pid == 0
-        if pid in (0, os.getpid()):
-            return True
-        try:
-            os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT)
-            return True
-        except ChildProcessError:
-            return False
 
-    posix_open = posix.open
-
-    def checked_open(path, flags, mode=0o777, *, dir_fd=None):
-        check("open", path, dir_fd, rw if flags & WRITE_FLAGS else ro)
-        return posix_open(path, flags, mode, dir_fd=dir_fd)
-
-    checked_open.__doc__ = posix_open.__doc__
-    os.open = posix.open = checked_open
-    sys.addaudithook(hook)
+def own_process(event, pid):
+    """The code itself, its process group, or a child of its own."""
+    if event == "os.killpg" or pid < 0:
+        return abs(pid) == os.getpgid(0) or pid == 0
+    if pid in (0, os.getpid()):
+        return True
+    try:
+        os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+        return True
+    except ChildProcessError:
+        return False
 
 
 def main():
@@ -302,7 +334,7 @@ def main():
         os.dup2(null, 0)
         os.close(null)
         if args["tripwire"] == "1":
-            arm_tripwire(work)
+            Tripwire(work)
     except BaseException as e:
         report(report_fd, f"error {type(e).__name__}: {e}")
         os._exit(1)

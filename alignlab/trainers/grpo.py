@@ -94,9 +94,9 @@ class GRPOTrainer:
     def __init__(self, config):
         check_grpo_config(config)
         self.config, self.grpo, self.train = config, config.grpo, config.train
+        set_python_sandbox(self.grpo.python_sandbox)  # before the python tool loads (preflight): it checks the sandbox
         self.run = TrainingRun("grpo", config)
         self.tokenizer = load_tokenizer(config.model.name_or_path, trust_remote_code=config.model.trust_remote_code)
-        set_python_sandbox(self.grpo.python_sandbox)  # before the python tool loads: it checks the sandbox
         self.turns = turn_settings(self.grpo.tools, tool_parser=self.grpo.tool_parser,
                                    max_tool_turns=self.grpo.max_tool_turns, tool_timeout=self.grpo.tool_timeout,
                                    environment=self.grpo.environment, on_long=config.data.on_long,

@@ -95,6 +95,8 @@ print("forked")
 import os
 print(sorted(os.listdir("/tmp")), sorted(os.listdir(".")), os.path.exists("/tmp/{MARK}-left"))
 """,
+    "nested_userns": "import ctypes, os\nlibc = ctypes.CDLL(None, use_errno=True)\n"
+                     "print(libc.unshare(0x10000000), os.strerror(ctypes.get_errno()))",  # CLONE_NEWUSER
     "fork_bomb": "import os\nwhile True:\n    os.fork()",
     "memory": "x = bytearray(10 * 1024**3)\nprint('allocated')",
 }

@@ -4,6 +4,7 @@ Hostile code runs twice more through sandbox_hostile.py, as root and as a normal
 with the audit hook off: what must hold there is what the kernel enforces.
 """
 
+import functools
 import json
 import os
 import re
@@ -26,6 +27,30 @@ SMALL = SandboxLimits(cpu_seconds=2, wall_seconds=3, memory_mb=256)
 ROOT = os.geteuid() == 0
 REPO = Path(__file__).resolve().parents[2]
 HOSTILE = Path(__file__).with_name("sandbox_hostile.py")
+
+
+@functools.lru_cache(maxsize=None)
+def isolation_unavailable() -> str | None:
+    """Why this machine cannot run the isolated mode (user namespaces refused), or None."""
+    result = run_python("pass", SandboxLimits(wall_seconds=30)) if sandbox.python_sandbox_mode() == "isolated" else None
+    return None if result is None or result.ok else result.error
+
+
+@pytest.fixture(autouse=True)
+def default_mode(monkeypatch):
+    """Where the machine allows no isolation, the tests of limits and refusals run in unsafe mode."""
+    monkeypatch.setattr(sandbox, "_mode", None)
+    monkeypatch.delenv("ALIGNLAB_PYTHON_SANDBOX", raising=False)
+    if isolation_unavailable():
+        monkeypatch.setattr(sandbox, "_mode", "unsafe")
+
+
+@pytest.fixture
+def isolated(monkeypatch):
+    """For tests of what only the isolated mode promises."""
+    if isolation_unavailable():
+        pytest.skip(isolation_unavailable())
+    monkeypatch.setattr(sandbox, "_mode", "isolated")
 
 
 def sandbox_processes() -> list[str]:
@@ -110,7 +135,7 @@ def test_fork_bomb_is_contained_and_leaves_no_process():
     assert run_python("print('still fine')", SMALL).output == "still fine\n"
 
 
-def test_a_process_that_leaves_the_group_is_killed_too():
+def test_a_process_that_leaves_the_group_is_killed_too(isolated):
     code = "import os, time\nif os.fork() == 0:\n    os.setsid()\n    time.sleep(60)\nprint('parent done')"
     result = run_python(code, SMALL)
     assert result.ok and result.output == "parent done\n" and result.seconds < 2
@@ -184,7 +209,7 @@ def test_shells_subprocesses_and_libc_are_refused(code):
     assert "PermissionError: sandbox:" in result.output
 
 
-def test_the_environment_is_fresh_and_nothing_is_left_on_the_host(monkeypatch):
+def test_the_environment_is_fresh_and_nothing_is_left_on_the_host(isolated, monkeypatch):
     monkeypatch.setenv("ALIGNLAB_SECRET", "s3cr3t-5a1f")
     mark = f"alignlab-test-{secrets.token_hex(4)}"
     result = run_python(f"import os\nprint(os.getcwd())\nprint(sorted(os.environ.items()))\n"
@@ -232,8 +257,12 @@ def exposure_script() -> list[str]:
     return lines + ["rm -r $stage"]
 
 
-def run_hostile(tmp_path, as_nobody: bool) -> tuple[dict, str, str]:
-    """sandbox_hostile.py's report, run as this uid or as nobody (65534, no groups, no capabilities)."""
+MASKED_PROC = ["unshare", "-Urm", "sh", "-c", 'mount -t tmpfs none /proc/sys/fs && exec "$@"', "-"]
+
+
+def run_hostile(tmp_path, as_nobody: bool = False, wrap: list[str] = ()) -> tuple[dict, str, str]:
+    """sandbox_hostile.py's report, run as this uid or as nobody (65534, no groups, no capabilities), or
+    under `wrap`, a command that runs the rest of its arguments."""
     mark, token = f"alignlab-hostile-{secrets.token_hex(4)}", f"hf_{secrets.token_hex(8)}"
     secret = Path(tempfile.mkdtemp(prefix="alignlab-test-")) / "secret.txt"  # world-readable, in the host's /tmp
     secret.write_text(f"SECRET-{token}")
@@ -241,7 +270,7 @@ def run_hostile(tmp_path, as_nobody: bool) -> tuple[dict, str, str]:
     secret.chmod(0o644)
     env = {"PATH": os.environ["PATH"], "HOME": "/", "PYTHONPATH": str(REPO), "HF_TOKEN": token,
            "WANDB_API_KEY": token, "LANG": "C.UTF-8"}
-    cmd = [sys.executable, str(HOSTILE), mark, str(secret), "no-tripwire"]
+    cmd = [*wrap, sys.executable, str(HOSTILE), mark, str(secret), "no-tripwire"]
     if as_nobody:
         drop = "exec setpriv --reuid=65534 --regid=65534 --clear-groups --inh-caps=-all -- " + shlex.join(cmd)
         cmd = ["unshare", "--mount", "--propagation", "private", "sh", "-c", "\n".join(exposure_script() + [drop])]
@@ -272,12 +301,13 @@ def check_hostile(report: dict, mark: str, token: str) -> None:
     assert report["leave"]["ok"] and report["leave"]["output"] == "forked\n"
     assert report["find_left"]["output"] == "[] [] False\n", report["find_left"]  # the next call starts empty
     assert not report["fork_bomb"]["ok"] and report["fork_bomb"]["seconds"] < 8
+    assert report["nested_userns"]["output"].startswith("-1 ")  # no user namespace (and capabilities) of its own
     assert report["memory"]["error"] == "memory limit"
     assert not report["network"]["ok"] and "CONNECTED" not in report["network"]["output"]
     assert not report["network"]["accepted"]
 
 
-def test_hostile_code_as_this_user(tmp_path):
+def test_hostile_code_as_this_user(isolated, tmp_path):
     report, mark, token = run_hostile(tmp_path, as_nobody=False)
     assert report["uid"] == os.getuid()
     check_hostile(report, mark, token)
@@ -285,7 +315,7 @@ def test_hostile_code_as_this_user(tmp_path):
 
 @pytest.mark.skipif(not ROOT or not shutil.which("setpriv") or not shutil.which("unshare"),
                     reason="simulating a normal user takes root, setpriv and unshare (as a normal user the test above is it)")
-def test_hostile_code_as_a_normal_user(tmp_path):
+def test_hostile_code_as_a_normal_user(isolated, tmp_path):
     report, mark, token = run_hostile(tmp_path, as_nobody=True)
     assert report["uid"] == 65534
     check_hostile(report, mark, token)
@@ -293,8 +323,27 @@ def test_hostile_code_as_a_normal_user(tmp_path):
 
 # --- the audit hook resolves paths as the kernel does: dir_fd and symlink targets included ---
 
+def test_hostile_code_where_the_host_proc_is_partly_masked(isolated, tmp_path):
+    """As in many containers: the kernel then refuses the sandbox a /proc of its own."""
+    if subprocess.run([*MASKED_PROC, "true"], check=False, capture_output=True).returncode != 0:
+        pytest.skip("unshare -Urm is not available here")
+    # As nobody when root: a user namespace of root's maps to uid 0, which RLIMIT_NPROC does not bind.
+    report, mark, token = run_hostile(tmp_path, as_nobody=ROOT, wrap=MASKED_PROC)
+    check_hostile(report, mark, token)
+    code = ("import os, tempfile\nprint(os.path.exists('/proc/self'))\nwith tempfile.TemporaryDirectory() as t:\n"
+            "    d = os.open(t, os.O_RDONLY)\n    os.mkdir('sub', dir_fd=d)\n    print(os.listdir(t))\n"
+            "os.mkdir('x', dir_fd=os.dup(d))")
+    probe = f"from alignlab.generation.sandbox import run_python\nprint(run_python({code!r}).output)"
+    done = subprocess.run([*MASKED_PROC, sys.executable, "-c", probe], check=False, capture_output=True, text=True,
+                          timeout=120, env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert done.stdout.startswith("False\n['sub']\n"), done.stdout + done.stderr  # the hook still follows dir_fd
+    assert "PermissionError: sandbox: cannot tell which directory dir_fd" in done.stdout
+
+
 @pytest.mark.parametrize("mode", ["isolated", "unsafe"])
-def test_the_hook_follows_dir_fd_and_symlink_targets(monkeypatch, mode):
+def test_the_hook_follows_dir_fd_and_symlink_targets(request, monkeypatch, mode):
+    if mode == "isolated":
+        request.getfixturevalue("isolated")
     monkeypatch.setattr(sandbox, "_mode", mode)
     mark = f"alignlab-test-{secrets.token_hex(4)}"
     route = HOSTILE.read_text().split('DIR_FD_ROUTE = """')[1].split('"""')[0]
@@ -347,3 +396,24 @@ def test_without_user_namespaces_model_code_is_refused_unless_unsafe():
 def test_the_mode_is_checked():
     with pytest.raises(ConfigError, match="grpo.python_sandbox must be one of isolated, unsafe"):
         sandbox.set_python_sandbox("off")
+
+
+def test_a_grpo_run_with_the_python_tool_is_refused_at_setup_unless_unsafe(tmp_path, tiny_model_dir, prompts,
+                                                                            monkeypatch, capsys):
+    import alignlab.trainers.grpo as grpo_module
+    from conftest import base_args, run_cli
+
+    monkeypatch.setattr(sandbox, "_checked", False)
+    monkeypatch.setattr(sandbox, "run_python", lambda code, limits=None: sandbox.SandboxResult(
+        False, "", sandbox._refusal("[Errno 28] unshare: No space left on device"), 0.0))  # a machine without them
+    result = run_cli(base_args("grpo", tiny_model_dir, prompts, tmp_path / "a", "grpo.tools=[python]"), capsys)
+    assert result.code == 2 and "grpo.python_sandbox=unsafe" in result.err and "Traceback" not in result.err
+
+    def stop(*_, **__):  # the mode the trainer set, just before the tools load
+        raise ConfigError(f"stopped in mode {sandbox.python_sandbox_mode()}")
+
+    monkeypatch.setattr(grpo_module, "turn_settings", stop)
+    args = base_args("grpo", tiny_model_dir, prompts, tmp_path / "b", "grpo.tools=[python]", "grpo.python_sandbox=unsafe")
+    assert "stopped in mode unsafe" in run_cli(args, capsys).err
+    bad = run_cli(base_args("grpo", tiny_model_dir, prompts, tmp_path / "c", "grpo.python_sandbox=strict"), capsys)
+    assert bad.code == 2 and "grpo.python_sandbox must be isolated or unsafe" in bad.err
