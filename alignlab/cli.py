@@ -75,6 +75,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_inference_commands(sub)
     _add_data_and_grid_commands(sub)
     _add_demo_and_configs_commands(sub)
+    _add_push_and_doctor_commands(sub)
     return parser
 
 
@@ -101,6 +102,30 @@ def _add_demo_and_configs_commands(sub) -> None:
     copy.add_argument("name", metavar="NAME", help="a shipped config's name, e.g. sft_tiny or accelerate/fsdp")
     copy.add_argument("dest", metavar="DEST", nargs="?", default=".",
                       help="a directory, or a .yaml file name for the copy")
+
+
+def _add_push_and_doctor_commands(sub) -> None:
+    push = _command(sub, "push", "upload a run's model (or LoRA adapter) with a generated model card to the Hub",
+                    "Upload a finished run to a Hugging Face Hub repository: final/ (full weights), or for a LoRA run "
+                    "its adapter, with a model card (base model, data, method and settings, final metrics, the command "
+                    "that reproduces it) and the run's config. What goes up is assembled in RUN_DIR/hub/ first. Needs "
+                    "a token (`hf auth login` or HF_TOKEN); fails at once when offline.")
+    push.add_argument("run_dir", metavar="RUN_DIR", help="a finished run's directory (with config.yaml and final/)")
+    push.add_argument("repo_id", metavar="REPO", help="the Hub repository, org/name (created if it does not exist)")
+    push.add_argument("--merged", action="store_true",
+                      help="a LoRA run: push the merged weights in final/ instead of the adapter")
+    push.add_argument("--private", action="store_true", help="create the repository private")
+    push.add_argument("--revision", help="branch to push to, created if needed (default: main)")
+    push.add_argument("--license", help="the card's license id, e.g. apache-2.0 (default: the base model's, read "
+                      "from its card in the local cache; else other)")
+    push.add_argument("--dry-run", action="store_true",
+                      help="write the card and list the files in RUN_DIR/hub/ without uploading (works offline)")
+
+    _command(sub, "doctor", "check the installation: versions, whether they agree, GPUs, threads, disk, hub",
+             "Report Python, torch (build, GPUs), transformers, peft, accelerate, TRL, vLLM, DeepSpeed, bitsandbytes, "
+             "flash-attention and whether their versions meet each other's requirements; threads, free disk, the "
+             "Hugging Face cache and offline mode. Each problem comes with the command that fixes it; exit code 1 "
+             "when something would break a run.")
 
 
 def _add_inference_commands(sub) -> None:
@@ -244,7 +269,7 @@ def _run_setup_command(args: argparse.Namespace) -> None:
         configs_command(args.configs_action or "list", getattr(args, "name", None), getattr(args, "dest", "."))
 
 
-def run(args: argparse.Namespace) -> None:
+def run(args: argparse.Namespace) -> int:
     from alignlab.config import infer_command, load_config, to_yaml
     from alignlab.config.loading import find_config
 
@@ -304,6 +329,16 @@ def run(args: argparse.Namespace) -> None:
         from alignlab.commands.report import write_report
 
         print(f"wrote {write_report(args.run_dirs, args.out)}")
+    elif args.command == "push":
+        from alignlab.commands.push import push_command
+
+        push_command(args.run_dir, args.repo_id, merged=args.merged, private=args.private, revision=args.revision,
+                     license=args.license, dry_run=args.dry_run)
+    elif args.command == "doctor":
+        from alignlab.commands.doctor import doctor_command
+
+        return doctor_command()
+    return 0
 
 
 def main(argv=None) -> int:
@@ -313,7 +348,7 @@ def main(argv=None) -> int:
     os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
     args = build_parser().parse_args(argv)
     try:
-        run(args)
+        code = run(args)  # doctor: 1 when it found something that would break a run
     except Interrupted as exc:
         if os.environ.get("RANK", "0") == "0":  # every process stopped; one says how to resume
             print(f"alignlab {args.command}: {exc}", file=sys.stderr)
@@ -324,7 +359,7 @@ def main(argv=None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
-    return 0
+    return code or 0
 
 
 if __name__ == "__main__":

@@ -319,7 +319,9 @@ def check_hub() -> Row:
 def diagnose() -> list[Row]:
     import alignlab
 
-    rows = [check_python(), Row("alignlab", f"{version('alignlab')} ({Path(alignlab.__file__).parent})"), check_torch()]
+    here = Path(alignlab.__file__).parent
+    rows = [check_python(), Row("alignlab", f"{version('alignlab') or 'not installed, imported'} from {here}"),
+            check_torch()]
     by_name: dict[str, Row] = {"torch": rows[2]}
     for name in PACKAGES:
         installed = version(name)

@@ -16,7 +16,8 @@ def push_command(run_dir: str, repo_id: str, *, merged: bool = False, private: b
         check_can_push(repo_id)  # first of all: offline, this is the one line the user sees
     plan = plan_push(Path(run_dir), repo_id, merged=merged, license=license)
     files = stage(plan)
-    what = "LoRA adapter" if plan.adapter else ("merged model" if merged else "model")
+    lora = bool((plan.info.config.get("lora") or {}).get("enabled"))
+    what = "LoRA adapter" if plan.adapter else "merged model" if lora else "model"
     where = f"{repo_id}" + (f" (branch {revision})" if revision else "") + (", private" if private else "")
     print(f"{'would push' if dry_run else 'pushing'} the {what} of {plan.run_dir} (from {plan.source}) to {where}:")
     for file in files:

@@ -78,6 +78,9 @@ class TrainConfig:
     report_to: list[str] = field(default_factory=list)  # tensorboard, wandb
     progress: bool = True
     max_bad_steps: int = 5  # consecutive non-finite losses before aborting
+    # org/name: at the end, push final/ (a LoRA run: its adapter) and a model card to the Hub, as `alignlab push` does
+    push_to_hub: Optional[str] = None
+    hub_private: bool = False  # create the push_to_hub repository private
     num_threads: Any = "auto"  # torch CPU threads: auto (OMP_NUM_THREADS, else half the cores on CPU) | N
 
 

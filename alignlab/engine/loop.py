@@ -28,6 +28,7 @@ from alignlab.config import to_dict, to_yaml, was_set
 from alignlab.engine import checkpoint as ckpt
 from alignlab.engine import sharding
 from alignlab.engine.data_order import IndexSampler, process_seed, seed_everything
+from alignlab.engine.hub_push import check_can_push, push_run
 from alignlab.engine.preflight import preflight
 from alignlab.engine.launch import apply_num_threads, check_precision, cpu_only_multiprocess, launched_processes
 from alignlab.engine.run_checkpoints import RunCheckpoints
@@ -84,6 +85,8 @@ class TrainingRun(RunCheckpoints):
         setup_logging(None, console=self.is_main, hold=self.is_main)
         apply_num_threads(config.train.num_threads)  # once, at the start of every run (the CLI's, the API's)
         self._log_model()
+        if config.train.push_to_hub:  # offline or without a token, say so now, not after the training
+            check_can_push(config.train.push_to_hub)
         if self.num_processes > 1:
             mode = ("FSDP: weights, gradients and optimizer state sharded" if self.sharded else
                     f"DeepSpeed ZeRO-{self.zero_stage}" if self.deepspeed else "data parallel")
@@ -342,6 +345,8 @@ class TrainingRun(RunCheckpoints):
         self.tracker.close()
         if self.is_main:
             log.info("%s", run_summary(read_jsonl(self.tracker.path) + history, self.step, self.run_dir / "final"))
+            if self.config.train.push_to_hub:
+                push_run(self.run_dir, self.config.train.push_to_hub, private=self.config.train.hub_private)
         return history
 
     def _any_process(self, flag: bool) -> bool:
