@@ -126,9 +126,11 @@ class GRPOConfig:
     vllm_server: str = "127.0.0.1:8000"  # host:port of `alignlab vllm-serve`, for vllm_mode=server
     vllm_sync: str = "merged"  # LoRA, colocated: merged (W + scale*BA, layer by layer) | adapter (vLLM's LoRA support)
     vllm_gpu_memory_utilization: float = 0.3  # share of GPU memory the engine takes (weights + KV cache)
-    vllm_sleep: bool = False  # GPU: release the engine's KV cache while training (vLLM sleep mode)
+    vllm_sleep: bool = False  # GPU: release the engine's weights and KV cache while training (vLLM sleep mode)
     vllm_max_model_len: Optional[int] = None  # None = train.max_length
     vllm_importance_sampling_cap: float = 3.0  # truncated importance sampling of the sampler/trainer gap; 0 = off
+    # token_truncate | token_mask | sequence_truncate | sequence_mask (TRL 1.16's default): losses/grpo.py
+    vllm_importance_sampling_mode: str = "token_truncate"
     # Multi-turn rollouts (alignlab.generation.multi_turn): tools the policy may call, or an environment.
     tools: list[str] = field(default_factory=list)  # python, multiply, module:function, path/to/file.py:function
     tool_parser: str = "qwen"  # qwen (<tool_call>{json}</tool_call>; Qwen2.5/3, Hermes) | module:function

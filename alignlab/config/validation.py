@@ -11,6 +11,9 @@ from alignlab.errors import ConfigError
 # rank r is served by the smallest one >= r.
 VLLM_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
 
+# How the sampler/trainer importance ratio is applied (alignlab.losses.grpo.importance_sampling_weights).
+IMPORTANCE_SAMPLING_MODES = ("token_truncate", "token_mask", "sequence_truncate", "sequence_mask")
+
 # The allowed range of every numeric key that has an obvious one: "> 0", ">= 1", "[0, 1)" (interval
 # brackets: [ ] include the bound, ( ) exclude it), and why, where the range is not self-evident.
 # Checked when a config loads, so a bad value fails before any work with the key and its range.
@@ -142,6 +145,9 @@ def validate(config) -> None:
             raise ConfigError(f"grpo.vllm_sync must be merged or adapter, got '{grpo.vllm_sync}'")
         if grpo.vllm_mode not in ("colocate", "server"):
             raise ConfigError(f"grpo.vllm_mode must be colocate or server, got '{grpo.vllm_mode}'")
+        if grpo.vllm_importance_sampling_mode not in IMPORTANCE_SAMPLING_MODES:
+            raise ConfigError("grpo.vllm_importance_sampling_mode must be one of "
+                              f"{', '.join(IMPORTANCE_SAMPLING_MODES)}, got '{grpo.vllm_importance_sampling_mode}'")
         adapter_sync = grpo.backend == "vllm" and grpo.vllm_sync == "adapter" and config.lora.enabled
         if adapter_sync and config.lora.r > max(VLLM_LORA_RANKS):
             raise ConfigError(f"lora.r={config.lora.r} with grpo.vllm_sync=adapter: vLLM serves LoRA ranks up to "

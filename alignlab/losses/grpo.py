@@ -41,12 +41,18 @@ Choices made:
 
   * Unscorable completions (NaN rewards) are left out of the group statistics and get advantage 0.
   * Sampler/trainer mismatch (a vLLM engine's kernels, bf16 sampling): the tokens were drawn from the
-    sampler's distribution mu, not the rollout policy pi_old. Truncated importance sampling (Yao et
-    al. 2025, "Your efficient RL framework secretly brings you off-policy RL training") multiplies
-    each token's policy-gradient term by min(pi_old(y_t) / mu(y_t), C), with C =
-    grpo.vllm_importance_sampling_cap (3 by default, as TRL); the KL term is not re-weighted.
+    sampler's distribution mu, not the rollout policy pi_old. Importance sampling re-weights each
+    token's policy-gradient term (`importance_sampling_weights`, TRL 1.16's modes and meanings, C =
+    grpo.vllm_importance_sampling_cap, 3 by default as TRL):
+      token_truncate     min(pi_old(y_t) / mu(y_t), C) per token (truncated IS, Yao et al. 2025, "Your
+                         efficient RL framework secretly brings you off-policy RL training")
+      token_mask         the token's ratio, or 0 where it exceeds C
+      sequence_truncate  min(pi_old(y) / mu(y), C), the whole completion's ratio, on all its tokens
+      sequence_mask      the completion's ratio, or 0 for every token of a completion past C (TRL 1.16's
+                         default; ours stays token_truncate, what earlier runs used)
+    No lower bound (TRL's clip_min, unset by default there). The KL term is not re-weighted.
 
-Left out: sequence-level importance ratios (GSPO), CISPO/SAPO/VESPO, the dual-clip delta bound,
+Left out: sequence-level policy ratios (GSPO), CISPO/SAPO/VESPO, the dual-clip delta bound,
 entropy bonus and masking, token-level [B, T] advantages.
 """
 
@@ -61,9 +67,12 @@ __all__ = [
     "ADVANTAGE_SCALINGS",
     "LOSS_AGGREGATIONS",
     "GRPOLossOutput",
+    "IMPORTANCE_SAMPLING_BOUNDS",
+    "ImportanceWeights",
     "constant_groups",
     "group_advantages",
     "grpo_loss",
+    "importance_sampling_weights",
     "nan_std",
 ]
 
@@ -256,3 +265,50 @@ def grpo_loss(
         clip_ratio = clip_ratio_low + clip_ratio_high  # []
 
     return GRPOLossOutput(loss, kl, clip_ratio, clip_ratio_low, clip_ratio_high)
+
+
+# ------------------------------------------------------------------------------ importance sampling
+
+
+def _truncate_above(ratio: torch.Tensor, cap: float) -> torch.Tensor:
+    return ratio.clamp(max=cap)
+
+
+def _zero_above(ratio: torch.Tensor, cap: float) -> torch.Tensor:
+    return ratio.masked_fill(ratio > cap, 0.0)
+
+
+IMPORTANCE_SAMPLING_BOUNDS: dict[str, Callable[[torch.Tensor, float], torch.Tensor]] = {
+    "truncate": _truncate_above,
+    "mask": _zero_above,
+}
+IMPORTANCE_SAMPLING_LEVELS = ("token", "sequence")
+
+
+@dataclass
+class ImportanceWeights:
+    weights: torch.Tensor  # [B, T]: multiplies each token's policy-gradient term
+    raw: torch.Tensor  # [N]: the ratios before the cap, one per active token (token_*) or completion (sequence_*)
+    bounded: torch.Tensor  # [N]: the same ratios after the cap or mask (what TRL logs)
+
+
+def importance_sampling_weights(behaviour_logps: torch.Tensor, sampling_logps: torch.Tensor, mask: torch.Tensor, *,
+                                mode: str = "token_truncate", cap: float = 3.0) -> ImportanceWeights:
+    """Weights that correct the sampler/trainer mismatch (module docstring), all detached.
+
+    behaviour_logps: [B, T] the rollout policy's log-probs of the sampled tokens; sampling_logps: [B, T]
+    the sampler's; mask: [B, T] the tokens that count (the model's own). mode: `<level>_<bound>`, a level of
+    IMPORTANCE_SAMPLING_LEVELS and a key of IMPORTANCE_SAMPLING_BOUNDS.
+    """
+    level, _, bound = mode.partition("_")
+    if level not in IMPORTANCE_SAMPLING_LEVELS or bound not in IMPORTANCE_SAMPLING_BOUNDS:
+        modes = [f"{lv}_{b}" for lv in IMPORTANCE_SAMPLING_LEVELS for b in IMPORTANCE_SAMPLING_BOUNDS]
+        raise ValueError(f"unknown importance sampling mode {mode!r}; valid options: {modes}")
+    mask = mask.to(behaviour_logps.dtype)  # [B, T]
+    log_ratio = (behaviour_logps - sampling_logps).detach() * mask  # [B, T]: 0 where the token does not count
+    if level == "sequence":
+        log_ratio = log_ratio.sum(dim=1, keepdim=True)  # [B, 1]: log pi_old(y) / mu(y) of the whole completion
+    raw = torch.exp(log_ratio)  # [B, T] or [B, 1]
+    bounded = IMPORTANCE_SAMPLING_BOUNDS[bound](raw, cap)  # [B, T] or [B, 1]
+    counted = mask.bool() if level == "token" else torch.ones_like(raw, dtype=torch.bool)
+    return ImportanceWeights(bounded.expand_as(mask), raw[counted], bounded[counted])

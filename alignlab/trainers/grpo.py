@@ -63,7 +63,7 @@ from alignlab.errors import ConfigError, DataError
 from alignlab.generation.prompt_eval import evaluate_prompts
 from alignlab.model.logprobs import shared_prefix_token_logps, token_logps
 from alignlab.losses.grpo import (ADVANTAGE_SCALINGS, LOSS_AGGREGATIONS, constant_groups, group_advantages,
-                                  grpo_loss)
+                                  grpo_loss, importance_sampling_weights)
 from alignlab.model.loading import (count_parameters, disable_dropout, is_peft, load_model, load_tokenizer,
                                     model_stop_ids)
 from alignlab.rewards import RewardScores, get_reward, score_completions
@@ -74,7 +74,8 @@ from alignlab.generation.vllm import build_engine, draw_seed, engine_awake, engi
 from alignlab.engine.tracking import append_jsonl
 from alignlab.engine.data_order import IndexSampler
 from alignlab.engine.loop import TrainingRun
-from alignlab.trainers.grpo_stats import global_means, reward_stats, trajectory_stats, with_environment_reward
+from alignlab.trainers.grpo_stats import (ImportanceSamplingStats, global_means, reward_stats, trajectory_stats,
+                                          with_environment_reward)
 
 log = logging.getLogger("alignlab")
 ZERO_STD_WARN_FRACTION, ZERO_STD_WARN_STEPS = 0.8, 5
@@ -350,8 +351,8 @@ class GRPOTrainer:
             }[grpo.loss_type])
         # bnpo (TRL): each micro-batch by its own tokens, averaged over the step's micro-batches of all processes.
         micro_batches = math.ceil(len(rows_all) / micro) * self.run.num_processes
-        sums = {"loss": 0.0, "kl": 0.0, "clip_ratio": 0.0, "entropy": 0.0, "logp_gap": 0.0, "is_ratio": 0.0}
-        tokens, gap_max, is_max, is_min = 0.0, 0.0, 0.0, float("inf")
+        sums = {"loss": 0.0, "kl": 0.0, "clip_ratio": 0.0, "entropy": 0.0, "logp_gap": 0.0}
+        tokens, gap_max, is_stats = 0.0, 0.0, ImportanceSamplingStats()
         cap = grpo.vllm_importance_sampling_cap
         correct = self.engine is not None and cap > 0 and rollout.sampling_logps is not None
         for rows in self.run.micro_batches(rows_all, micro):
@@ -365,14 +366,12 @@ class GRPOTrainer:
             if grpo.loss_type == "bnpo":
                 normalizer = float(mask.sum().clamp(min=1)) * micro_batches
             weights = None
-            if correct:  # truncated importance sampling: rollout policy over sampler, per token
+            if correct:  # importance sampling: rollout policy over sampler (grpo.vllm_importance_sampling_mode)
                 behaviour = old[rows].to(self.run.device) if old is not None else logps.detach()
-                ratio = torch.exp((behaviour - rollout.sampling_logps[rows].to(self.run.device)) * mask)  # [b, C]
-                weights = ratio.clamp(max=cap)
-                active_ratio = ratio[mask.bool()]
-                if active_ratio.numel():
-                    sums["is_ratio"] += float(active_ratio.sum())
-                    is_max, is_min = max(is_max, float(active_ratio.max())), min(is_min, float(active_ratio.min()))
+                sampled = importance_sampling_weights(behaviour, rollout.sampling_logps[rows].to(self.run.device), mask,
+                                                      mode=grpo.vllm_importance_sampling_mode, cap=cap)
+                weights = sampled.weights  # [b, C]
+                is_stats.add(sampled)
             out = grpo_loss(
                 logps, old[rows].to(self.run.device) if old is not None else None,
                 ref[rows].to(self.run.device) if ref is not None else None,
@@ -389,7 +388,7 @@ class GRPOTrainer:
             sums["clip_ratio"] += float(out.clip_ratio) * active
             sums["entropy"] += float((entropy * mask).sum())
         # Token means over every process's completions (not a mean of per-process means).
-        keys = ("kl", "clip_ratio", "entropy", "logp_gap", "is_ratio")
+        keys = ("kl", "clip_ratio", "entropy", "logp_gap")
         totals = self.run.global_sums([sums["loss"], float(mask_all.sum())] + [sums[k] for k in keys])
         loss, means = totals[0], [t / max(totals[1], 1.0) for t in totals[2:]]
         metrics = {"loss": loss, **dict(zip(keys[:3], means[:3])), "tokens": tokens}
@@ -397,9 +396,7 @@ class GRPOTrainer:
             metrics["sampling/sampling_logp_difference/mean"] = means[3]
             metrics["sampling/sampling_logp_difference/max"] = self._global_max(gap_max)
         if correct and fresh:
-            metrics["sampling/importance_sampling_ratio/mean"] = means[4]
-            metrics["sampling/importance_sampling_ratio/max"] = self._global_max(is_max)
-            metrics["sampling/importance_sampling_ratio/min"] = -self._global_max(-is_min)
+            metrics.update(is_stats.metrics(self.run))
         return metrics
 
     def _global_max(self, value: float) -> float:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from alignlab.losses.grpo import constant_groups, nan_std
@@ -62,3 +64,43 @@ def trajectory_stats(run, records: list[dict], *, environment: bool) -> dict:
     if environment:
         stats["environment/reward"] = reward / count
     return stats
+
+
+class ImportanceSamplingStats:
+    """An update's importance-sampling ratios (sampler/trainer mismatch) after the cap or mask, the
+    weights the loss used (`sampling/importance_sampling_ratio/*`: TRL's names and meaning), and before
+    it (`sampling/raw_importance_sampling_ratio/*`: how far the sampler drifted, which the capped
+    numbers hide). Over every process's tokens, or completions in the sequence modes."""
+
+    KEYS = {"bounded": "sampling/importance_sampling_ratio", "raw": "sampling/raw_importance_sampling_ratio"}
+
+    def __init__(self):
+        self.count = 0
+        self.sums = {key: 0.0 for key in self.KEYS}
+        self.highs = {key: -math.inf for key in self.KEYS}
+        self.lows = {key: math.inf for key in self.KEYS}
+
+    def add(self, weights) -> None:
+        """One micro-batch's `alignlab.losses.grpo.ImportanceWeights`."""
+        self.count += weights.raw.numel()
+        for key in self.KEYS:
+            values = getattr(weights, key).double()
+            if values.numel():
+                self.sums[key] += float(values.sum())
+                self.highs[key] = max(self.highs[key], float(values.max()))
+                self.lows[key] = min(self.lows[key], float(values.min()))
+
+    def metrics(self, run) -> dict:
+        """Collective: every process calls it."""
+        count, *sums = run.global_sums([self.count] + [self.sums[key] for key in self.KEYS])
+        extremes = [self.highs[key] for key in self.KEYS] + [-self.lows[key] for key in self.KEYS]
+        if run.num_processes > 1:
+            gathered = run.accelerator.gather(torch.tensor(extremes, dtype=torch.float64, device=run.device))
+            extremes = gathered.view(run.num_processes, -1).max(0).values.tolist()
+        metrics = {}
+        for index, (key, name) in enumerate(self.KEYS.items()):
+            if count:  # no counted token anywhere: nothing to report
+                metrics[f"{name}/mean"] = sums[index] / count
+                metrics[f"{name}/max"] = extremes[index]
+                metrics[f"{name}/min"] = -extremes[len(self.KEYS) + index]
+        return metrics

@@ -294,6 +294,24 @@ def test_grpo_against_a_vllm_server(tmp_path, tiny_model_dir, prompts, sevens_re
 
 
 @pytest.mark.slow
+def test_importance_sampling_is_logged_before_and_after_the_cap(tmp_path, tiny_model_dir, prompts, sevens_reward,
+                                                               vllm_server):
+    """TRL 1.16's sequence_mask mode with a cap of 1: a completion whose sampler/trainer ratio passes 1
+    gets weight 0. The capped ratios (TRL's metric) stay within the cap; the raw ones show the drift."""
+    address, _ = vllm_server
+    out = tmp_path / "sequence_mask"
+    assert run_cli(grpo_args(tiny_model_dir, prompts, out, sevens_reward, "train.max_steps=2", "grpo.backend=vllm",
+                             "grpo.vllm_mode=server", f"grpo.vllm_server={address}",
+                             "grpo.vllm_importance_sampling_mode=sequence_mask",
+                             "grpo.vllm_importance_sampling_cap=1.0")).code == 0
+    for record in train_records(out):
+        raw, capped = "sampling/raw_importance_sampling_ratio", "sampling/importance_sampling_ratio"
+        assert record[f"{raw}/max"] > 1.0 >= record[f"{capped}/max"]
+        assert record[f"{capped}/min"] == 0.0 < record[f"{raw}/min"]  # masked completions
+        assert abs(record[f"{raw}/mean"] - 1.0) < 1e-2 and record[f"{capped}/mean"] < record[f"{raw}/mean"]
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize("mode", ["ddp", "fsdp-lora"])
 def test_two_training_processes_share_one_vllm_server(tmp_path, tiny_model_dir, prompts, sevens_reward, vllm_server,
                                                       mode):

@@ -30,3 +30,10 @@ def test_a_rank_vllm_cannot_serve_fails_when_the_config_loads(tmp_path, tiny_mod
     assert result.code == 2
     assert "lora.r=1024" in result.err and "up to 512" in result.err and "grpo.vllm_sync=merged" in result.err
     assert not out.exists()  # nothing was started
+
+
+def test_an_unknown_importance_sampling_mode_fails_when_the_config_loads(tmp_path, tiny_model_dir, cli):
+    result = cli(base_args("grpo", tiny_model_dir, tmp_path / "absent.jsonl", tmp_path / "run",
+                           "grpo.vllm_importance_sampling_mode=sequence_clip", "grpo.rewards=[length]"))
+    assert result.code == 2
+    assert "grpo.vllm_importance_sampling_mode" in result.err and "sequence_mask" in result.err

@@ -285,7 +285,7 @@ def test_accumulation_with_full_batch_normalizer(loss_type):
 # steps_per_generation 1: TRL's dapo normaliser is then num_items_in_batch, the active-token count.
 
 
-def _trl_grpo(loss_type, logps, old, ref, adv, mask):
+def _trl_grpo(loss_type, logps, old, ref, adv, mask, importance_sampling_ratio=None):
     from trl.trainer.grpo_trainer import GRPOTrainer
 
     Bn, Tn = logps.shape
@@ -299,7 +299,8 @@ def _trl_grpo(loss_type, logps, old, ref, adv, mask):
         epsilon_low=EPS_LOW,
         epsilon_high=EPS_HIGH,
         args=SimpleNamespace(use_bias_correction_kl=False, delta=None, steps_per_generation=1),
-        use_vllm=False,
+        use_vllm=importance_sampling_ratio is not None,
+        vllm_importance_sampling_correction=importance_sampling_ratio is not None,
         model=SimpleNamespace(training=True),
         current_gradient_accumulation_steps=1,
         max_completion_length=MAX_LEN,
@@ -318,6 +319,8 @@ def _trl_grpo(loss_type, logps, old, ref, adv, mask):
         "ref_per_token_logps": ref,  # [B, T]
         "num_items_in_batch": mask.sum().double(),  # []
     }
+    if importance_sampling_ratio is not None:
+        inputs["importance_sampling_ratio"] = importance_sampling_ratio  # [B, T] or [B, 1]
     loss = GRPOTrainer._compute_loss(stand_in, None, inputs)
     return loss, stand_in._metrics["train"]
 
@@ -341,3 +344,110 @@ def test_loss_parity_with_trl(loss_type):
     assert out.clip_ratio_low.item() == pytest.approx(metrics["clip_ratio/low_mean"][0], abs=1e-6)
     assert out.clip_ratio_high.item() == pytest.approx(metrics["clip_ratio/high_mean"][0], abs=1e-6)
     assert out.clip_ratio_low.item() > 0 and out.clip_ratio_high.item() > 0
+
+
+# ------------------------------------------------------------------------- importance sampling (vLLM)
+
+IS_MODES = ["token_truncate", "token_mask", "sequence_truncate", "sequence_mask"]
+
+
+def _sampler_batch(seed=2):
+    """Rollout-policy and sampler log-probs whose per-token ratios straddle a cap of 1.5, and whose
+    per-completion ratios straddle it too."""
+    generator = torch.Generator().manual_seed(seed)
+    behaviour = -torch.rand(B, T, generator=generator, dtype=torch.float64) * 3  # [B, T]
+    sampling = behaviour - torch.randn(B, T, generator=generator, dtype=torch.float64) * 0.5  # [B, T]
+    mask = torch.tensor([[1, 1, 1, 1, 1], [1, 1, 1, 0, 0], [1, 1, 0, 0, 0], [1, 1, 1, 1, 0]])  # [B, T]
+    return behaviour, sampling, mask
+
+
+def _is_reference(behaviour, sampling, mask, mode, cap):
+    """TRL 1.16's four modes, written out per completion and token in float64: (weights, raw, bounded)."""
+    level, bound = mode.split("_")
+    weights, raw, bounded = torch.ones(B, T, dtype=torch.float64), [], []
+    for b in range(B):
+        active = [t for t in range(T) if mask[b, t]]
+        if level == "sequence":
+            ratio = math.exp(sum(float(behaviour[b, t] - sampling[b, t]) for t in active))
+            kept = min(ratio, cap) if bound == "truncate" else (ratio if ratio <= cap else 0.0)
+            weights[b, :] = kept
+            raw.append(ratio)
+            bounded.append(kept)
+            continue
+        for t in active:
+            ratio = math.exp(float(behaviour[b, t] - sampling[b, t]))
+            kept = min(ratio, cap) if bound == "truncate" else (ratio if ratio <= cap else 0.0)
+            weights[b, t] = kept
+            raw.append(ratio)
+            bounded.append(kept)
+    return weights, torch.tensor(raw, dtype=torch.float64), torch.tensor(bounded, dtype=torch.float64)
+
+
+@pytest.mark.parametrize("mode", IS_MODES)
+def test_importance_sampling_weights_match_the_formula(mode):
+    from alignlab.losses.grpo import importance_sampling_weights
+
+    behaviour, sampling, mask = _sampler_batch()
+    out = importance_sampling_weights(behaviour, sampling, mask, mode=mode, cap=1.5)
+    weights, raw, bounded = _is_reference(behaviour, sampling, mask, mode, 1.5)
+    torch.testing.assert_close(out.weights * mask, weights * mask, rtol=1e-12, atol=0)
+    torch.testing.assert_close(out.raw, raw, rtol=1e-12, atol=0)
+    torch.testing.assert_close(out.bounded, bounded, rtol=1e-12, atol=0)
+    assert (raw > 1.5).any() and (raw <= 1.5).any()  # the cap mattered in this batch
+    if mode.endswith("mask"):
+        assert (out.bounded == 0).any() and out.bounded.max() <= 1.5
+
+
+def test_importance_sampling_rejects_an_unknown_mode():
+    from alignlab.losses.grpo import importance_sampling_weights
+
+    behaviour, sampling, mask = _sampler_batch()
+    with pytest.raises(ValueError, match="sequence_mask"):
+        importance_sampling_weights(behaviour, sampling, mask, mode="sequence_clip")
+
+
+@pytest.mark.parametrize("mode", IS_MODES)
+@pytest.mark.parametrize("loss_type", ["grpo", "dapo"])
+def test_importance_weights_enter_the_loss_as_in_trl(mode, loss_type):
+    """TRL multiplies the per-token loss by its `importance_sampling_ratio` ([B, T], or [B, 1] in the
+    sequence modes) before adding the KL term: given the same ratios, the same loss and gradient."""
+    pytest.importorskip("trl")
+    from alignlab.losses.grpo import importance_sampling_weights
+
+    logps, old, ref, adv, mask = _batch(seed=5)
+    behaviour, sampling, _ = _sampler_batch()
+    sampled = importance_sampling_weights(behaviour, sampling, mask, mode=mode, cap=1.5)
+    trl_ratio = sampled.weights[:, :1] if mode.startswith("sequence") else sampled.weights
+    trl_loss, _ = _trl_grpo(loss_type, logps, old, ref, adv, mask, importance_sampling_ratio=trl_ratio)
+    out = grpo_loss(logps, old, ref, adv, mask, epsilon_low=EPS_LOW, epsilon_high=EPS_HIGH, beta=BETA,
+                    loss_type=loss_type, max_completion_length=MAX_LEN, importance_weights=sampled.weights)
+    torch.testing.assert_close(out.loss, trl_loss, rtol=1e-12, atol=1e-12)
+    (got,) = torch.autograd.grad(out.loss, logps)
+    (want,) = torch.autograd.grad(trl_loss, logps)
+    torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12)
+    if mode == "sequence_mask":  # a completion past the cap gives no policy gradient, only KL's
+        dropped = (sampled.weights[:, 0] == 0).nonzero().flatten().tolist()
+        assert dropped
+        kl_only = grpo_loss(logps, old, ref, torch.zeros_like(adv), mask, epsilon_low=EPS_LOW,
+                            epsilon_high=EPS_HIGH, beta=BETA, loss_type=loss_type, max_completion_length=MAX_LEN)
+        (kl_grad,) = torch.autograd.grad(kl_only.loss, logps)
+        torch.testing.assert_close(got[dropped], kl_grad[dropped], rtol=1e-10, atol=1e-12)
+
+
+def test_importance_sampling_stats_report_before_and_after_the_cap():
+    from alignlab.losses.grpo import importance_sampling_weights
+    from alignlab.trainers.grpo_stats import ImportanceSamplingStats
+
+    behaviour, sampling, mask = _sampler_batch()
+    single_process = SimpleNamespace(num_processes=1, global_sums=lambda values: [float(v) for v in values])
+    stats = ImportanceSamplingStats()
+    for rows in ([0, 1], [2, 3]):  # two micro-batches
+        stats.add(importance_sampling_weights(behaviour[rows], sampling[rows], mask[rows], mode="token_mask", cap=1.5))
+    metrics = stats.metrics(single_process)
+    _, raw, bounded = _is_reference(behaviour, sampling, mask, "token_mask", 1.5)
+    for name, values in (("sampling/raw_importance_sampling_ratio", raw),
+                         ("sampling/importance_sampling_ratio", bounded)):
+        assert metrics[f"{name}/mean"] == pytest.approx(float(values.mean()), rel=1e-12)
+        assert metrics[f"{name}/max"] == pytest.approx(float(values.max()), rel=1e-12)
+        assert metrics[f"{name}/min"] == pytest.approx(float(values.min()), rel=1e-12)
+    assert metrics["sampling/raw_importance_sampling_ratio/max"] > 1.5 >= metrics["sampling/importance_sampling_ratio/max"]
