@@ -54,7 +54,7 @@ def cases(tmp_path, sft_train, prefs, prompts):
         "environment": ("grpo", prompts, [f"grpo.environment={broken_env}:Env"], ["grpo.environment", "step()"]),
         "vllm server": ("grpo", prompts, ["grpo.backend=vllm", "grpo.vllm_mode=server",
                                           f"grpo.vllm_server=127.0.0.1:{closed_port()}"],
-                        ["grpo.vllm_server", "nothing answers", "alignlab vllm-serve"]),
+                        ["grpo.vllm_server", "cannot reach the vLLM server", "alignlab vllm-serve"]),
     }
 
 

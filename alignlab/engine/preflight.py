@@ -107,8 +107,9 @@ def check_vllm(grpo) -> None:
     if grpo.vllm_mode == "colocate" and not vllm_available():
         raise ConfigError(f"grpo.backend=vllm: {INSTALL_HINT}")
     if grpo.vllm_mode == "server" and not server_listening(grpo.vllm_server):
-        raise ConfigError(f"grpo.vllm_server: nothing answers at {grpo.vllm_server}: start the server first with "
-                          "`alignlab vllm-serve MODEL --host HOST --port PORT`, or set grpo.vllm_server to its host:port")
+        raise ConfigError(f"grpo.vllm_server: cannot reach the vLLM server at {grpo.vllm_server} (nothing answers "
+                          "there): start one first with `alignlab vllm-serve MODEL --host HOST --port PORT`, or set "
+                          "grpo.vllm_server to its host:port")
 
 
 def server_listening(address: str, timeout: float = 3.0) -> bool:

@@ -80,8 +80,9 @@ def test_a_failed_start_into_a_named_directory_leaves_nothing(cli, tmp_path, tin
 
 
 def test_the_implicit_default_model_is_warned_about(cli, in_tmp):
-    result = no_traceback(cli(["sft", f"data.train={in_tmp / 'none.jsonl'}"]))
-    assert result.code == 2
+    (in_tmp / "bad.jsonl").write_text("not json\n")  # fails as it is read: after the start's checks and the warning
+    result = no_traceback(cli(["sft", f"data.train={in_tmp / 'bad.jsonl'}"]))
+    assert result.code == 2 and "bad.jsonl, line 1" in result.err
     assert "model.name_or_path is not set: training `tiny`" in result.err
 
 
