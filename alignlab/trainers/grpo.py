@@ -34,7 +34,7 @@ Choices, named:
   (with mu = 1 they are the current ones, detached: no extra forward pass).
 - Backends (`grpo.backend`): hf, our sampler; vllm, a colocated vLLM engine (`alignlab.generation.vllm`)
   that gets the policy's weights before each rollout that follows an optimizer step; its
-  sampled-token log-probs drive truncated importance sampling (`grpo.vllm_importance_sampling_cap`).
+  sampled-token log-probs drive importance sampling (`grpo.vllm_importance_sampling_{mode,cap}`).
 - Tools and environments (`grpo.tools`, `grpo.environment`; `alignlab.generation.multi_turn`): a
   completion is a trajectory of model turns with tool results or observations between them
   (ReTool, Feng et al. 2025; RAGEN, Wang et al. 2025). The loss covers every token the model wrote,
