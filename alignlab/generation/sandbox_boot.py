@@ -142,8 +142,17 @@ def isolate(args, code_in):
     if init:
         os.closerange(0, 1 << 16)  # the output pipe closes when the namespace's processes are gone
         # The caller's stop: kill init, whose exit waits until the kernel has killed and reaped everything
-        # in the namespace, so that when this process is gone, so is the run.
-        signal.signal(signal.SIGTERM, lambda *_: os.kill(init, signal.SIGKILL))
+        # in the namespace, so that when this process is gone, so is the run. Through a pidfd: once init
+        # is reaped its pid may name another process.
+        pidfd = os.pidfd_open(init)
+
+        def stop(*_):
+            try:
+                signal.pidfd_send_signal(pidfd, signal.SIGKILL)
+            except ProcessLookupError:  # already gone
+                pass
+
+        signal.signal(signal.SIGTERM, stop)
         os._exit(exit_status(os.waitpid(init, 0)[1]))
     c("prctl", PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)  # boot killed: the namespace goes with it
     build_root(dirs, files, links, opened, int(args["file_bytes"]))
@@ -187,6 +196,7 @@ def add_site_packages():
     are not run: editable-install finders and shims are the caller's business, and slow)."""
     import site  # under -S importing it runs nothing
     site.setquit()  # exit() and quit()
+    site.venv(set())  # a venv's include-system-site-packages
     for sitedir in site.getsitepackages():
         if not os.path.isdir(sitedir) or sitedir in sys.path:
             continue
