@@ -29,7 +29,7 @@ REPO = Path(__file__).resolve().parents[2]
 HOSTILE = Path(__file__).with_name("sandbox_hostile.py")
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def isolation_unavailable() -> str | None:
     """Why this machine cannot run the isolated mode (user namespaces refused), or None."""
     result = run_python("pass", SandboxLimits(wall_seconds=30)) if sandbox.python_sandbox_mode() == "isolated" else None
@@ -69,7 +69,7 @@ def sandbox_processes() -> list[str]:
 
 def rss_kb() -> int:
     with open("/proc/self/status") as f:
-        return int(re.search(r"^VmRSS:\s+(\d+)", f.read(), re.M).group(1))
+        return int(re.search(r"^VmRSS:\s+(\d+)", f.read(), re.MULTILINE).group(1))
 
 
 def test_ordinary_code_prints_its_output():
@@ -400,8 +400,9 @@ def test_the_mode_is_checked():
 
 def test_a_grpo_run_with_the_python_tool_is_refused_at_setup_unless_unsafe(tmp_path, tiny_model_dir, prompts,
                                                                             monkeypatch, capsys):
-    import alignlab.trainers.grpo as grpo_module
     from conftest import base_args, run_cli
+
+    import alignlab.trainers.grpo as grpo_module
 
     monkeypatch.setattr(sandbox, "_checked", False)
     monkeypatch.setattr(sandbox, "run_python", lambda code, limits=None: sandbox.SandboxResult(
