@@ -58,7 +58,7 @@ import time
 import torch
 
 from alignlab.data.prompts import load_prompt_data
-from alignlab.data.templates import Templater
+from alignlab.data.templates import Templater, fit_length
 from alignlab.errors import ConfigError, DataError
 from alignlab.generation.prompt_eval import evaluate_prompts
 from alignlab.model.logprobs import shared_prefix_token_logps, token_logps
@@ -69,8 +69,8 @@ from alignlab.model.loading import (count_parameters, disable_dropout, is_peft, 
 from alignlab.rewards import RewardScores, get_reward, score_completions
 from alignlab.generation.sampler import Rollout, concat_rollouts, generate
 from alignlab.generation.multi_turn import multi_turn_rollout, process_max, trajectory_columns, turn_settings
-from alignlab.generation.sandbox import set_python_sandbox
 from alignlab.generation.vllm import build_engine, draw_seed, engine_awake, engine_or_none
+from alignlab.generation.sandbox import set_python_sandbox
 from alignlab.engine.tracking import append_jsonl
 from alignlab.engine.data_order import IndexSampler
 from alignlab.engine.loop import TrainingRun
@@ -148,7 +148,8 @@ class GRPOTrainer:
                             f"train.max_length - grpo.max_completion_length = {limit} (set data.on_long=truncate or drop)")
         if policy == "truncate":  # keep the end of the prompt, where the question and the generation prompt are
             log.warning("%d prompts longer than %d tokens truncated from the left", len(long), limit)
-            return items, [p[-limit:] for p in ids]
+            bos = self.tokenizer.bos_token_id  # a leading BOS is not context: it stays
+            return items, [fit_length(p, [], limit, keep_prompt=limit, bos_id=bos)[0] for p in ids]
         keep = [i for i in range(len(ids)) if len(ids[i]) <= limit]
         if not keep:
             raise DataError(f"every prompt is longer than train.max_length - grpo.max_completion_length = {limit} tokens")

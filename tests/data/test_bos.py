@@ -141,6 +141,20 @@ def test_grpo_prompts(bos_model_dir, tmp_path, prompts, chat_template):
         assert ids.count(bos) == (0 if chat_template else 1) and (chat_template or ids[0] == bos)
 
 
+def test_grpo_prompts_truncated_from_the_left_keep_their_bos(bos_model_dir, tmp_path, prompts):
+    """data.on_long=truncate cuts a prompt's start, where the question is not; the BOS stays first."""
+    from alignlab.config import load_config
+    from alignlab.trainers.grpo import GRPOTrainer
+    from conftest import base_args
+
+    argv = base_args("grpo", bos_model_dir, prompts, tmp_path / "out", "data.chat_template=false", "data.max_rows=4",
+                     "data.on_long=truncate", "train.max_length=10", "grpo.max_completion_length=4")[1:]
+    trainer = GRPOTrainer(load_config("grpo", None, argv))
+    bos = trainer.tokenizer.bos_token_id
+    full = trainer.templater.ids(trainer.templater.prompt_text(trainer.prompts[0].prompt))
+    assert len(full) > 6 and trainer.prompt_ids[0] == [bos] + full[len(full) - 5:]
+
+
 @pytest.mark.parametrize("name", ["llama3", "deepseek_r1_distill"])
 def test_a_template_that_writes_bos_gets_one_not_two(bos_tok, name):
     trl = pytest.importorskip("trl")
