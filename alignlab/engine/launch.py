@@ -23,6 +23,19 @@ def launched_processes() -> int:
     return 1
 
 
+def check_launcher() -> None:
+    """`accelerate launch --cpu` with several processes or machines starts each process alone: it exports
+    MASTER_ADDR but no rank or world size, so every process (every node) would train alone and write
+    the same run directory. Its torchrun path (`--multi_gpu`) sets up the group, with gloo on a CPU."""
+    cpu = os.environ.get("ACCELERATE_USE_CPU", "").lower() == "true"
+    if cpu and "MASTER_ADDR" in os.environ and "WORLD_SIZE" not in os.environ:
+        raise AlignlabError(
+            "started by `accelerate launch --cpu` for several processes or machines, which starts each process on "
+            "its own (no RANK or WORLD_SIZE): every one would train alone and write the same run directory. Launch "
+            "with `accelerate launch --multi_gpu ...` instead (it runs torchrun, with gloo when there is no GPU), "
+            "or with torchrun")
+
+
 def cpu_only_multiprocess() -> bool:
     """Several processes and no accelerator. accelerate sets up gloo (MULTI_CPU) only when told
     `cpu=True`; without it, every process of `torchrun --nproc_per_node 2` trains alone and believes

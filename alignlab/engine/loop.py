@@ -30,7 +30,8 @@ from alignlab.engine import sharding
 from alignlab.engine.data_order import IndexSampler, process_seed, seed_everything
 from alignlab.engine.hub_push import check_can_push, push_run
 from alignlab.engine.preflight import preflight
-from alignlab.engine.launch import apply_num_threads, check_precision, cpu_only_multiprocess, launched_processes
+from alignlab.engine.launch import (apply_num_threads, check_launcher, check_precision, cpu_only_multiprocess,
+                                    launched_processes)
 from alignlab.engine.run_checkpoints import RunCheckpoints
 from alignlab.engine.run_dir import resolve_run_dir
 from alignlab.engine.tracking import Tracker, read_jsonl, setup_logging
@@ -55,6 +56,7 @@ class TrainingRun(RunCheckpoints):
         # Runs started one after another in one process (the demo, iterate, tests) may differ in mixed
         # precision, which accelerate keeps in a process-wide state; the process group (PartialState) stays.
         AcceleratorState._reset_state()
+        check_launcher()
         # step_scheduler_with_optimizer=False: accelerate would otherwise step the LR schedule once per
         # process at every optimizer step (it assumes a dataloader whose batches it split), running
         # warmup and decay N times too fast; here one optimizer step is one schedule step.
@@ -269,7 +271,7 @@ class TrainingRun(RunCheckpoints):
     ) -> list[dict]:
         """Run optimizer steps until train.max_steps (or `stop_fn(eval record)` says enough);
         returns the logged records of this process."""
-        from tqdm import tqdm
+        from tqdm.auto import tqdm
 
         train = self.config.train
         history = []
