@@ -54,7 +54,8 @@ DATA_FORMATS = ("auto", "preference", "shp", "webgpt", "ultrafeedback",
 @dataclass
 class TrainConfig:
     output_dir: Optional[str] = None  # None = runs/<command>_<model>_lr<lr>_<date-time>
-    max_steps: int = 100  # optimizer steps
+    max_steps: int = 100  # optimizer steps; when set, it wins over num_epochs
+    num_epochs: Optional[float] = None  # passes over the training data: max_steps = ceil(epochs x rows / global batch)
     batch_size: int = 8  # per process and micro-batch: sequences (SFT), pairs (DPO), prompts (GRPO)
     grad_accum: int = 1
     sort_by_length: bool = True  # micro-batches of one step formed from length-sorted examples: same gradient, less padding

@@ -19,6 +19,7 @@ IMPORTANCE_SAMPLING_MODES = ("token_truncate", "token_mask", "sequence_truncate"
 # Checked when a config loads, so a bad value fails before any work with the key and its range.
 RANGES: dict[str, tuple[str, str]] = {
     "train.max_steps": (">= 1", ""),
+    "train.num_epochs": ("> 0", "null = train.max_steps decides"),
     "train.batch_size": (">= 1", ""),
     "train.grad_accum": (">= 1", ""),
     "train.max_length": (">= 1", ""),

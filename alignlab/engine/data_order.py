@@ -4,10 +4,17 @@ position is part of every checkpoint)."""
 from __future__ import annotations
 
 import copy
+import logging
+import math
 import random
+from typing import Optional
 
 import numpy as np
 import torch
+
+from alignlab.errors import AlignlabError
+
+log = logging.getLogger("alignlab")
 
 
 def seed_everything(seed: int) -> None:
@@ -55,3 +62,24 @@ class IndexSampler:
     def load(self, state: dict) -> None:
         self.epoch, self.offset = state["epoch"], state["offset"]
         self._order = self._permutation()
+
+
+def steps_for_epochs(config, train_size: Optional[int], num_processes: int) -> int:
+    """train.max_steps, or the optimizer steps of train.num_epochs passes over `train_size` examples
+    (a global batch of processes x batch_size x grad_accum; the last step may start the next epoch).
+    A max_steps given in the config file or on the command line wins; the log says so."""
+    from alignlab.config import was_set
+
+    train = config.train
+    if train.num_epochs is None:
+        return train.max_steps
+    if train_size is None:
+        raise AlignlabError("train.num_epochs is not supported by this command: set train.max_steps")
+    global_batch = train.batch_size * train.grad_accum * num_processes
+    steps = max(1, math.ceil(train.num_epochs * train_size / global_batch))
+    if was_set(config, "train.max_steps") and train.max_steps != steps:
+        log.info("train.max_steps=%d wins over train.num_epochs=%g (%d steps of %d over %d examples)",
+                 train.max_steps, train.num_epochs, steps, global_batch, train_size)
+        return train.max_steps
+    log.info("train.num_epochs=%g: %d steps of %d over %d examples", train.num_epochs, steps, global_batch, train_size)
+    return steps

@@ -27,7 +27,7 @@ import torch
 from alignlab.config import to_dict, to_yaml, was_set
 from alignlab.engine import checkpoint as ckpt
 from alignlab.engine import sharding
-from alignlab.engine.data_order import IndexSampler, process_seed, seed_everything
+from alignlab.engine.data_order import IndexSampler, process_seed, seed_everything, steps_for_epochs
 from alignlab.engine.hub_push import check_can_push, push_run
 from alignlab.engine.preflight import preflight
 from alignlab.engine.launch import (apply_num_threads, check_launcher, check_precision, cpu_only_multiprocess,
@@ -132,11 +132,13 @@ class TrainingRun(RunCheckpoints):
     def num_processes(self) -> int:
         return self.accelerator.num_processes
 
-    def prepare(self, model, tokenizer) -> None:
-        """Optimizer over trainable parameters, the LR schedule, and accelerate's wrapping."""
+    def prepare(self, model, tokenizer, train_size: Optional[int] = None) -> None:
+        """Optimizer over trainable parameters, the LR schedule (over train.num_epochs of `train_size`
+        examples when that is set), and accelerate's wrapping."""
         from transformers import get_scheduler
 
         train = self.config.train
+        train.max_steps = steps_for_epochs(self.config, train_size, self.num_processes)  # config.yaml records it
         params = [p for p in model.parameters() if p.requires_grad]
         if not params:
             raise AlignlabError("the model has no trainable parameters")

@@ -283,7 +283,7 @@ def train_dpo(config) -> TrainingRun:
         ref_model = copy.deepcopy(model).eval().requires_grad_(False)
     trainable, total = count_parameters(model)
     log.info("run dir %s | %s trainable of %s parameters | reference: %s", run.run_dir, f"{trainable:,}", f"{total:,}", reference)
-    run.prepare(model, tokenizer)
+    run.prepare(model, tokenizer, train_size=len(train_pairs))
     if ref_model is not None:
         ref_model.to(run.device)
 

@@ -123,7 +123,7 @@ class GRPOTrainer:
         log.info("run dir %s | %s trainable of %s parameters | %d prompts x %d generations per step",
                  self.run.run_dir, f"{trainable:,}", f"{total:,}",
                  self.train.batch_size * self.train.grad_accum * self.run.num_processes, self.grpo.num_generations)
-        self.run.prepare(model, self.tokenizer)
+        self.run.prepare(model, self.tokenizer, train_size=len(self.prompts))
         if self.ref_model is not None:
             self.ref_model.to(self.run.device)
         self.engine = engine_or_none(self.grpo.backend, self._build_engine)

@@ -32,7 +32,7 @@ def train_sft(config, *, extra_eval=None, stop_fn=None) -> TrainingRun:
     model = load_model(config.model, config.lora, gradient_checkpointing=config.train.gradient_checkpointing)
     trainable, total = count_parameters(model)
     log.info("run dir %s | model %s: %s trainable of %s parameters", run.run_dir, config.model.name_or_path, f"{trainable:,}", f"{total:,}")
-    run.prepare(model, tokenizer)
+    run.prepare(model, tokenizer, train_size=len(train_set))
 
     train = config.train
     sampler = IndexSampler(len(train_set), train.seed)
