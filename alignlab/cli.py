@@ -54,6 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_train_command(sub, "sft", "supervised fine-tuning on prompt/completion or messages data")
     _add_train_command(sub, "dpo", "Direct Preference Optimization on prompt/chosen/rejected pairs")
     _add_train_command(sub, "grpo", "Group Relative Policy Optimization with verifiable reward functions")
+    _add_train_command(sub, "rm", "a Bradley-Terry reward model on preference pairs (a reward for GRPO: rm:RUN_DIR)")
 
     show = _command(sub, "show-config", "print the resolved config (defaults + file + overrides)",
                     "Print the config a command would run with, as YAML: the defaults, then the config file, then "

@@ -1,4 +1,4 @@
-"""`alignlab.sft / dpo / grpo`: the same run config the CLI builds, the same trainers, a `Run` back."""
+"""`alignlab.sft / dpo / grpo / rm`: the same run config the CLI builds, the same trainers, a `Run` back."""
 
 from __future__ import annotations
 
@@ -84,3 +84,13 @@ def grpo(model: Any = None, data: DataLike = None, *, eval_data: DataLike = None
     ...                     num_generations=8)  # doctest: +SKIP
     """
     return _train("grpo", model, data, eval_data, config, tokenizer, options)
+
+
+def rm(model: Any = None, data: DataLike = None, *, eval_data: DataLike = None, config: Any = None,
+       tokenizer: Any = None, **options) -> Run:
+    """A Bradley-Terry reward model on preference rows (any format `alignlab rm` reads); score with
+    `alignlab.RewardModel.load(run)`, or use it in GRPO as `rewards=[f"rm:{run.run_dir}"]`.
+
+    >>> run = alignlab.rm(model=sft_run.final, data=pairs_df, lora=True, max_steps=100)  # doctest: +SKIP
+    """
+    return _train("rm", model, data, eval_data, config, tokenizer, options)

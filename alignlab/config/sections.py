@@ -143,6 +143,27 @@ class GRPOConfig:
     environment_reward_weight: float = 1.0  # weight of the summed per-turn environment rewards in the total
     eval_max_prompts: int = 200
     num_samples_logged: int = 4
+    # Eval-only rewards (gold checks, e.g. answer_correct): scored and logged at each eval, never trained on.
+    # Beside a reward model (rm:PATH) they make reward hacking visible (alignlab/scoring/rewards.py).
+    eval_rewards: list[str] = field(default_factory=list)
+
+
+@dataclass
+class RMScoringConfig:
+    """How `rm:PATH` rewards score in GRPO and iterate (alignlab/scoring/rewards.py)."""
+
+    normalize: bool = False  # scores -> (s - running mean) / running std over training so far
+    clip: Optional[float] = None  # clip scores (after normalisation) to [-clip, clip]
+    scoring_batch_size: int = 32  # sequences per reward-model forward
+
+
+@dataclass
+class RMConfig:
+    """`alignlab rm`: a Bradley-Terry reward model (alignlab/losses/rm.py, alignlab/trainers/rm.py)."""
+
+    use_margin: bool = True  # subtract the data's `margin` column where a row has one (Llama 2's RM)
+    center_coefficient: float = 0.0  # + c (r_c + r_r)^2 per pair, pulling scores towards 0 (TRL's center_rewards_coefficient)
+    label_smoothing: float = 0.0  # the preference label taken as right with probability 1 - this
 
 
 @dataclass
@@ -159,8 +180,14 @@ class DPORunConfig(SFTRunConfig):
 
 
 @dataclass
+class RMRunConfig(SFTRunConfig):
+    rm: RMConfig = field(default_factory=RMConfig)
+
+
+@dataclass
 class GRPORunConfig(SFTRunConfig):
     grpo: GRPOConfig = field(default_factory=GRPOConfig)
+    rm: RMScoringConfig = field(default_factory=RMScoringConfig)
 
 
 @dataclass
@@ -186,9 +213,11 @@ class IterateConfig:
 @dataclass
 class IterateRunConfig(DPORunConfig):
     iterate: IterateConfig = field(default_factory=IterateConfig)
+    rm: RMScoringConfig = field(default_factory=RMScoringConfig)
 
 
-RUN_CONFIGS = {"sft": SFTRunConfig, "dpo": DPORunConfig, "grpo": GRPORunConfig, "iterate": IterateRunConfig}
+RUN_CONFIGS = {"sft": SFTRunConfig, "dpo": DPORunConfig, "grpo": GRPORunConfig, "iterate": IterateRunConfig,
+               "rm": RMRunConfig}
 
 # ---------------------------------------------------------------- `alignlab eval`
 

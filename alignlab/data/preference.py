@@ -53,6 +53,7 @@ class PreferenceExample:
     chosen: str  # text of the preferred final assistant reply
     rejected: str  # text of the dispreferred final assistant reply
     source: str = ""  # where the row came from, e.g. "pairs.jsonl, line 3"
+    margin: Optional[float] = None  # how much better chosen is (a `margin` column; reward-model training, Llama 2)
 
 
 # -- helpers -------------------------------------------------------------------------------------
@@ -289,7 +290,18 @@ def normalize_preference_row(row: Row) -> PreferenceExample:
             f"{row.where('rejected')}: identical to chosen ({_snippet(chosen)}); a preference pair needs "
             "two different responses"
         )
-    return PreferenceExample(prompt=prompt, chosen=chosen, rejected=rejected, source=row.where())
+    return PreferenceExample(prompt=prompt, chosen=chosen, rejected=rejected, source=row.where(),
+                             margin=_margin(row))
+
+
+def _margin(row: Row) -> Optional[float]:
+    """The row's `margin` column (a number; null or absent: none), used by `alignlab rm` (rm.use_margin)."""
+    value = row.values.get("margin")
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value:
+        raise DataError(f"{row.where('margin')}: expected a number (how much better chosen is), got {value!r}")
+    return float(value)
 
 
 def _first_missing(values: dict) -> str:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import logging
 from dataclasses import dataclass
+from typing import Optional
 
 from alignlab.data.templates import Templater, fit_length
 from alignlab.errors import DataError
@@ -26,6 +27,7 @@ class EncodedPair:
     rejected_ids: list[int]
     source: str = ""
     group: str = ""  # the data mixture source it came from (alignlab.data.mixture), for per-source metrics
+    margin: Optional[float] = None  # the row's margin column (reward models, alignlab.losses.rm)
 
 
 def encode_pairs(examples, templater: Templater, *, max_length: int, on_long: str) -> list[EncodedPair]:
@@ -58,7 +60,8 @@ def encode_pairs(examples, templater: Templater, *, max_length: int, on_long: st
         if chosen_ids == rejected_ids:
             stats.skipped_bad += 1  # identical after truncation: no preference signal left
             continue
-        encoded.append(EncodedPair(prompt_ids, chosen_ids, rejected_ids, getattr(example, "source", "")))
+        encoded.append(EncodedPair(prompt_ids, chosen_ids, rejected_ids, getattr(example, "source", ""),
+                                   margin=getattr(example, "margin", None)))
     stats.examples = len(encoded)
     if stats.dropped_long > dropped_before:
         log.warning("dropped %d pairs longer than train.max_length=%d (data.on_long=truncate keeps them)",

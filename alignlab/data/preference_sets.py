@@ -8,12 +8,17 @@ same split (`split_eval` with `train.seed`, after bad rows are dropped; per sour
 
 from __future__ import annotations
 
+import logging
 from typing import Callable, Optional
 
 from alignlab.data.io import read_rows, rename_columns, split_eval
 from alignlab.data.mixture import is_mixture, load_mixture
 from alignlab.data.preference import PreferenceExample, load_preference_source
+from alignlab.data.preference_encode import EncodedPair, encode_pairs
 from alignlab.data.public_formats import LoadReport, source_label
+from alignlab.errors import DataError
+
+log = logging.getLogger("alignlab")
 
 
 def read_preference_examples(data, source: str, split: str,
@@ -43,3 +48,27 @@ def held_out_examples(config) -> list[PreferenceExample]:
     if is_mixture(config.data.train):
         return load_mixture(config, read, lambda examples: examples)[1]
     return split_preference_examples(config, read)[1]
+
+
+def load_encoded_pairs(config, templater, label: str = "DPO") -> tuple[list[EncodedPair], list[EncodedPair]]:
+    """(train pairs, eval pairs) of a run config, read, split and tokenised, with counts reported. The DPO
+    and reward-model trainers both read their pairs here: every format, mixtures, bad rows, truncation."""
+    data, train = config.data, config.train
+    if not data.train:
+        raise DataError("no training data: set data.train to a preference file (.jsonl/.json/.parquet/.csv) or dataset id")
+
+    def read(source, split, columns=None):
+        examples, report = read_preference_examples(data, source, split, columns)
+        templater.stats.skipped_bad += report.skipped
+        templater.stats.dropped.update(report.dropped)  # WebGPT ties, SHP pairs under data.min_score_ratio, ...
+        return examples
+
+    options = dict(max_length=train.max_length, on_long=data.on_long)
+    if is_mixture(data.train):  # a weighted list of sources (alignlab.data.mixture)
+        return load_mixture(config, read, lambda examples: encode_pairs(examples, templater, **options))
+    # `alignlab eval RUN` finds a run's held-out pairs through the same function (split_preference_examples).
+    train_examples, eval_examples = split_preference_examples(config, read)
+    train_pairs = encode_pairs(train_examples, templater, **options)
+    log.info("%s train data: %s", label, templater.stats.summary())
+    eval_pairs = encode_pairs(eval_examples, templater, **options) if eval_examples else []
+    return train_pairs, eval_pairs

@@ -153,7 +153,8 @@ class RunCheckpoints:
             shutil.rmtree(out, ignore_errors=True)
             tmp.rename(out)
             ckpt.sync_dir(self.run_dir)
-            log.info("final model (loadable with AutoModelForCausalLM.from_pretrained): %s", out)
+            loader = "AutoModelForSequenceClassification" if self.command == "rm" else "AutoModelForCausalLM"
+            log.info("final model (loadable with %s.from_pretrained): %s", loader, out)
         # No process returns (and exits, closing its connections) while the main one still writes.
         self.accelerator.wait_for_everyone()
 

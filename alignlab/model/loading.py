@@ -333,7 +333,9 @@ def save_merged(model, tokenizer, out_dir: Path, model_cfg=None) -> None:
     if model_cfg is None:
         save_model(model.merge_and_unload(), tokenizer, out_dir)
         return
-    if not model_cfg.load_in_4bit and all(p.device.type == "cpu" for p in model.parameters()):
+    seq_cls = str(getattr(model.peft_config["default"], "task_type", "")).endswith("SEQ_CLS")
+    if not model_cfg.load_in_4bit and (seq_cls or all(p.device.type == "cpu" for p in model.parameters())):
+        # A reward model's head is not a causal LM's: it is merged on the live weights on any device.
         save_model(merged_on_live_weights(model), tokenizer, out_dir)
         return
     from dataclasses import replace
@@ -356,10 +358,11 @@ def merged_on_live_weights(model):
     except that each LoRA layer's weight is base + the adapter's delta (a new tensor): the merged
     model, for saving, at the memory of the adapted layers alone. `model` is left unchanged."""
     from peft.tuners.lora import LoraLayer
-    from transformers import AutoModelForCausalLM
+    from peft.utils import ModulesToSaveWrapper
 
     base = model.get_base_model()
     state = {}
+    wrapped = ("lora_", ".base_layer.", ".original_module.", ".modules_to_save.")
     with torch.no_grad():
         for name, module in base.named_modules():
             if isinstance(module, LoraLayer):
@@ -368,17 +371,22 @@ def merged_on_live_weights(model):
                 state[f"{name}.weight"] = layer.weight.detach() + delta.to(layer.weight.dtype)
                 if getattr(layer, "bias", None) is not None:
                     state[f"{name}.bias"] = layer.bias.detach()
+            elif isinstance(module, ModulesToSaveWrapper):  # trained whole, e.g. a reward model's score head
+                trained = module.modules_to_save[model.active_adapter]
+                state.update({f"{name}.{key}": t.detach() for key, t in trained.named_parameters()})
         for name, tensor in base.named_parameters():
-            if "lora_" not in name and ".base_layer." not in name:
+            if not any(part in name for part in wrapped):
                 state[name] = tensor.detach()
     with torch.device("meta"):
-        plain = AutoModelForCausalLM.from_config(base.config)
+        # The base's own class: a causal LM, or a sequence classifier (`alignlab rm`).
+        plain = type(base)._from_config(base.config)
     plain.load_state_dict(state, strict=False, assign=True)
     plain.tie_weights()  # the LM head of a tied model is the embedding again
     missing = [name for name, p in plain.named_parameters() if p.is_meta]
     if missing:
         raise AlignlabError(f"merging the adapter for saving left {missing[:3]} without weights")
-    plain.generation_config = model.generation_config
+    if getattr(base, "generation_config", None) is not None:  # a sequence classifier has none
+        plain.generation_config = model.generation_config
     return plain
 
 

@@ -5,4 +5,5 @@ TRAINERS = {
     "sft": ("alignlab.trainers.sft", "train_sft"),
     "dpo": ("alignlab.trainers.dpo", "train_dpo"),
     "grpo": ("alignlab.trainers.grpo", "train_grpo"),
+    "rm": ("alignlab.trainers.rm", "train_rm"),
 }

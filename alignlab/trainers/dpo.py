@@ -27,11 +27,11 @@ from pathlib import Path
 
 import torch
 
-from alignlab.data.mixture import finish_per_source, is_mixture, load_mixture, per_source_sums, source_names
-from alignlab.data.preference_encode import encode_pairs, pairs_fingerprint
-from alignlab.data.preference_sets import read_preference_examples, split_preference_examples
+from alignlab.data.mixture import finish_per_source, per_source_sums, source_names
+from alignlab.data.preference_encode import pairs_fingerprint
+from alignlab.data.preference_sets import load_encoded_pairs
 from alignlab.data.templates import Templater
-from alignlab.errors import ConfigError, DataError
+from alignlab.errors import ConfigError
 from alignlab.losses.dpo import DPO_LOSSES, nll_loss
 from alignlab.model.loading import count_parameters, is_peft, load_model, load_tokenizer, model_stop_ids
 from alignlab.model.pair_logps import ReferenceCache, cache_key, compute_all, model_fingerprint, pair_logps
@@ -44,26 +44,8 @@ log = logging.getLogger("alignlab")
 
 
 def load_pairs(config, templater):
-    """(train pairs, eval pairs) encoded, with counts reported."""
-    data, train = config.data, config.train
-    if not data.train:
-        raise DataError("no training data: set data.train to a preference file (.jsonl/.json/.parquet/.csv) or dataset id")
-
-    def read(source, split, columns=None):
-        examples, report = read_preference_examples(data, source, split, columns)
-        templater.stats.skipped_bad += report.skipped
-        templater.stats.dropped.update(report.dropped)  # WebGPT ties, SHP pairs under data.min_score_ratio, ...
-        return examples
-
-    options = dict(max_length=train.max_length, on_long=data.on_long)
-    if is_mixture(data.train):  # a weighted list of sources (alignlab.data.mixture)
-        return load_mixture(config, read, lambda examples: encode_pairs(examples, templater, **options))
-    # `alignlab eval RUN` finds a run's held-out pairs through the same function (alignlab.data.preference_sets).
-    train_examples, eval_examples = split_preference_examples(config, read)
-    train_pairs = encode_pairs(train_examples, templater, **options)
-    log.info("DPO train data: %s", templater.stats.summary())
-    eval_pairs = encode_pairs(eval_examples, templater, **options) if eval_examples else []
-    return train_pairs, eval_pairs
+    """(train pairs, eval pairs) encoded, with counts reported (alignlab.data.preference_sets)."""
+    return load_encoded_pairs(config, templater, "DPO")
 
 
 def resolve_reference(config, model) -> str:
