@@ -93,3 +93,12 @@ def load_prompt_data(config) -> tuple[list[PromptItem], list[PromptItem]]:
     else:
         train, evaluation = split_eval(train, data.eval_fraction, config.train.seed)
     return train, evaluation
+
+
+def reward_columns(items: list[PromptItem], repeat: int) -> dict[str, list]:
+    """What reward functions get beside the completions, one value per completion (each item `repeat` times):
+    every column of the items by name, and `prompts` (TRL's name; reward models score prompt + completion)."""
+    names = sorted({k for item in items for k in item.columns})
+    columns = {n: [item.columns.get(n) for item in items for _ in range(repeat)] for n in names}
+    columns["prompts"] = [item.prompt for item in items for _ in range(repeat)]
+    return columns

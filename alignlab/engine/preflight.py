@@ -84,11 +84,17 @@ def check_grpo(grpo) -> None:
     as the run would); the vLLM backend is installed; a vLLM server answers at its address."""
     from alignlab.rewards import RewardError, get_reward
 
-    for number, spec in enumerate(grpo.rewards):
-        try:
-            get_reward(spec)
-        except RewardError as exc:
-            raise ConfigError(f"grpo.rewards[{number}]: {exc}") from None
+    from alignlab.model.loading import resolve_model_path
+
+    for key in ("rewards", "eval_rewards"):
+        for number, spec in enumerate(getattr(grpo, key, [])):
+            try:
+                if isinstance(spec, str) and spec.strip().startswith("rm:"):  # a reward model: is it there?
+                    resolve_model_path(spec.strip()[3:])
+                else:
+                    get_reward(spec)
+            except (RewardError, AlignlabError) as exc:
+                raise ConfigError(f"grpo.{key}[{number}]: {exc}") from None
     if grpo.tools or grpo.environment:
         from alignlab.generation.tools import get_tool_parser, load_environment, load_tools, tool_schemas
 

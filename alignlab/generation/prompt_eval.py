@@ -23,6 +23,7 @@ import torch
 from alignlab.rewards import score_completions
 from alignlab.generation.multi_turn import TurnSettings, multi_turn_rollout, process_max, trajectory_columns
 from alignlab.generation.sampler import generate
+from alignlab.data.prompts import reward_columns
 
 
 @dataclass
@@ -76,8 +77,7 @@ def evaluate_prompts(
                                      [item.columns for item in items], num_generations=k,
                                      settings=replace(turns, max_completion_length=max_new_tokens, prompt_limit=None),
                                      lockstep=lockstep)
-    names = sorted({c for item in items for c in item.columns})
-    columns = {n: [item.columns.get(n) for item in items for _ in range(k)] for n in names}
+    columns = reward_columns(items, k)
     lengths = rollout.loss_mask.sum(1)  # the model's tokens: no tool or environment tokens
     columns["completion_lengths"] = lengths.tolist()
     if rollout.trajectories is not None:

@@ -14,7 +14,8 @@ Choices, named:
   biased at T != 1 and the clipped ratio is not the importance ratio. The sampler records its own
   log-prob of each token, and `sampling/sampling_logp_difference/{mean,max}` (TRL's names) log
   |trainer - sampler| over completion tokens at the first update of each rollout: ~0 in float32.
-- Rewards: pure Python functions from `alignlab.rewards`, weighted and summed. A completion every
+- Rewards: pure Python functions from `alignlab.rewards`, or reward models (`rm:PATH`, scored on the
+  completions' text with their own tokenizer: `alignlab.scoring.rewards`), weighted and summed. A completion every
   function scored None is unscorable: NaN, left out of its group's mean and std, advantage 0 (as
   TRL); counted in `rewards/unscorable`. With grpo.reward_errors=none, failed rows count in
   `rewards/<fn>/errors` and the first error message is logged once.
@@ -45,7 +46,7 @@ Choices, named:
 - Dropout (`grpo.disable_dropout`, default true): off. The sampler runs without it, so with it the
   trained forward is another function than the one that sampled: the ratio is no importance ratio
   (LoRA's default 0.05 opened `sampling_logp_difference` to ~0.01 after one update; ~1e-7 without).
-- Left out: PPO value function, reward models (use a reward function), entropy bonus.
+- Left out: PPO value function, entropy bonus.
 """
 
 from __future__ import annotations
@@ -57,7 +58,7 @@ import time
 
 import torch
 
-from alignlab.data.prompts import load_prompt_data
+from alignlab.data.prompts import load_prompt_data, reward_columns
 from alignlab.data.templates import Templater, fit_length
 from alignlab.errors import ConfigError, DataError
 from alignlab.generation.prompt_eval import evaluate_prompts
@@ -66,7 +67,8 @@ from alignlab.losses.grpo import (ADVANTAGE_SCALINGS, LOSS_AGGREGATIONS, constan
                                   grpo_loss, importance_sampling_weights)
 from alignlab.model.loading import (count_parameters, disable_dropout, is_peft, load_model, load_tokenizer,
                                     model_stop_ids)
-from alignlab.rewards import RewardScores, get_reward, score_completions
+from alignlab.rewards import RewardScores, score_completions
+from alignlab.scoring.rewards import EvalRewards, resolve_rewards
 from alignlab.generation.sampler import Rollout, concat_rollouts, generate
 from alignlab.generation.multi_turn import multi_turn_rollout, process_max, trajectory_columns, turn_settings
 from alignlab.generation.vllm import build_engine, draw_seed, engine_awake, engine_or_none
@@ -110,9 +112,9 @@ class GRPOTrainer:
         self.prompts, self.prompt_ids = self._fit_prompts(
             self.prompts, [self.templater.ids(self.templater.prompt_text(p.prompt)) for p in self.prompts])
         self.sources = sorted({p.group for p in self.prompts} - {""})  # data mixture sources: reward/<source>
-        # Metric names use a plugin's function name, not its file path.
-        self.reward_fns = [(name.rsplit(":", 1)[-1], get_reward(name)) for name in self.grpo.rewards]
+        self.reward_fns = resolve_rewards(self.grpo.rewards, config.rm, self.run.device)  # rm:PATH reward models too
         self.weights = self.grpo.reward_weights or [1.0] * len(self.reward_fns)
+        self.eval_rewards = EvalRewards(self.reward_fns, self.weights, self.grpo.eval_rewards)  # + eval-only gold checks
         model = load_model(config.model, config.lora, gradient_checkpointing=config.train.gradient_checkpointing)
         if self.grpo.disable_dropout:
             disable_dropout(model)
@@ -205,7 +207,7 @@ class GRPOTrainer:
             rollout = multi_turn_rollout(self._generate, self.templater, [p.prompt for p in rows], [p.columns for p in rows],
                                          num_generations=G, settings=self.turns, locations=[p.where for p in rows],
                                          lockstep=process_max(self.run.device) if synced else None)
-        columns = self._columns(indices, self.prompts, G)
+        columns = reward_columns([self.prompts[i] for i in indices], G)
         columns["completion_lengths"] = rollout.loss_mask.sum(1).tolist()  # the model's tokens, for length rewards
         columns["max_completion_length"] = [self.grpo.max_completion_length] * len(rollout.texts)
         if rollout.trajectories is not None:
@@ -219,11 +221,6 @@ class GRPOTrainer:
                         "%s. Failures are counted in rewards/<fn>/errors.", scores.errors[0])
             self.reward_error_logged = True
         return rollout, scores
-
-    @staticmethod
-    def _columns(indices, items, repeat) -> dict[str, list]:
-        names = sorted({k for i in indices for k in items[i].columns})
-        return {n: [items[i].columns.get(n) for i in indices for _ in range(repeat)] for n in names}
 
     def collect(self) -> tuple[Rollout, torch.Tensor, dict]:
         """A rollout batch for this process with rewards and advantages; dynamic sampling if asked."""
@@ -422,13 +419,14 @@ class GRPOTrainer:
     def evaluate(self, step: int) -> dict:
         prompts = self.eval_prompts[: self.grpo.eval_max_prompts]
         result = evaluate_prompts(
-            self.run.unwrapped, self.tokenizer, self.templater, prompts, self.reward_fns, self.weights,
+            self.run.unwrapped, self.tokenizer, self.templater, prompts, self.eval_rewards.fns, self.eval_rewards.weights,
             max_new_tokens=self.grpo.max_completion_length, batch_size=self.train.eval_batch_size,
             synced=self.run.lockstep_forwards, turns=self.turns,
         )
         if self.run.is_main:
             for sample in result.samples[: self.grpo.num_samples_logged]:
                 append_jsonl(self.run.run_dir / "samples.jsonl", {"step": step, **sample})
+        self.eval_rewards.check(result.metrics)  # warns when a reward model's score rises as the gold metric falls
         return result.metrics
 
     def _extra_state(self) -> dict:
