@@ -75,6 +75,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     _add_inference_commands(sub)
     _add_data_and_grid_commands(sub)
+    _add_label_command(sub)
     _add_demo_and_configs_commands(sub)
     _add_push_and_doctor_commands(sub)
     return parser
@@ -219,6 +220,24 @@ def _add_data_and_grid_commands(sub) -> None:
     sweep.add_argument("overrides", nargs="*", help="key=v1,v2,... axes of the grid and key=value fixed overrides")
 
 
+def _add_label_command(sub) -> None:
+    label = _command(sub, "label", "people rank sampled responses on a local web page; --stats: their agreement",
+                     "Serve a page where people rank each prompt's responses (shuffled; keys 1-9 or drag, ties, "
+                     "skip, undo). Every label is appended to --out (fsync'd) at once; reopening resumes. The output "
+                     "is the responses + ranks input of `alignlab pairs`. With --stats, print inter-annotator "
+                     "agreement (Kendall's tau-b, Krippendorff's alpha) of a labelled file instead.")
+    label.add_argument("input", metavar="IN", nargs="?", help="responses to rank: rows with a prompt and responses "
+                       "(the output of `alignlab sample`), a .jsonl, .json, .csv or .parquet file or a hub dataset id")
+    label.add_argument("--out", help="JSONL file the labels are appended to (created if missing, resumed if not)")
+    label.add_argument("--stats", metavar="RANKED", help="print the annotators' agreement in this labelled file and exit")
+    label.add_argument("--host", default="127.0.0.1", help="address to listen on; any address but a loopback one "
+                       "requires the random token printed at start")
+    label.add_argument("--port", type=int, default=8765, help="port to listen on (0: a free one)")
+    label.add_argument("--require-token", action="store_true", help="require the token on 127.0.0.1 too "
+                       "(a machine that other people log in to)")
+    label.add_argument("--seed", type=int, default=0, help="seed of the order responses are shown in")
+
+
 def _add_generation_options(parser, *, max_new_tokens: int) -> None:
     parser.add_argument("--max-new-tokens", type=int, default=max_new_tokens, help="tokens generated per answer")
     parser.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"],
@@ -313,6 +332,11 @@ def run(args: argparse.Namespace) -> int:
 
         compare_command(args.models, prompts=args.prompts, rewards=[r for r in args.rewards.split(",") if r],
                         max_new_tokens=args.max_new_tokens, dtype=args.dtype, interactive=args.interactive)
+    elif args.command == "label":
+        from alignlab.commands.label import label_command
+
+        label_command(args.input, args.out, stats=args.stats, host=args.host, port=args.port, seed=args.seed,
+                      require_token=args.require_token)
     elif args.command == "pairs":
         from alignlab.data.ranked_pairs import pairs_command
 
