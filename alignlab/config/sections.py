@@ -167,6 +167,29 @@ class RMConfig:
 
 
 @dataclass
+class JudgeConfig:
+    """An LLM judge on an OpenAI-compatible server (alignlab/scoring/judge.py): the `judge` reward, pairs, win rates."""
+
+    base_url: Optional[str] = None  # e.g. http://127.0.0.1:8000/v1 (vLLM's server, a hosted API)
+    model: Optional[str] = None  # the name the server serves
+    api_key_env: str = "OPENAI_API_KEY"  # the key is read from this variable; never written anywhere
+    mode: str = "pointwise"  # pointwise | pairwise (vs judge.answer_column, position-swapped) | group (all G at once)
+    rubric: str = "helpful"  # helpful | correct | a template file with {prompt}, {completion(s)}, {answer}, ...
+    scale: Optional[list[int]] = None  # [min, max] whole-number scores; None = the rubric's (a file: [1, 10])
+    answer_column: str = "answer"  # the reference answer (pairwise; a rubric's {answer})
+    constrained: str = "auto"  # auto (vLLM structured outputs, else a tolerant parser) | on | off
+    temperature: float = 0.0
+    max_tokens: int = 16  # per reply (group mode: at least 6 per completion)
+    max_concurrency: int = 8  # requests in flight at most
+    timeout: float = 60.0  # seconds per request
+    max_retries: int = 4  # on 429, 5xx, timeouts and connection errors, with exponential backoff
+    backoff: float = 1.0  # seconds before the first retry; doubled each time, with jitter
+    max_requests: Optional[int] = None  # the run's request budget (cache hits are free); None = no limit
+    cache: bool = True
+    cache_dir: Optional[str] = None  # None = ~/.cache/alignlab/judge (or $ALIGNLAB_CACHE/judge)
+
+
+@dataclass
 class SFTRunConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
@@ -187,6 +210,7 @@ class RMRunConfig(SFTRunConfig):
 @dataclass
 class GRPORunConfig(SFTRunConfig):
     grpo: GRPOConfig = field(default_factory=GRPOConfig)
+    judge: JudgeConfig = field(default_factory=JudgeConfig)
     rm: RMScoringConfig = field(default_factory=RMScoringConfig)
 
 
@@ -213,6 +237,7 @@ class IterateConfig:
 @dataclass
 class IterateRunConfig(DPORunConfig):
     iterate: IterateConfig = field(default_factory=IterateConfig)
+    judge: JudgeConfig = field(default_factory=JudgeConfig)
     rm: RMScoringConfig = field(default_factory=RMScoringConfig)
 
 
@@ -251,6 +276,10 @@ class EvalConfig:
     tool_parser: Optional[str] = None  # None = the run's grpo.tool_parser, else qwen
     max_tool_turns: Optional[int] = None  # None = the run's grpo.max_tool_turns, else 4
     environment: Optional[str] = None  # None = the run's grpo.environment
+    # Judged win rate against eval.baseline's answers: a pairwise rubric (helpful, correct, or a template file)
+    # judged by the `judge` section's server, both orders of each pair; None = no win rate
+    judge: Optional[str] = None
+    baseline: Optional[str] = None  # the model (hub id, dir, run dir) whose greedy answers are compared
 
 
 @dataclass
@@ -258,6 +287,7 @@ class EvalRunConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     data: EvalDataConfig = field(default_factory=EvalDataConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    judge: JudgeConfig = field(default_factory=JudgeConfig)
 
 
 RUN_CONFIGS["eval"] = EvalRunConfig

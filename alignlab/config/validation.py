@@ -73,6 +73,13 @@ RANGES: dict[str, tuple[str, str]] = {
     "iterate.temperature": ("> 0", ""),
     "iterate.eval_samples": (">= 0", "0 = greedy only"),
     "iterate.eval_max_prompts": (">= 1", ""),
+    "judge.temperature": (">= 0", ""),
+    "judge.max_tokens": (">= 1", ""),
+    "judge.max_concurrency": (">= 1", ""),
+    "judge.timeout": ("> 0", "seconds per request"),
+    "judge.max_retries": (">= 0", ""),
+    "judge.backoff": (">= 0", ""),
+    "judge.max_requests": (">= 1", "null = no limit"),
     "eval.num_samples": (">= 1", ""),
     "eval.max_new_tokens": (">= 1", ""),
     "eval.temperature": ("> 0", "greedy accuracy is always measured"),
@@ -109,8 +116,24 @@ def check_ranges(config) -> None:
             raise ConfigError(f"config key '{key}' must be {allowed}, got {value}" + (f" ({why})" if why else ""))
 
 
+def validate_judge(config) -> None:
+    """The `judge` section's choices (the rubric itself is read when the judge is used: a file may come later)."""
+    judge = getattr(config, "judge", None)
+    if judge is None:
+        return
+    if judge.mode not in ("pointwise", "pairwise", "group"):
+        raise ConfigError(f"judge.mode must be pointwise, pairwise or group, got '{judge.mode}'")
+    if judge.constrained not in ("auto", "on", "off"):
+        raise ConfigError(f"judge.constrained must be auto, on or off, got '{judge.constrained}'")
+    scale = judge.scale
+    if scale is not None and (not isinstance(scale, list) or len(scale) != 2 or scale[0] >= scale[1]
+                              or not all(isinstance(v, int) and not isinstance(v, bool) for v in scale)):
+        raise ConfigError(f"judge.scale must be [min, max], two whole numbers with min < max (or null), got {scale!r}")
+
+
 def validate(config) -> None:
     check_ranges(config)
+    validate_judge(config)
     if isinstance(config, EvalRunConfig):
         return validate_eval(config)
     train = config.train
