@@ -197,6 +197,8 @@ def _add_data_and_grid_commands(sub) -> None:
     pairs.add_argument("--strategy", default="best-vs-worst", choices=["best-vs-worst", "all-pairs", "best-vs-rest"],
                        help="which responses of a prompt are paired")
     pairs.add_argument("--min-margin", type=float, default=0.0, help="drop pairs whose score difference is smaller")
+    pairs.add_argument("--judge", nargs="+", metavar="judge.KEY=VALUE", help="score the responses with an LLM judge "
+                       "first (IN needs only prompt and responses), e.g. --judge judge.base_url=URL judge.model=NAME")
 
     iterate = _command(sub, "iterate", "iterative (online) DPO: sample, score, pair, train, evaluate; N rounds",
                        "Each round samples iterate.samples_per_prompt responses per prompt from the current policy, "
@@ -367,7 +369,13 @@ def run(args: argparse.Namespace) -> int:
     elif args.command == "pairs":
         from alignlab.data.ranked_pairs import pairs_command
 
-        pairs_command(args.input, args.output, strategy=args.strategy, min_margin=args.min_margin)
+        rescore = None
+        if args.judge:
+            from alignlab.scoring.judge_reward import judge_settings, judged_rows
+
+            judge = judge_settings(args.judge)
+            rescore = lambda rows: judged_rows(rows, judge)  # noqa: E731
+        pairs_command(args.input, args.output, strategy=args.strategy, min_margin=args.min_margin, rescore=rescore)
     elif args.command == "sample":
         from alignlab.commands.sample import SampleSettings, sample_command
 

@@ -237,7 +237,7 @@ LABELS = {
     "reference_free/accuracy": "reference-free pref. accuracy", "reference_free/margin": "reference-free log-prob margin",
 }
 PERCENT = ("accuracy", "format_rate", "sampled/accuracy", "sampled/format_rate", "preference_accuracy",
-           "reference_free/accuracy")
+           "reference_free/accuracy", "judge/win_rate")
 
 
 ORDER = ["preference_accuracy", "margin", "reference_free/", "accuracy", "pass@", "sampled/accuracy", "format_rate", "sampled/format_rate",
@@ -260,7 +260,9 @@ def _preference_title(result: dict) -> str:
 def format_table(result: dict) -> str:
     lines = [f"eval of {result['model']}"]
     data = result["data"]
-    sections = (("task", f"task: {data.get('prompts')}"), ("preference", _preference_title(result)))
+    judge = result.get("judge") or {}
+    sections = (("task", f"task: {data.get('prompts')}"), ("preference", _preference_title(result)),
+                ("judge", f"judged vs {judge.get('baseline')} (rubric {judge.get('rubric')}, both orders)"))
     for key, title in sections:
         metrics = result.get(key)
         if not metrics:
@@ -298,9 +300,14 @@ def run_eval(config, notes=(), held_out=None) -> dict:
     result = {"model": config.model.name_or_path, "data": {"prompts": config.data.prompts, "pairs": config.data.pairs}}
     if held_out is not None:
         result["data"]["held_out"] = f"{len(held_out)} pairs held out by data.eval_fraction of {config.model.name_or_path}"
+    samples = None
     if config.data.prompts:
         result["task"], samples = task_metrics(loaded, config)
         result["samples"] = samples[:SAMPLES_IN_JSON]
+    if config.eval.judge:
+        from alignlab.commands.judged_eval import judged_win_rate
+
+        result["judge"] = judged_win_rate(loaded, config, [s["completion"] for s in samples] if samples else None)
     if config.data.pairs or held_out is not None:
         result["preference"] = preference_metrics(loaded, config, held_out)
     result["config"] = to_dict(config)
@@ -313,6 +320,9 @@ def run_eval(config, notes=(), held_out=None) -> dict:
 
 
 def eval_command(model: Optional[str], config_path: Optional[str], overrides: list[str]) -> dict:
+    from alignlab.commands.judged_eval import check_judged_eval
+
     config, notes, held_out = resolve_config(model, config_path, overrides)
+    check_judged_eval(config)  # a judge that cannot answer fails before any model loads
     return run_eval(config, notes, held_out)
 

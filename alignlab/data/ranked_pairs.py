@@ -6,6 +6,10 @@ Input rows: a `prompt` (string or messages) and several `responses` (strings), w
     {"prompt": "2+2=?", "responses": ["4", "5", "22"], "scores": [1.0, 0.0, 0.2]}
     {"prompt": "2+2=?", "responses": ["4", "5", "22"], "ranks": [1, 3, 2]}
 
+With `--judge judge.base_url=URL judge.model=NAME ...`, rows need only a prompt and responses: an LLM judge
+scores them first (`alignlab.scoring.judge_reward.judged_rows`; given scores or ranks are replaced, and a
+response the judge's reply does not score is left out as a null score is).
+
 Raw UltraFeedback rows (`openbmb/UltraFeedback`) are read as they are published: the `instruction` is the
 prompt and each of the `completions` gives a `response` and its rating (see `ultrafeedback_responses`).
 
@@ -28,7 +32,7 @@ import math
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 from alignlab.data.io import Row, read_rows
 from alignlab.errors import DataError
@@ -131,8 +135,8 @@ def _number(row: Row, field: str, value: Any) -> Optional[float]:
     return float(value)
 
 
-def row_scores(row: Row) -> tuple[list[str], list[Optional[float]]]:
-    """(responses, scores with higher = better) of one input row; DataError naming file, row, field."""
+def row_responses(row: Row) -> tuple[Any, list[str]]:
+    """(prompt, responses) of one input row; DataError naming file, row, field."""
     values = row.values
     if "prompt" not in values:
         raise DataError(f"{row.where('prompt')}: missing; columns found: {', '.join(sorted(values))}")
@@ -143,6 +147,13 @@ def row_scores(row: Row) -> tuple[list[str], list[Optional[float]]]:
     for i, text in enumerate(responses):
         if not isinstance(text, str):
             raise DataError(f"{row.where(f'responses[{i}]')}: expected a string, got {type(text).__name__}")
+    return values["prompt"], responses
+
+
+def row_scores(row: Row) -> tuple[list[str], list[Optional[float]]]:
+    """(responses, scores with higher = better) of one input row; DataError naming file, row, field."""
+    values = row.values
+    _, responses = row_responses(row)
     has_scores, has_ranks = "scores" in values, "ranks" in values
     if has_scores == has_ranks:
         raise DataError(f"{row.where()}: give exactly one of 'scores' (higher is better) or 'ranks' (1 is best)"
@@ -232,9 +243,13 @@ def build_pairs(rows: list[Row], *, strategy: str = "best-vs-worst", min_margin:
     return out, total
 
 
-def pairs_command(source: str, out: str, *, strategy: str = "best-vs-worst", min_margin: float = 0.0) -> PairStats:
-    """`alignlab pairs IN OUT`: read ranked rows, write a JSONL DPO dataset, print the report."""
+def pairs_command(source: str, out: str, *, strategy: str = "best-vs-worst", min_margin: float = 0.0,
+                  rescore: Optional[Callable[[list[Row]], list[Row]]] = None) -> PairStats:
+    """`alignlab pairs IN OUT`: read ranked rows, write a JSONL DPO dataset, print the report. `rescore`
+    gives the rows new `scores` first (`--judge`: an LLM judge's, `alignlab.scoring.judge_reward.judged_rows`)."""
     rows = read_rows(source)
+    if rescore is not None:
+        rows = rescore(rows)
     pairs, stats = build_pairs(rows, strategy=strategy, min_margin=min_margin)
     if not pairs:
         raise DataError(f"{source}: no pairs could be built ({stats.report()})")

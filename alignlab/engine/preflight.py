@@ -24,6 +24,8 @@ def preflight(config) -> None:
         check_dpo(config)
     if hasattr(config, "grpo"):
         check_grpo(config.grpo)
+        if "judge" in config.grpo.rewards:
+            check_judge(config.judge)
 
 
 def check_data_sources(data) -> None:
@@ -88,6 +90,8 @@ def check_grpo(grpo) -> None:
 
     for key in ("rewards", "eval_rewards"):
         for number, spec in enumerate(getattr(grpo, key, [])):
+            if spec == "judge":  # an LLM judge: check_judge
+                continue
             try:
                 if isinstance(spec, str) and spec.strip().startswith("rm:"):  # a reward model: is it there?
                     resolve_model_path(spec.strip()[3:])
@@ -105,6 +109,14 @@ def check_grpo(grpo) -> None:
         load_environment(grpo.environment)
     if grpo.backend == "vllm":
         check_vllm(grpo)
+
+
+def check_judge(judge) -> None:
+    """The `judge` reward: its rubric reads, and one real request gets an answer from its server (a down
+    server, a wrong model name or a refused key fails here, in one line, before any model loads)."""
+    from alignlab.scoring.judge_reward import judge_client
+
+    judge_client(judge, preflight=True).close()
 
 
 def check_vllm(grpo) -> None:

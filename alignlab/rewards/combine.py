@@ -30,12 +30,15 @@ class RewardScores:
     ``per_function[name]`` holds each function's raw (unweighted) scores.
     ``errors`` lists what was replaced by ``None`` when ``on_error="none"``, and
     ``error_rows[name]`` counts the rows of each function that failed so.
+    ``metrics`` holds what functions with a ``step_metrics()`` method report for the batch (an LLM
+    judge's requests, seconds, tokens, unparsed replies), logged by the caller with the step.
     """
 
     total: list[float]
     per_function: dict[str, list[float | None]]
     errors: list[str] = field(default_factory=list)
     error_rows: dict[str, int] = field(default_factory=dict)
+    metrics: dict[str, float] = field(default_factory=dict)
 
 
 def score_completions(
@@ -81,12 +84,16 @@ def score_completions(
         per_function[name] = _run_one(name, fn, completions, kwargs, (on_error, on_error_option), errors, failed)
         error_rows[name] = len(failed)
 
+    metrics: dict[str, float] = {}
+    for _, fn in fns:
+        if callable(getattr(fn, "step_metrics", None)):
+            metrics.update(fn.step_metrics())
     total = []
     for i in range(n):
         values = [(weight, per_function[name][i]) for (name, _), weight in zip(fns, weights)]
         scored = [weight * value for weight, value in values if value is not None]
         total.append(math.fsum(scored) if scored else math.nan)
-    return RewardScores(total=total, per_function=per_function, errors=errors, error_rows=error_rows)
+    return RewardScores(total=total, per_function=per_function, errors=errors, error_rows=error_rows, metrics=metrics)
 
 
 # --------------------------------------------------------------------------- validation

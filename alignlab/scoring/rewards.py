@@ -88,14 +88,20 @@ def load_rm_reward(spec: str, settings=None, device=None, name: str = "rm") -> R
                     name=name)
 
 
-def resolve_rewards(specs: list, settings=None, device=None) -> list[tuple[str, Callable]]:
+def resolve_rewards(specs: list, settings=None, device=None, *, judge=None, group_size=None,
+                    preflight: bool = True) -> list[tuple[str, Callable]]:
     """[(metric name, function)] for reward specs: registered names, module:function, file.py:function,
-    in-process callables (`alignlab.rewards.get_reward`), and `rm:PATH` reward models (named rm, rm2, ...)."""
+    in-process callables (`alignlab.rewards.get_reward`), `rm:PATH` reward models (named rm, rm2, ...), and
+    `judge`, an LLM judge (`judge`: the config's judge section; `group_size`: GRPO's G, for judge.mode=group;
+    `preflight`: one request proves the judge server answers)."""
     from alignlab.rewards import get_reward
+    from alignlab.scoring.judge_reward import is_judge_spec, load_judge_reward
 
     resolved, models = [], 0
     for spec in specs:
-        if is_rm_spec(spec):
+        if is_judge_spec(spec):
+            resolved.append(("judge", load_judge_reward(judge, group_size, preflight=preflight)))
+        elif is_rm_spec(spec):
             models += 1
             name = "rm" if models == 1 else f"rm{models}"
             resolved.append((name, load_rm_reward(spec, settings, device, name)))

@@ -112,7 +112,8 @@ class GRPOTrainer:
         self.prompts, self.prompt_ids = self._fit_prompts(
             self.prompts, [self.templater.ids(self.templater.prompt_text(p.prompt)) for p in self.prompts])
         self.sources = sorted({p.group for p in self.prompts} - {""})  # data mixture sources: reward/<source>
-        self.reward_fns = resolve_rewards(self.grpo.rewards, config.rm, self.run.device)  # rm:PATH reward models too
+        self.reward_fns = resolve_rewards(self.grpo.rewards, config.rm, self.run.device,  # rm:PATH reward models, judge
+                                          judge=config.judge, group_size=self.grpo.num_generations, preflight=False)
         self.weights = self.grpo.reward_weights or [1.0] * len(self.reward_fns)
         self.eval_rewards = EvalRewards(self.reward_fns, self.weights, self.grpo.eval_rewards)  # + eval-only gold checks
         model = load_model(config.model, config.lora, gradient_checkpointing=config.train.gradient_checkpointing)

@@ -48,6 +48,8 @@ def reward_stats(run, scores, rewards: torch.Tensor, rollout, num_generations: i
         stats[f"rewards/{name}/mean"] = float("nan") if mean is None else mean
         if count_errors:
             stats[f"rewards/{name}/errors"] = failed
+    if scores.metrics:  # an LLM judge's judge/requests, judge/seconds, ...: summed over processes
+        stats.update(zip(scores.metrics, run.global_sums(list(scores.metrics.values()))))
     return stats
 
 
