@@ -116,6 +116,8 @@ def test_keys_tie_skip_undo_reload_kill_resume_drag_then_pairs(page, responses, 
     assert _ranks_shown(page) == ["#1"]
     for text in ("c1", "c2"):
         press_for(page, shown, text)
+    page.drag_and_drop("#ranking .card:has-text('c2')", "#ranking .card:has-text('c1')")  # c2 above c1
+    assert page.locator("#ranking .card .text").all_inner_texts() == ["c3", "c2", "c1"]
     page.keyboard.press("Enter")
 
     # identical texts are one card (x2) and share a rank; Shift+number ties with the one above
@@ -132,11 +134,11 @@ def test_keys_tie_skip_undo_reload_kill_resume_drag_then_pairs(page, responses, 
     server.kill()
 
     labels = read_labels(out)
-    assert [label["ranks"] for label in labels] == [[1, 3, 2], [1, 1, 3], [2, 3, 1], [1, 3, 1]]
+    assert [label["ranks"] for label in labels] == [[1, 3, 2], [1, 1, 3], [3, 2, 1], [1, 3, 1]]
     result = cli(["pairs", out, tmp_path / "pairs.jsonl"])
     assert result.code == 0, result.err
     pairs = [json.loads(line) for line in (tmp_path / "pairs.jsonl").read_text().splitlines()]
-    assert [(p["chosen"], p["rejected"]) for p in pairs] == [("a best", "a worst"), ("b1", "b3"), ("c3", "c2"),
+    assert [(p["chosen"], p["rejected"]) for p in pairs] == [("a best", "a worst"), ("b1", "b3"), ("c3", "c1"),
                                                             ("d same", "d other")]
     assert "4 pairs from 4 prompts" in result.out
 
