@@ -14,6 +14,15 @@ Choices made:
     "none" only subtracts the group mean (Dr. GRPO, Liu et al. 2025, who argue std scaling biases
     towards too easy and too hard prompts). The std is unbiased (Bessel), as torch.std and TRL, and
     1e-4 is added to it so a near-constant group cannot explode.
+  * Advantage estimators (`ADVANTAGE_ESTIMATORS`), one advantage per completion: "group" (above);
+    "rloo", r_i minus the mean of the group's other scored completions (Ahmadian et al. 2024, Eq. 5; no
+    scaling, as TRL's RLOOTrainer by default); "reinforce_pp_baseline", the group mean subtracted, then
+    whitened over the batch (REINFORCE++-baseline, Hu et al. 2025): over completions, where verl and
+    OpenRLHF whiten over tokens (a long completion counts once here, not once per token).
+  * Several rewards (`REWARD_AGGREGATIONS`): "sum_then_normalize", the weighted sum is the reward;
+    "normalize_then_sum", each reward standardised within its group first, then the weighted sum
+    (GDPO, Liu et al. 2026: a small 0/1 reward is not drowned by a large one). GDPO then whitens the
+    sum over the batch, which is "reinforce_pp_baseline" on it (the group mean of the sum is 0).
   * A group of one completion, or a group whose rewards are all equal, carries no relative signal, so
     its advantages are exactly 0: never NaN (torch's std of one sample) nor rounding noise from the mean.
   * Clipping is decoupled, 1 - epsilon_low .. 1 + epsilon_high ("Clip-Higher", DAPO, Yu et al. 2025,
@@ -37,6 +46,16 @@ Choices made:
     sequences for grpo, total sequences * max_completion_length for dr_grpo) to every micro-batch, and
     the micro-batch losses then sum to the full-batch loss. Without it each micro-batch normalises by
     its own count and accumulation re-weights tokens or sequences.
+  * Importance ratio (`POLICY_RATIO_LEVELS`): "token", pi/pi_old per token (DeepSeekMath); "sequence",
+    GSPO (Zheng et al. 2025, Eq. 7), s_i = exp(mean over o_i's tokens of log pi/pi_old), the
+    length-normalised sequence ratio, clipped once per completion and shared by its tokens. GSPO's
+    objective averages over completions: loss_type=grpo; with dapo/bnpo/dr_grpo each completion weighs
+    by its length (TRL warns the same). The paper clips far tighter (eps ~3e-4 / 4e-4).
+  * loss_type=cispo (MiniMax-M1, Eq. 4): -sg(min(r, 1 + epsilon_high)) * A * log pi per token, token
+    aggregation. The weight is capped, never the gradient: every token, however far its ratio moved,
+    still learns. No lower bound (the paper sets eps_low large). TRL caps at epsilon_high itself
+    (ScaleRL's eps_max, 5.0 suggested): TRL's 5.0 is our 4.0. clip_ratio_high: tokens whose weight was
+    capped.
   * Metrics (kl, clip ratios) are detached means over the active tokens of this call.
 
   * Unscorable completions (NaN rewards) are left out of the group statistics and get advantage 0.
@@ -52,7 +71,7 @@ Choices made:
                          default; ours stays token_truncate, what earlier runs used)
     No lower bound (TRL's clip_min, unset by default there). The KL term is not re-weighted.
 
-Left out: sequence-level policy ratios (GSPO), CISPO/SAPO/VESPO, the dual-clip delta bound,
+Left out: SAPO/VESPO, the GSPO-token variant, the dual-clip delta bound,
 entropy bonus and masking, token-level [B, T] advantages.
 """
 
@@ -64,8 +83,12 @@ from typing import Callable, Optional, Union
 import torch
 
 __all__ = [
+    "ADVANTAGE_ESTIMATORS",
     "ADVANTAGE_SCALINGS",
     "LOSS_AGGREGATIONS",
+    "POLICY_RATIO_LEVELS",
+    "REWARD_AGGREGATIONS",
+    "SURROGATES",
     "GRPOLossOutput",
     "IMPORTANCE_SAMPLING_BOUNDS",
     "ImportanceWeights",
@@ -116,37 +139,100 @@ ADVANTAGE_SCALINGS: dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tenso
 
 
 def constant_groups(grouped: torch.Tensor) -> torch.Tensor:
-    """[B] bool: groups [B, G] whose numeric (non-NaN) rewards are all equal, or that have none."""
+    """[B] bool: groups [B, G] (or [B, G, K], K rewards each) whose numeric (non-NaN) rewards are all equal
+    (in every one of the K), or that have none."""
     present = ~grouped.isnan()
-    high = grouped.masked_fill(~present, float("-inf")).amax(dim=1)  # [B]
-    low = grouped.masked_fill(~present, float("inf")).amin(dim=1)  # [B]
-    return high <= low
+    high = grouped.masked_fill(~present, float("-inf")).amax(dim=1)  # [B] or [B, K]
+    low = grouped.masked_fill(~present, float("inf")).amin(dim=1)  # [B] or [B, K]
+    return (high <= low).reshape(grouped.shape[0], -1).all(dim=1)  # [B]
 
 
-def group_advantages(rewards: torch.Tensor, group_size: int, scale: str) -> torch.Tensor:
-    """Group-relative advantages, shape [B*G], for rewards [B*G] laid out prompt by prompt.
+def _group_baseline(grouped: torch.Tensor, scale: str) -> torch.Tensor:
+    centered = grouped - grouped.nanmean(dim=1, keepdim=True)  # [B, G]: NaN where unscorable
+    return ADVANTAGE_SCALINGS[scale](centered, grouped)  # [B, G]
 
-    Entries g*G .. g*G + G - 1 are the G completions of prompt g. `scale` is a key of
-    ADVANTAGE_SCALINGS. A NaN reward marks an unscorable completion (every reward function
-    returned None): it is left out of its group's mean and std (and the batch std), and its own
-    advantage is 0, so it neither moves the baseline nor gets pushed up or down (as TRL does).
+
+def _leave_one_out(grouped: torch.Tensor, scale: str) -> torch.Tensor:
+    # r_i - mean of the other scored completions = n / (n - 1) * (r_i - group mean), n scored in the group.
+    count = (~grouped.isnan()).sum(dim=1, keepdim=True)  # [B, 1]
+    centered = grouped - grouped.nanmean(dim=1, keepdim=True)  # [B, G]
+    return centered * count / (count - 1).clamp(min=1)  # [B, G]: a lone scored completion gets 0 below
+
+
+def _group_mean_then_batch_whiten(grouped: torch.Tensor, scale: str) -> torch.Tensor:
+    centered = grouped - grouped.nanmean(dim=1, keepdim=True)  # [B, G]
+    return (centered - centered.nanmean()) / (nan_std(centered) + STD_EPS)  # [B, G]
+
+
+# Each maps rewards [B, G] (NaN = unscorable) to advantages [B, G]; only "group" reads `scale`.
+ADVANTAGE_ESTIMATORS: dict[str, Callable[[torch.Tensor, str], torch.Tensor]] = {
+    "group": _group_baseline,
+    "rloo": _leave_one_out,
+    "reinforce_pp_baseline": _group_mean_then_batch_whiten,
+}
+
+
+def _weighted_nansum(parts: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    total = (parts * weights).nansum(dim=1)  # [N]
+    return total.masked_fill(parts.isnan().all(dim=1), float("nan"))  # [N]: no reward at all stays unscorable
+
+
+def _sum_then_normalize(parts: torch.Tensor, weights: torch.Tensor, group_size: int) -> torch.Tensor:
+    return _weighted_nansum(parts, weights)  # [N]
+
+
+def _normalize_then_sum(parts: torch.Tensor, weights: torch.Tensor, group_size: int) -> torch.Tensor:
+    grouped = parts.view(-1, group_size, parts.shape[1])  # [B, G, K]
+    standardized = (grouped - grouped.nanmean(dim=1, keepdim=True)) / (nan_std(grouped, dim=1) + STD_EPS)
+    # A reward constant within a group tells its completions nothing apart: exactly 0, not rounding noise.
+    flat = constant_groups(grouped.transpose(1, 2).reshape(-1, group_size)).view(-1, 1, parts.shape[1])  # [B, 1, K]
+    standardized = standardized.masked_fill(flat & ~grouped.isnan(), 0.0)  # [B, G, K]
+    return _weighted_nansum(standardized.reshape(parts.shape), weights)  # [N]
+
+
+# Each maps per-reward scores [N, K] and their weights [K] to one reward per completion [N].
+REWARD_AGGREGATIONS: dict[str, Callable[[torch.Tensor, torch.Tensor, int], torch.Tensor]] = {
+    "sum_then_normalize": _sum_then_normalize,
+    "normalize_then_sum": _normalize_then_sum,
+}
+
+
+def group_advantages(rewards: torch.Tensor, group_size: int, scale: str, *, estimator: str = "group",
+                     aggregation: str = "sum_then_normalize", weights: Optional[list[float]] = None) -> torch.Tensor:
+    """Group-relative advantages, shape [B*G], for rewards [B*G] (or [B*G, K]: K rewards per completion,
+    combined by `aggregation`, a key of REWARD_AGGREGATIONS, with `weights`, K of them, 1 by default)
+    laid out prompt by prompt.
+
+    Entries g*G .. g*G + G - 1 are the G completions of prompt g. `estimator`: a key of
+    ADVANTAGE_ESTIMATORS; `scale` (for "group"): a key of ADVANTAGE_SCALINGS. A NaN reward marks an
+    unscorable completion (every reward function returned None): it is left out of its group's
+    statistics (and the batch's), and its own advantage is 0, so it neither moves the baseline nor
+    gets pushed up or down (as TRL does).
     """
     if scale not in ADVANTAGE_SCALINGS:
         raise ValueError(f"unknown advantage scale {scale!r}; valid options: {sorted(ADVANTAGE_SCALINGS)}")
-    if rewards.dim() != 1:
-        raise ValueError(f"rewards must be 1-D [B*G], got shape {tuple(rewards.shape)}")
-    if group_size < 1 or rewards.numel() % group_size != 0:
+    if estimator not in ADVANTAGE_ESTIMATORS:
+        raise ValueError(f"unknown advantage estimator {estimator!r}; valid options: {sorted(ADVANTAGE_ESTIMATORS)}")
+    if aggregation not in REWARD_AGGREGATIONS:
+        raise ValueError(f"unknown reward aggregation {aggregation!r}; valid options: {sorted(REWARD_AGGREGATIONS)}")
+    if rewards.dim() not in (1, 2):
+        raise ValueError(f"rewards must be [B*G] or [B*G, K], got shape {tuple(rewards.shape)}")
+    if group_size < 1 or rewards.shape[0] % group_size != 0:
         raise ValueError(
-            f"rewards has {rewards.numel()} entries, which is not a whole number of groups of "
+            f"rewards has {rewards.shape[0]} rows, which is not a whole number of groups of "
             f"group_size={group_size}"
         )
     if not rewards.is_floating_point():
-        rewards = rewards.float()  # [B*G]
-    grouped = rewards.view(-1, group_size)  # [B, G]
-    centered = grouped - grouped.nanmean(dim=1, keepdim=True)  # [B, G]: NaN where unscorable
-    advantages = ADVANTAGE_SCALINGS[scale](centered, grouped)  # [B, G]
+        rewards = rewards.float()
+    parts = rewards if rewards.dim() == 2 else rewards[:, None]  # [B*G, K]
+    if weights is not None and len(weights) != parts.shape[1]:
+        raise ValueError(f"{len(weights)} reward weights for {parts.shape[1]} rewards per completion")
+    weight = parts.new_tensor(weights) if weights is not None else parts.new_ones(parts.shape[1])  # [K]
+    grouped = REWARD_AGGREGATIONS[aggregation](parts, weight, group_size).view(-1, group_size)  # [B, G]
+    advantages = ADVANTAGE_ESTIMATORS[estimator](grouped, scale)  # [B, G]
     # The mean of equal floats need not equal them bit for bit; force the exact 0 such groups deserve.
-    advantages = advantages.masked_fill(constant_groups(grouped)[:, None], 0.0)  # [B, G]
+    flat = constant_groups(parts.view(-1, group_size, parts.shape[1]))  # [B]: no reward varies in the group
+    advantages = advantages.masked_fill(flat[:, None], 0.0)  # [B, G]
     advantages = advantages.nan_to_num(0.0)  # unscorable completions: no signal
     return advantages.reshape(-1)  # [B*G]
 
@@ -191,7 +277,50 @@ LOSS_AGGREGATIONS: dict[
     "bnpo": _aggregate_token_sum_over_tokens,
     "dapo": _aggregate_token_sum_over_tokens,
     "dr_grpo": _aggregate_token_sum_over_constant,
+    "cispo": _aggregate_token_sum_over_tokens,  # MiniMax-M1 Eq. 4's 1 / sum_i |o_i|
 }
+
+
+def _token_log_ratio(log_ratio: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    return log_ratio  # [B, T]
+
+
+def _sequence_log_ratio(log_ratio: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    # GSPO Eq. 7: log s_i = (1 / |o_i|) sum_t log(pi(y_t) / pi_old(y_t)); clamp: an empty completion gives 0.
+    return ((log_ratio * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1.0)).unsqueeze(1)  # [B, 1]
+
+
+# log pi/pi_old per token [B, T] -> the log importance ratio the surrogate clips: [B, T] or [B, 1].
+POLICY_RATIO_LEVELS: dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = {
+    "token": _token_log_ratio,
+    "sequence": _sequence_log_ratio,
+}
+
+# Per-token policy term -> (loss [B, T], tokens whose low / high bound bit: [B, T] or [B, 1] bool).
+Surrogate = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, float, float], tuple]
+
+
+def _clipped_surrogate(ratio, logps, advantages, epsilon_low, epsilon_high) -> tuple:
+    unclipped = ratio * advantages  # [B, T] or [B, 1]
+    clipped = torch.clamp(ratio, 1.0 - epsilon_low, 1.0 + epsilon_high) * advantages
+    # The pessimistic (smaller) objective: clipping only ever removes the incentive to move further.
+    # Only these tokens have their gradient zeroed by the clip; a ratio beyond the bound on the other
+    # side of 1 keeps the unclipped term and is not counted.
+    low = (ratio < 1.0 - epsilon_low) & (advantages < 0)
+    high = (ratio > 1.0 + epsilon_high) & (advantages > 0)
+    return -torch.minimum(unclipped, clipped), low, high
+
+
+def _cispo_surrogate(ratio, logps, advantages, epsilon_low, epsilon_high) -> tuple:
+    # MiniMax-M1 Eq. 4: sg(clip(r, ., 1 + eps_high)) * A * log pi. No lower bound (the paper sets eps_low
+    # large); every token keeps its gradient, only its weight is capped.
+    weight = ratio.clamp(max=1.0 + epsilon_high).detach()  # [B, T] or [B, 1]
+    high = ratio > 1.0 + epsilon_high
+    return -weight * advantages * logps, torch.zeros_like(high), high
+
+
+SURROGATES: dict[str, Surrogate] = {"clip": _clipped_surrogate, "cispo": _cispo_surrogate}
+SURROGATE_OF_LOSS_TYPE = {"cispo": "cispo"}  # every other loss_type: the PPO clip
 
 
 @dataclass
@@ -200,7 +329,7 @@ class GRPOLossOutput:
     kl: torch.Tensor  # [], detached; 0 when beta == 0
     clip_ratio: torch.Tensor  # [], detached: share of active tokens whose clipped term was chosen
     clip_ratio_low: torch.Tensor  # [], detached: ratio < 1 - epsilon_low with A < 0
-    clip_ratio_high: torch.Tensor  # [], detached: ratio > 1 + epsilon_high with A > 0
+    clip_ratio_high: torch.Tensor  # [], detached: ratio > 1 + epsilon_high with A > 0 (cispo: any A)
 
 
 def grpo_loss(
@@ -217,30 +346,35 @@ def grpo_loss(
     max_completion_length: Optional[int] = None,
     normalizer: Optional[Count] = None,
     importance_weights: Optional[torch.Tensor] = None,
+    importance_sampling_level: str = "token",
 ) -> GRPOLossOutput:
     """Clipped GRPO surrogate (+ beta * k3 KL) over completion tokens.
 
     logps, old_logps, ref_logps, mask: [B, T] per-token log-probs of the completion tokens and the
     1/0 mask of real (non-padding) tokens. old_logps=None: on-policy (ratio 1). ref_logps may be None
-    when beta == 0. advantages: [B], one per completion. loss_type: a key of LOSS_AGGREGATIONS.
-    normalizer: the aggregation's denominator for the whole optimizer step (see module docstring).
-    importance_weights: [B, T] or None, truncated importance weights of the rollout policy against
-    the sampler that drew the tokens (see module docstring), multiplying the policy-gradient term.
+    when beta == 0. advantages: [B], one per completion. loss_type: a key of LOSS_AGGREGATIONS (cispo
+    also swaps the clipped ratio for CISPO's term). importance_sampling_level: a key of
+    POLICY_RATIO_LEVELS (sequence: GSPO). normalizer: the aggregation's denominator for the whole
+    optimizer step (see module docstring). importance_weights: [B, T] or None, truncated importance
+    weights of the rollout policy against the sampler that drew the tokens (see module docstring),
+    multiplying the policy-gradient term.
     """
     if loss_type not in LOSS_AGGREGATIONS:
         raise ValueError(f"unknown GRPO loss_type {loss_type!r}; valid options: {sorted(LOSS_AGGREGATIONS)}")
+    if importance_sampling_level not in POLICY_RATIO_LEVELS:
+        raise ValueError(f"unknown importance_sampling_level {importance_sampling_level!r}; "
+                         f"valid options: {sorted(POLICY_RATIO_LEVELS)}")
     if beta != 0.0 and ref_logps is None:
         raise ValueError(f"beta={beta} needs ref_logps for the KL term; pass them or set beta to 0")
 
     mask = mask.to(logps.dtype)  # [B, T]
     if old_logps is None:
         old_logps = logps.detach()  # [B, T]
-    ratio = torch.exp(logps - old_logps)  # [B, T]
+    ratio = torch.exp(POLICY_RATIO_LEVELS[importance_sampling_level](logps - old_logps, mask))  # [B, T] or [B, 1]
     token_advantages = advantages.unsqueeze(1)  # [B, 1]
-    unclipped = ratio * token_advantages  # [B, T]
-    clipped = torch.clamp(ratio, 1.0 - epsilon_low, 1.0 + epsilon_high) * token_advantages  # [B, T]
-    # The pessimistic (smaller) objective: clipping only ever removes the incentive to move further.
-    per_token = -torch.minimum(unclipped, clipped)  # [B, T]
+    surrogate = SURROGATES[SURROGATE_OF_LOSS_TYPE.get(loss_type, "clip")]
+    per_token, low, high = surrogate(ratio, logps, token_advantages, epsilon_low, epsilon_high)
+    per_token = per_token.expand_as(logps)  # [B, T]: a sequence-level term on each of its tokens
     if importance_weights is not None:
         per_token = per_token * importance_weights  # [B, T]: the sampler's tokens, re-weighted to the policy's
 
@@ -255,13 +389,10 @@ def grpo_loss(
     loss = LOSS_AGGREGATIONS[loss_type](per_token, mask, normalizer, max_completion_length)  # []
 
     with torch.no_grad():
-        # Only these tokens have their gradient zeroed by the clip; a ratio beyond the bound on the
-        # other side of 1 keeps the unclipped term and is not counted.
-        low = ((ratio < 1.0 - epsilon_low) & (token_advantages < 0)).to(logps.dtype)  # [B, T]
-        high = ((ratio > 1.0 + epsilon_high) & (token_advantages > 0)).to(logps.dtype)  # [B, T]
-        clip_ratio_low = _masked_mean(low, mask)  # []
-        clip_ratio_high = _masked_mean(high, mask)  # []
-        # low and high never overlap (they need advantages of opposite sign), so the shares add up.
+        # Shares of active tokens (sequence level: each token counts its completion's ratio).
+        clip_ratio_low = _masked_mean(low.expand_as(mask).to(logps.dtype), mask)  # []
+        clip_ratio_high = _masked_mean(high.expand_as(mask).to(logps.dtype), mask)  # []
+        # low and high never overlap (opposite advantage signs; cispo has no low bound), so the shares add up.
         clip_ratio = clip_ratio_low + clip_ratio_high  # []
 
     return GRPOLossOutput(loss, kl, clip_ratio, clip_ratio_low, clip_ratio_high)
