@@ -19,7 +19,7 @@ RECIPES = sorted((REPO / "configs").glob("*.yaml"))
 
 
 def command_of(recipe: dict) -> str:
-    for command in ("iterate", "grpo", "dpo"):
+    for command in ("iterate", "grpo", "dpo", "rm"):
         if command in recipe:
             return command
     return "sft"
@@ -85,7 +85,7 @@ def recipe_args(path: Path, tmp_path, tiny_model_dir, fixtures) -> tuple[str, li
 @pytest.mark.slow
 @pytest.mark.parametrize("path", RECIPES, ids=lambda p: p.stem)
 def test_shipped_recipe_trains(path, tmp_path, tiny_model_dir, sft_train, prefs, prompts):
-    fixtures = {"sft": sft_train, "dpo": prefs, "grpo": prompts}
+    fixtures = {"sft": sft_train, "dpo": prefs, "grpo": prompts, "rm": prefs}
     command, args = recipe_args(path, tmp_path, tiny_model_dir, fixtures)
     result = run_cli(args)
     assert result.code == 0, f"{path.name} failed"
