@@ -55,6 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_train_command(sub, "dpo", "Direct Preference Optimization on prompt/chosen/rejected pairs")
     _add_train_command(sub, "grpo", "Group Relative Policy Optimization with verifiable reward functions")
     _add_train_command(sub, "rm", "a Bradley-Terry reward model on preference pairs (a reward for GRPO: rm:RUN_DIR)")
+    _add_train_command(sub, "distill", "on-policy distillation: the student samples, a teacher grades every token")
 
     show = _command(sub, "show-config", "print the resolved config (defaults + file + overrides)",
                     "Print the config a command would run with, as YAML: the defaults, then the config file, then "

@@ -190,6 +190,29 @@ class JudgeConfig:
 
 
 @dataclass
+class DistillConfig:
+    """`alignlab distill`: on-policy distillation from a teacher (alignlab/losses/distill.py, alignlab/trainers/distill.py)."""
+
+    teacher: Optional[str] = None  # path, run directory or hub id; must share the student's tokenizer
+    loss: str = "reverse_kl"  # reverse_kl (the student's samples, per-token reverse KL as advantage) | jsd (GKD)
+    jsd_beta: float = 0.5  # jsd: 0 = forward KL(teacher || student), 1 = reverse KL(student || teacher)
+    # Share of batches sampled by the student (on-policy); the rest train on the data's `completion`s
+    # (jsd only). TRL's name: `lambda` is a Python keyword.
+    lmbda: float = 1.0
+    discount: float = 0.0  # reverse_kl: gamma of the discounted future reverse KL in each token's advantage
+    num_generations: int = 1  # completions sampled per prompt
+    max_completion_length: int = 64
+    temperature: float = 1.0  # sampling and every log-prob (student and teacher): softmax(logits / T)
+    top_p: float = 1.0
+    top_k: int = 0
+    rollout_batch_size: int = 512  # completions decoded together
+    logprob_chunk_size: int = 0  # jsd: positions per LM-head chunk; 0 = auto (about 256 MiB of float32 logits)
+    rewards: list[str] = field(default_factory=lambda: ["answer_format", "answer_correct"])  # eval only: accuracy
+    eval_max_prompts: int = 200
+    num_samples_logged: int = 4
+
+
+@dataclass
 class SFTRunConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
@@ -205,6 +228,11 @@ class DPORunConfig(SFTRunConfig):
 @dataclass
 class RMRunConfig(SFTRunConfig):
     rm: RMConfig = field(default_factory=RMConfig)
+
+
+@dataclass
+class DistillRunConfig(SFTRunConfig):
+    distill: DistillConfig = field(default_factory=DistillConfig)
 
 
 @dataclass
@@ -242,7 +270,7 @@ class IterateRunConfig(DPORunConfig):
 
 
 RUN_CONFIGS = {"sft": SFTRunConfig, "dpo": DPORunConfig, "grpo": GRPORunConfig, "iterate": IterateRunConfig,
-               "rm": RMRunConfig}
+               "rm": RMRunConfig, "distill": DistillRunConfig}
 
 # ---------------------------------------------------------------- `alignlab eval`
 

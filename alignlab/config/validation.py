@@ -65,6 +65,18 @@ RANGES: dict[str, tuple[str, str]] = {
     "grpo.num_samples_logged": (">= 0", ""),
     "grpo.max_tool_turns": (">= 0", "0 = the model may not act on tool results"),
     "grpo.tool_timeout": ("> 0", ""),
+    "distill.jsd_beta": ("[0, 1]", "0 = forward KL(teacher || student), 1 = reverse KL(student || teacher)"),
+    "distill.lmbda": ("[0, 1]", "the share of batches the student samples"),
+    "distill.discount": ("[0, 1]", ""),
+    "distill.num_generations": (">= 1", ""),
+    "distill.max_completion_length": (">= 1", ""),
+    "distill.temperature": ("> 0", ""),
+    "distill.top_p": ("(0, 1]", ""),
+    "distill.top_k": (">= 0", "0 = no top-k"),
+    "distill.rollout_batch_size": (">= 1", ""),
+    "distill.logprob_chunk_size": (">= 0", "0 = auto"),
+    "distill.eval_max_prompts": (">= 1", ""),
+    "distill.num_samples_logged": (">= 0", ""),
     "iterate.rounds": (">= 1", ""),
     "iterate.samples_per_prompt": (">= 2", "pairs need two responses"),
     "iterate.prompts_per_round": (">= 1", "null uses every prompt"),
@@ -184,6 +196,18 @@ def validate(config) -> None:
             raise ConfigError(f"grpo.reward_errors must be raise or none, got '{grpo.reward_errors}'")
         if grpo.python_sandbox not in ("isolated", "unsafe"):
             raise ConfigError(f"grpo.python_sandbox must be isolated or unsafe, got '{grpo.python_sandbox}'")
+
+    if hasattr(config, "distill"):
+        validate_distill(config.distill)
+
+
+def validate_distill(distill) -> None:
+    if distill.loss not in ("reverse_kl", "jsd"):
+        raise ConfigError(f"distill.loss must be reverse_kl or jsd, got '{distill.loss}'")
+    if distill.loss == "reverse_kl" and distill.lmbda < 1:
+        raise ConfigError(f"distill.lmbda={distill.lmbda} with distill.loss=reverse_kl: the per-token reverse KL is "
+                          "a policy gradient on the student's own samples, with no meaning on the data's completions; "
+                          "use distill.loss=jsd for a mix of sampled and data batches, or distill.lmbda=1")
 
 
 def validate_eval(config: EvalRunConfig) -> None:

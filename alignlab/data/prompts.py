@@ -29,6 +29,7 @@ class PromptItem:
     columns: dict[str, Any] = field(default_factory=dict)  # everything else in the row, for rewards
     where: str = ""
     group: str = ""  # the data mixture source it came from (alignlab.data.mixture)
+    completion: Any = None  # an SFT-style row's `completion`: never shown to rewards; distillation's off-policy batches
 
 
 def is_gsm8k(row: Row) -> bool:
@@ -48,8 +49,8 @@ def prompt_item(row: Row, *, fmt: Optional[Format] = None) -> PromptItem:
         raise no_format_error(row, "prompt", "prompt")
     raw = values.pop("prompt")
     prompt = check_messages(row, "prompt", need_assistant=False) if isinstance(raw, list) else check_text(row, "prompt")
-    values.pop("completion", None)  # an SFT-style file works as a prompt set; the completion is not shown
-    return PromptItem(prompt, values, row.where())
+    completion = values.pop("completion", None)  # an SFT-style file works as a prompt set; the completion is not shown
+    return PromptItem(prompt, values, row.where(), completion=completion)
 
 
 def load_prompt_items(source: str, *, split: str = "train", columns=None, max_rows=None, skip_bad_rows=False,

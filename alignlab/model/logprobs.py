@@ -204,22 +204,9 @@ def token_logps(
     predictive distribution at the scored positions (for diagnostics; no gradient). `temperature`:
     log-probs of softmax(logits / T), the distribution a sampler at temperature T draws from.
     """
-    if position_ids is None:
-        # Left padding needs explicit positions: a plain forward does not infer them.
-        position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
-    empty = torch.zeros(0, dtype=torch.long, device=input_ids.device)
-    out = model(
-        input_ids=input_ids,
-        attention_mask=attention_mask,
-        position_ids=position_ids,
-        output_hidden_states=True,
-        logits_to_keep=empty,
-        use_cache=False,
-    )
-    hidden = out.hidden_states[-1][:, :-1]  # [B, T-1, H]: the final (normed) hidden states
+    rows = scored_hidden_states(model, input_ids, attention_mask, loss_mask, position_ids)
     scored = loss_mask[:, 1:].bool()  # [B, T-1]: positions that predict a loss token
-    flat_logps, flat_entropy = score_rows(model, hidden[scored], input_ids[:, 1:][scored], chunk_size, with_entropy,
-                                          temperature)
+    flat_logps, flat_entropy = score_rows(model, rows, input_ids[:, 1:][scored], chunk_size, with_entropy, temperature)
     result = torch.zeros(input_ids.shape, dtype=torch.float32, device=input_ids.device)  # [B, T]
     result[:, 1:] = result[:, 1:].masked_scatter(scored, flat_logps)
     if not with_entropy:
@@ -227,6 +214,33 @@ def token_logps(
     entropy = torch.zeros_like(result)
     entropy[:, 1:] = entropy[:, 1:].masked_scatter(scored, flat_entropy)
     return result, entropy
+
+
+def scored_hidden_states(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, loss_mask: torch.Tensor,
+                         position_ids: torch.Tensor | None = None) -> torch.Tensor:
+    """Final (normed) hidden states [N, H] of the positions that predict the tokens where `loss_mask`
+    ([B, T]) is 1, in row-major order: token t is predicted by position t-1. No logits are computed."""
+    if position_ids is None:
+        # Left padding needs explicit positions: a plain forward does not infer them.
+        position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+    empty = torch.zeros(0, dtype=torch.long, device=input_ids.device)
+    out = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                output_hidden_states=True, logits_to_keep=empty, use_cache=False)
+    hidden = out.hidden_states[-1][:, :-1]  # [B, T-1, H]
+    return hidden[loss_mask[:, 1:].bool()]
+
+
+def head_logits(model, temperature: float = 1.0, vocab_size: int | None = None):
+    """`logits(hidden [n, H]) -> [n, V]` float32: the model's LM head with the architecture's scale and
+    soft-cap, divided by `temperature`; the first `vocab_size` columns only when given (two models
+    whose heads are padded to different sizes compare over the tokens both have)."""
+    project, _, scale, softcap = output_layer(model)
+
+    def logits(hidden: torch.Tensor) -> torch.Tensor:
+        out = _chunk_logits(project, hidden, scale, softcap, temperature)
+        return out[:, :vocab_size] if vocab_size is not None else out
+
+    return logits
 
 
 def score_rows(model, rows: torch.Tensor, targets: torch.Tensor, chunk_size: int, with_entropy: bool = False,

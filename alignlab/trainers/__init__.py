@@ -6,4 +6,5 @@ TRAINERS = {
     "dpo": ("alignlab.trainers.dpo", "train_dpo"),
     "grpo": ("alignlab.trainers.grpo", "train_grpo"),
     "rm": ("alignlab.trainers.rm", "train_rm"),
+    "distill": ("alignlab.trainers.distill", "train_distill"),
 }

@@ -19,7 +19,7 @@ RECIPES = sorted((REPO / "configs").glob("*.yaml"))
 
 
 def command_of(recipe: dict) -> str:
-    for command in ("iterate", "grpo", "dpo", "rm"):
+    for command in ("iterate", "grpo", "dpo", "rm", "distill"):
         if command in recipe:
             return command
     return "sft"
@@ -79,13 +79,17 @@ def recipe_args(path: Path, tmp_path, tiny_model_dir, fixtures) -> tuple[str, li
     if command == "grpo":
         length = min(int(recipe["grpo"].get("max_completion_length", 8)), 8)
         args += [f"grpo.max_completion_length={length}", "grpo.eval_max_prompts=4"]
+    if command == "distill":  # the tiny model teaches itself: the recipe's settings are what is checked
+        length = min(int(recipe["distill"].get("max_completion_length", 8)), 8)
+        args += [f"distill.teacher={tiny_model_dir}", f"distill.max_completion_length={length}",
+                 "distill.eval_max_prompts=4"]
     return command, args
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("path", RECIPES, ids=lambda p: p.stem)
 def test_shipped_recipe_trains(path, tmp_path, tiny_model_dir, sft_train, prefs, prompts):
-    fixtures = {"sft": sft_train, "dpo": prefs, "grpo": prompts, "rm": prefs}
+    fixtures = {"sft": sft_train, "dpo": prefs, "grpo": prompts, "rm": prefs, "distill": sft_train}
     command, args = recipe_args(path, tmp_path, tiny_model_dir, fixtures)
     result = run_cli(args)
     assert result.code == 0, f"{path.name} failed"
