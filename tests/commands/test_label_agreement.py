@@ -10,8 +10,7 @@ from collections import Counter
 
 import pytest
 
-from alignlab.commands.label.agreement import (DISTANCES, agreement, agreement_report, kendall_tau_b,
-                                               krippendorff_alpha)
+from alignlab.commands.label.agreement import DISTANCES, agreement, agreement_report, kendall_tau_b, krippendorff_alpha
 
 # Krippendorff (2011), "Computing Krippendorff's Alpha-Reliability", section C: 4 coders x 12 units, None = missing.
 KRIPPENDORFF_2011 = [

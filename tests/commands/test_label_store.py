@@ -105,6 +105,17 @@ def test_command_errors(responses, tmp_path, cli):
     assert result.code == 2 and "bad.jsonl, line 1, field 'responses'" in result.err
 
 
+def test_the_token_is_needed_beyond_loopback():
+    from alignlab.commands.label.server import _host_name, needs_token
+
+    assert not needs_token("127.0.0.1") and not needs_token("localhost") and not needs_token("::1")
+    assert not needs_token("127.0.0.2")  # all of 127/8 is this machine
+    assert needs_token("0.0.0.0") and needs_token("::") and needs_token("192.168.1.5") and needs_token("myhost")
+    assert needs_token("127.0.0.1", require_token=True)
+    assert _host_name("127.0.0.1:8765") == "127.0.0.1" and _host_name("[::1]:8765") == "::1"
+    assert _host_name("localhost") == "localhost" and _host_name("evil.example:80") == "evil.example"
+
+
 def test_a_second_server_on_the_same_file_is_refused(tmp_path):
     from alignlab.commands.label.server import _lock
 

@@ -36,7 +36,6 @@ from alignlab.commands.label.store import LabelConflict, LabelStore, check_annot
 from alignlab.errors import AlignlabError
 
 STATIC = Path(__file__).parent / "static"
-LOOPBACK_NAMES = {"localhost", "127.0.0.1", "::1"}
 TOKEN_HEADER = "x-alignlab-token"
 
 
@@ -47,6 +46,11 @@ def is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
+
+
+def needs_token(host: str, require_token: bool = False) -> bool:
+    """Anything but a loopback address is reachable from other machines: the token is then required."""
+    return require_token or not is_loopback(host)
 
 
 def _host_name(header: str) -> str:
@@ -97,7 +101,7 @@ def create_app(store: LabelStore, *, token: Optional[str] = None):
                 return JSONResponse({"detail": "this server needs the token printed when it started: open the "
                                      "URL it printed, with ?token=..."}, status_code=403)
             response = await call_next(request)
-        elif _host_name(request.headers.get("host", "")) not in LOOPBACK_NAMES:
+        elif not is_loopback(_host_name(request.headers.get("host", ""))):
             return JSONResponse({"detail": "only served to this machine (Host must be 127.0.0.1 or localhost)"},
                                 status_code=403)
         else:
@@ -170,7 +174,7 @@ def serve(source: str, out: str, *, host: str = "127.0.0.1", port: int = 8765, s
     """`alignlab label IN --out OUT`: serve the page until Ctrl-C. Port 0 picks a free port."""
     store = LabelStore(source, out, seed=seed)
     lock = _lock(store.path)
-    token = secrets.token_urlsafe(24) if require_token or not is_loopback(host) else None
+    token = secrets.token_urlsafe(24) if needs_token(host, require_token) else None
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
