@@ -32,6 +32,7 @@ import datetime
 import io
 import json
 import logging
+import math
 import random
 from pathlib import Path
 from typing import Optional
@@ -74,12 +75,14 @@ class Rounds:
     """The state between rounds: the current policy, the prompts, the rewards and the summary rows."""
 
     def __init__(self, config):
-        from alignlab.rewards import get_reward
+        from alignlab.scoring.rewards import resolve_rewards
 
         it, data = config.iterate, config.data
         if not it.prompts:
             raise ConfigError("iterate.prompts is not set: give a prompt file (prompt + reward columns, e.g. answer)")
         self.config, self.it = config, it
+        self.reward_fns = resolve_rewards(it.rewards, config.rm, judge=config.judge,  # rm:PATH, judge: before any work
+                                          group_size=it.samples_per_prompt)
         self.out = _out_dir(config)
         self.out.mkdir(parents=True, exist_ok=True)
         options = dict(columns=data.columns, skip_bad_rows=data.skip_bad_rows)
@@ -88,7 +91,6 @@ class Rounds:
         if it.eval_prompts:
             items, _ = load_prompt_items(it.eval_prompts, split=data.eval_split or "test", **options)
             self.eval_items = items[: it.eval_max_prompts]
-        self.reward_fns = [(name, get_reward(name)) for name in it.rewards]
         self.policy = config.model.name_or_path
         self.rows: list[dict] = []
         self.engine = None  # iterate.backend=vllm: one engine for every round, given each round's weights
@@ -162,7 +164,8 @@ class Rounds:
             group = result.samples[i * k : (i + 1) * k]
             # An empty completion cannot be a DPO response (no tokens); it is left out like an unscored one.
             texts = [s["completion"] for s in group]
-            scores = [s["reward"] if s["completion"].strip() else None for s in group]
+            # A completion no reward could score (NaN: e.g. a judge's unreadable reply) is left out too, not paired.
+            scores = [s["reward"] if s["completion"].strip() and not math.isnan(s["reward"]) else None for s in group]
             chosen_rejected, one = rank_pairs(texts, scores, strategy=it.strategy, min_margin=it.min_margin)
             stats.add(one)
             pairs += [{"prompt": item.prompt, "chosen": texts[a], "rejected": texts[b],

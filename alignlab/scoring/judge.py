@@ -156,7 +156,7 @@ class JudgeClient:
     def score(self, prompts: Sequence[Any], completions: Sequence[str], answers: Optional[Sequence[Any]] = None,
               group_size: Optional[int] = None) -> list[Optional[float]]:
         """One score in [0, 1] or None per completion. `answers`: the reference column (pairwise: the
-        response compared against). Group mode judges runs of `group_size` rows (else runs of equal prompts)."""
+        response compared against). Group mode judges runs of equal prompts, at most `group_size` rows each."""
         if len(prompts) != len(completions) or (answers is not None and len(answers) != len(completions)):
             raise ValueError(f"{len(prompts)} prompts and {len(answers or [])} answers for {len(completions)} completions")
         if answers is None and (self.rubric.needs_answer or self.rubric.mode == "pairwise"):
@@ -242,17 +242,15 @@ class JudgeClient:
 
 
 def group_spans(prompts: Sequence[str], group_size: Optional[int]) -> list[tuple[int, int]]:
-    """[start, end) of each group: fixed `group_size` rows when it divides the batch, else runs of equal prompts.
+    """[start, end) of each group: runs of equal consecutive prompts, cut every `group_size` rows (a prompt drawn
+    twice in a row is two groups; greedy rows, one per prompt, are groups of one).
 
-    >>> group_spans(["p", "p", "q", "q"], 2), group_spans(["p", "p", "q"], 2)
-    ([(0, 2), (2, 4)], [(0, 2), (2, 3)])
+    >>> group_spans(["p", "p", "q", "q"], 2), group_spans(["p", "p", "p", "p", "q"], 2), group_spans(["p", "q"], 2)
+    ([(0, 2), (2, 4)], [(0, 2), (2, 4), (4, 5)], [(0, 1), (1, 2)])
     """
-    n = len(prompts)
-    if group_size and n % group_size == 0:
-        return [(i, i + group_size) for i in range(0, n, group_size)]
     spans, start = [], 0
-    for i in range(1, n + 1):
-        if i == n or prompts[i] != prompts[start]:
+    for i in range(1, len(prompts) + 1):
+        if i == len(prompts) or prompts[i] != prompts[start] or (group_size and i - start == group_size):
             spans.append((start, i))
             start = i
     return spans

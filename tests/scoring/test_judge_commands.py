@@ -108,3 +108,21 @@ def test_eval_judged_win_rate_position_swapped(cli, tiny_model_dir, sft_eval, tm
     assert "judged vs" in result.out and "50.0%" in result.out
     missing = cli(["eval", tiny_model_dir, f"data.prompts={sft_eval}", "eval.judge=helpful"])
     assert missing.code == 2 and "eval.baseline" in missing.err
+
+
+def test_iterate_scores_with_the_judge(cli, tiny_model_dir, prompts, tmp_path):
+    """iterate.rewards: [judge] in group mode: each prompt's K samples judged in one request, then paired; a sample
+    the judge skipped (None, a NaN total) is left out, never paired."""
+    out = tmp_path / "it"
+    with JudgeServer(lambda body: (200, "2: 0\n1: 1\n3: 0\n")) as server:  # response 4 skipped
+        result = cli(["iterate", "--rounds", "1", f"model.name_or_path={tiny_model_dir}", f"iterate.prompts={prompts}",
+                      "data.max_rows=3", "iterate.samples_per_prompt=4", "iterate.max_new_tokens=4",
+                      "iterate.rewards=[judge]", "iterate.strategy=best-vs-rest", f"train.output_dir={out}",
+                      "train.progress=false", "train.max_steps=1", "train.batch_size=4", "train.max_length=64",
+                      "judge.mode=group", "judge.rubric=correct", f"judge.base_url={server.url}",
+                      f"judge.model={server.model}", f"judge.cache_dir={tmp_path / 'cache'}"])
+    assert result.code == 0, result.err
+    assert len(server.requests) == 1 + 3  # the preflight, then one request per prompt's 4 samples
+    pairs = read_jsonl(out / "data" / "round_1_pairs.jsonl")
+    assert len(pairs) == 3 * 2  # best-vs-rest: sample 1 against samples 2 and 3 of each prompt, never sample 4
+    assert all(p["score_chosen"] == 1.0 and p["score_rejected"] == 0.0 for p in pairs)
