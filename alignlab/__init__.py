@@ -19,18 +19,18 @@ __version__ = "0.1.0"
 # public name -> the module that defines it
 _EXPORTS = {
     "sft": "alignlab.api", "dpo": "alignlab.api", "grpo": "alignlab.api", "evaluate": "alignlab.api",
-    "build_config": "alignlab.api", "rm": "alignlab.api", "RewardModel": "alignlab.scoring.reward_model",
+    "build_config": "alignlab.api", "rm": "alignlab.api", "distill": "alignlab.api", "RewardModel": "alignlab.scoring.reward_model",
     "Run": "alignlab.api",
     "AlignlabError": "alignlab.errors", "ConfigError": "alignlab.errors", "DataError": "alignlab.errors",
     "SFTRunConfig": "alignlab.config.sections", "DPORunConfig": "alignlab.config.sections",
     "GRPORunConfig": "alignlab.config.sections", "EvalRunConfig": "alignlab.config.sections",
 }
 __all__ = ["AlignlabError", "ConfigError", "DPORunConfig", "DataError", "EvalRunConfig", "GRPORunConfig",
-           "RewardModel", "Run", "SFTRunConfig", "build_config", "dpo", "evaluate", "grpo", "rm",
+           "RewardModel", "Run", "SFTRunConfig", "build_config", "distill", "dpo", "evaluate", "grpo", "rm",
            "sft"]  # = sorted(_EXPORTS), a test checks
 
 if TYPE_CHECKING:
-    from alignlab.api import Run, build_config, dpo, evaluate, grpo, rm, sft
+    from alignlab.api import Run, build_config, distill, dpo, evaluate, grpo, rm, sft
     from alignlab.scoring.reward_model import RewardModel
     from alignlab.config.sections import DPORunConfig, EvalRunConfig, GRPORunConfig, SFTRunConfig
     from alignlab.errors import AlignlabError, ConfigError, DataError

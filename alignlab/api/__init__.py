@@ -18,6 +18,6 @@ so a run stays reproducible from its config.yaml:
 from alignlab.api.evaluation import evaluate
 from alignlab.api.keywords import build_config
 from alignlab.api.run import Run
-from alignlab.api.training import dpo, grpo, rm, sft
+from alignlab.api.training import distill, dpo, grpo, rm, sft
 
-__all__ = ["sft", "dpo", "grpo", "rm", "evaluate", "build_config", "Run"]
+__all__ = ["sft", "dpo", "grpo", "rm", "distill", "evaluate", "build_config", "Run"]

@@ -94,3 +94,15 @@ def rm(model: Any = None, data: DataLike = None, *, eval_data: DataLike = None, 
     >>> run = alignlab.rm(model=sft_run.final, data=pairs_df, lora=True, max_steps=100)  # doctest: +SKIP
     """
     return _train("rm", model, data, eval_data, config, tokenizer, options)
+
+
+def distill(model: Any = None, data: DataLike = None, *, teacher: Any = None, eval_data: DataLike = None,
+            config: Any = None, tokenizer: Any = None, **options) -> Run:
+    """On-policy distillation: the student (`model`) samples completions of the prompt rows and the
+    `teacher` (a path, hub id or a Run of the same tokenizer) grades every token.
+
+    >>> run = alignlab.distill(model=small_sft.final, teacher=grpo_run, data=prompts, max_steps=60)  # doctest: +SKIP
+    """
+    if teacher is not None:
+        options["distill.teacher"] = str(getattr(teacher, "run_dir", teacher))  # a Run: its directory
+    return _train("distill", model, data, eval_data, config, tokenizer, options)

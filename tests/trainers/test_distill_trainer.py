@@ -140,3 +140,17 @@ def test_chunked_jsd_of_two_models_equals_their_full_logits(tiny_model_dir, teac
     want = generalized_jsd(full[0].double().log_softmax(-1), full[1].double().log_softmax(-1), beta)
     torch.testing.assert_close(ours.double(), want, rtol=1e-4, atol=1e-6)
     assert math.isfinite(float(ours.detach().sum())) and float(ours.detach().sum()) > 0
+
+
+def test_python_api_distill_takes_a_run_as_teacher(tmp_path, tiny_model_dir, teacher_dir, addition_splits):
+    from types import SimpleNamespace
+
+    import alignlab
+
+    assert "distill" in alignlab.__all__
+    run = alignlab.distill(model=str(tiny_model_dir), teacher=SimpleNamespace(run_dir=teacher_dir),
+                           data=addition_splits["train"][:8], max_steps=1, batch_size=2, max_completion_length=4,
+                           max_length=48, output_dir=str(tmp_path / "run"), progress=False)
+    assert run.config["distill"]["teacher"] == str(teacher_dir) and run.command == "distill"
+    (record,) = train_records(tmp_path / "run")
+    assert record["distill/on_policy"] == 1.0 and math.isfinite(record["distill/reverse_kl"])
