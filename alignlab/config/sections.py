@@ -113,7 +113,10 @@ class GRPOConfig:
     reward_weights: Optional[list[float]] = None
     reward_errors: str = "raise"  # raise | none (score a failing row None)
     scale_rewards: str = "group"  # group | batch | none (Dr. GRPO)
-    loss_type: str = "dapo"  # grpo | bnpo | dapo | dr_grpo
+    loss_type: str = "dapo"  # grpo | bnpo | dapo | dr_grpo | cispo (MiniMax-M1: capped, stop-gradient IS weights)
+    importance_sampling_level: str = "token"  # token | sequence (GSPO: one length-normalised ratio per completion)
+    advantage: str = "group"  # group (scale_rewards) | rloo (leave-one-out) | reinforce_pp_baseline (batch-whitened)
+    reward_aggregation: str = "sum_then_normalize"  # | normalize_then_sum (GDPO: each reward by its group first)
     beta: float = 0.0  # KL coefficient; 0 = no reference model
     epsilon_low: float = 0.2
     epsilon_high: float = 0.2

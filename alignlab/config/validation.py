@@ -143,6 +143,25 @@ def validate_judge(config) -> None:
         raise ConfigError(f"judge.scale must be [min, max], two whole numbers with min < max (or null), got {scale!r}")
 
 
+def validate_grpo_objective(grpo) -> None:
+    """The GRPO objective's choices (alignlab/losses/grpo.py) and the combinations that would silently do nothing."""
+    choices = {"importance_sampling_level": ("token", "sequence"), "advantage": ("group", "rloo", "reinforce_pp_baseline"),
+               "reward_aggregation": ("sum_then_normalize", "normalize_then_sum")}
+    for key, allowed in choices.items():
+        if getattr(grpo, key) not in allowed:
+            raise ConfigError(f"grpo.{key} must be one of {', '.join(allowed)}, got '{getattr(grpo, key)}'")
+    if grpo.scale_rewards != "group" and (grpo.advantage != "group" or grpo.reward_aggregation != "sum_then_normalize"):
+        raise ConfigError(f"grpo.scale_rewards={grpo.scale_rewards} only applies to grpo.advantage=group with "
+                          "sum_then_normalize: rloo does not scale, reinforce_pp_baseline and normalize_then_sum whiten "
+                          "over the batch; remove grpo.scale_rewards")
+    if grpo.reward_aggregation == "normalize_then_sum" and grpo.advantage != "group":
+        raise ConfigError("grpo.reward_aggregation=normalize_then_sum whitens the summed rewards over the batch itself "
+                          f"(GDPO); remove grpo.advantage={grpo.advantage}")
+    if grpo.reward_aggregation == "normalize_then_sum" and grpo.environment:
+        raise ConfigError("grpo.reward_aggregation=normalize_then_sum does not cover grpo.environment's rewards yet; "
+                          "use sum_then_normalize")
+
+
 def validate(config) -> None:
     check_ranges(config)
     validate_judge(config)
@@ -192,6 +211,7 @@ def validate(config) -> None:
         if adapter_sync and config.lora.r > max(VLLM_LORA_RANKS):
             raise ConfigError(f"lora.r={config.lora.r} with grpo.vllm_sync=adapter: vLLM serves LoRA ranks up to "
                               f"{max(VLLM_LORA_RANKS)}; lower lora.r or use grpo.vllm_sync=merged")
+        validate_grpo_objective(grpo)
         if grpo.reward_errors not in ("raise", "none"):
             raise ConfigError(f"grpo.reward_errors must be raise or none, got '{grpo.reward_errors}'")
         if grpo.python_sandbox not in ("isolated", "unsafe"):

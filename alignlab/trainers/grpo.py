@@ -20,13 +20,18 @@ Choices, named:
   TRL); counted in `rewards/unscorable`. With grpo.reward_errors=none, failed rows count in
   `rewards/<fn>/errors` and the first error message is logged once.
 - Advantages: group-relative, `grpo.scale_rewards` = group (default), batch, or none (Dr. GRPO);
-  computed over the whole global batch (groups are never split across processes).
+  `grpo.advantage` = group (default), rloo (leave-one-out, RLOO) or reinforce_pp_baseline (group mean
+  off, then whitened over the batch, REINFORCE++); `grpo.reward_aggregation` = sum_then_normalize
+  (default) or normalize_then_sum (each reward standardised in its group, then summed and whitened:
+  GDPO). Computed over the whole global batch (groups are never split across processes).
 - Dynamic sampling (`grpo.skip_zero_std_groups`, DAPO): groups whose rewards are all equal carry no
   gradient; they are dropped and the batch is refilled from more prompts, at most
   `grpo.max_resample_rounds` extra rollouts per step.
 - Loss: `alignlab.losses.grpo.grpo_loss`: per-token clipped ratio (epsilon_low / epsilon_high),
-  k3 KL to the reference when `grpo.beta` > 0 (LoRA: adapter disabled; full: frozen copy; beta = 0:
-  no reference at all), aggregation `grpo.loss_type` (grpo, dapo, dr_grpo normalised by the count
+  or per completion (`grpo.importance_sampling_level=sequence`, GSPO), or CISPO's capped stop-gradient
+  weight on log pi (`grpo.loss_type=cispo`, MiniMax-M1), k3 KL to the reference when `grpo.beta` > 0
+  (LoRA: adapter disabled; full: frozen copy; beta = 0: no reference), aggregation `grpo.loss_type`
+  (grpo, dapo and cispo, dr_grpo normalised by the count
   of the whole optimizer step, so accumulation is exact; bnpo, as TRL, by each micro-batch's own
   token count, averaged over the step's micro-batches).
 - `reward_std` is the std of all rewards of the step (TRL's name and meaning); the mean std
@@ -76,11 +81,10 @@ from alignlab.generation.sandbox import set_python_sandbox
 from alignlab.engine.tracking import append_jsonl
 from alignlab.engine.data_order import IndexSampler
 from alignlab.engine.loop import TrainingRun
-from alignlab.trainers.grpo_stats import (ImportanceSamplingStats, global_means, reward_stats, trajectory_stats,
-                                          with_environment_reward)
+from alignlab.trainers.grpo_stats import (ImportanceSamplingStats, advantage_options, global_means, reward_parts,
+                                          reward_stats, trajectory_stats, warn_if_flat, with_environment_reward)
 
 log = logging.getLogger("alignlab")
-ZERO_STD_WARN_FRACTION, ZERO_STD_WARN_STEPS = 0.8, 5
 
 
 def check_grpo_config(config) -> None:
@@ -132,6 +136,7 @@ class GRPOTrainer:
         self.engine = engine_or_none(self.grpo.backend, self._build_engine)
         self.engine_step = None  # the optimizer step whose weights the engine holds
         self.sampler = IndexSampler(len(self.prompts), self.train.seed)
+        self.advantage = advantage_options(self.grpo, self.weights)  # grpo.advantage, reward_aggregation
         self.buffer: list = []  # remaining (rollout, iteration) work of the current rollout batch
         self.zero_std_streak = 0
         self.reward_error_logged = False
@@ -233,10 +238,11 @@ class GRPOTrainer:
         rewards = torch.tensor(scores.total, dtype=torch.float32)  # [N]: NaN where unscorable
         stats = self._reward_stats(scores, rewards, rollout)
         stats.update(self._source_rewards(indices, rewards))
+        rewards = reward_parts(scores, self.grpo.reward_aggregation)  # [N, K]: what the advantages start from
         if self.grpo.skip_zero_std_groups:
             rollout, rewards = self._refill(rollout, rewards, count)
-        all_rewards = self.run.accelerator.gather(rewards.to(self.run.device)).cpu()  # [processes * N]
-        advantages = group_advantages(all_rewards, G, self.grpo.scale_rewards)  # [processes * N]
+        all_rewards = self.run.accelerator.gather(rewards.to(self.run.device)).cpu()  # [processes * N, K]
+        advantages = group_advantages(all_rewards, G, **self.advantage)  # [processes * N]
         advantages = self.run.rank_slice(advantages.tolist()) if self.run.num_processes > 1 else advantages.tolist()
         return rollout, torch.tensor(advantages), stats
 
@@ -245,7 +251,7 @@ class GRPOTrainer:
         G = self.grpo.num_generations
         keep_rollouts, keep_rewards = [], []
         for round_ in range(self.grpo.max_resample_rounds + 1):
-            flat = constant_groups(rewards.view(-1, G))  # [n]: no reward variance, no gradient
+            flat = constant_groups(rewards.view(-1, G, rewards.shape[1]))  # [n]: no reward variance, no gradient
             rows = [g * G + j for g in range(flat.shape[0]) if not flat[g] for j in range(G)]
             rest = [g * G + j for g in range(flat.shape[0]) if flat[g] for j in range(G)]
             if rows:
@@ -257,7 +263,7 @@ class GRPOTrainer:
             if self.run.global_sum(float(have < count)) == 0 or round_ == self.grpo.max_resample_rounds:
                 break
             rollout, scores = self._rollout(self.run.rank_slice(self.sampler.take(count * self.run.num_processes)))
-            rewards = torch.tensor(scores.total, dtype=torch.float32)
+            rewards = reward_parts(scores, self.grpo.reward_aggregation)  # [n, K]
         if sum(len(r) for r in keep_rewards) // G < count:
             # Not enough informative groups within the bound: top up with the last round's uninformative
             # ones (advantage 0). Its informative groups are kept already; adding them again would
@@ -326,7 +332,7 @@ class GRPOTrainer:
             ref = self._frozen_logps(rollout, reference=True) if self.grpo.beta > 0 else None
             old = self._frozen_logps(rollout, reference=False) if self.grpo.num_iterations > 1 else None
             self.buffer = [(rollout, advantages, ref, old, stats, generation_seconds)] * self.grpo.num_iterations
-            self._warn_if_flat(stats)
+            self.zero_std_streak = warn_if_flat(self.zero_std_streak, stats)
         rollout, advantages, ref, old, stats, generation_seconds = self.buffer.pop()
         fresh = len(self.buffer) == self.grpo.num_iterations - 1
         train_tick = time.perf_counter()
@@ -345,7 +351,7 @@ class GRPOTrainer:
         if grpo.loss_type != "bnpo":
             normalizer = self.run.global_sum({
                 "grpo": len(rollout.texts),
-                "dapo": float(mask_all.sum()),
+                **dict.fromkeys(("dapo", "cispo"), float(mask_all.sum())),
                 "dr_grpo": len(rollout.texts) * grpo.max_completion_length,
             }[grpo.loss_type])
         # bnpo (TRL): each micro-batch by its own tokens, averaged over the step's micro-batches of all processes.
@@ -377,7 +383,7 @@ class GRPOTrainer:
                 advantages[rows].to(self.run.device), mask,
                 epsilon_low=grpo.epsilon_low, epsilon_high=grpo.epsilon_high, beta=grpo.beta,
                 loss_type=grpo.loss_type, max_completion_length=grpo.max_completion_length, normalizer=normalizer,
-                importance_weights=weights,
+                importance_weights=weights, importance_sampling_level=grpo.importance_sampling_level,
             )
             self.run.backward(out.loss)
             active = float(mask.sum())
@@ -402,18 +408,6 @@ class GRPOTrainer:
         if self.run.num_processes == 1:
             return value
         return float(self.run.accelerator.gather(torch.tensor([value], device=self.run.device)).max())
-
-    def _warn_if_flat(self, stats: dict) -> None:
-        self.zero_std_streak = self.zero_std_streak + 1 if stats["frac_reward_zero_std"] >= ZERO_STD_WARN_FRACTION else 0
-        if self.zero_std_streak == ZERO_STD_WARN_STEPS:
-            log.warning(
-                "for %d steps, %.0f%%+ of prompt groups got the same reward for every completion, so their advantages "
-                "are 0 and they teach nothing (this is why the loss can sit at 0). If all are wrong, the task is too "
-                "hard for the model: start from an SFT model, use easier prompts, or add a format reward. If all are "
-                "right, it is too easy. Also try more generations (grpo.num_generations), a higher "
-                "grpo.temperature, or grpo.skip_zero_std_groups=true.",
-                ZERO_STD_WARN_STEPS, 100 * ZERO_STD_WARN_FRACTION,
-            )
 
     # ------------------------------------------------------------ eval and run
 

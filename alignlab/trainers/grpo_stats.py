@@ -2,11 +2,47 @@
 
 from __future__ import annotations
 
+import logging
 import math
 
 import torch
 
 from alignlab.losses.grpo import constant_groups, nan_std
+
+log = logging.getLogger("alignlab")
+ZERO_STD_WARN_FRACTION, ZERO_STD_WARN_STEPS = 0.8, 5
+
+
+def reward_parts(scores, aggregation: str) -> torch.Tensor:
+    """[N, K], what the advantages start from: the weighted total, K = 1 (sum_then_normalize), or each
+    reward function's own score, NaN where it gave none (normalize_then_sum: GDPO normalises each first)."""
+    if aggregation == "sum_then_normalize":
+        return torch.tensor(scores.total, dtype=torch.float32)[:, None]  # [N, 1]
+    columns = [[math.nan if v is None else v for v in values] for values in scores.per_function.values()]
+    return torch.tensor(columns, dtype=torch.float32).T  # [N, K]
+
+
+def advantage_options(grpo, weights) -> dict:
+    """group_advantages' keyword arguments for this config (alignlab/losses/grpo.py). GDPO whitens the
+    summed normalised rewards over the batch: reinforce_pp_baseline on them (their group mean is 0)."""
+    gdpo = grpo.reward_aggregation == "normalize_then_sum"
+    return {"scale": grpo.scale_rewards, "estimator": "reinforce_pp_baseline" if gdpo else grpo.advantage,
+            "aggregation": grpo.reward_aggregation, "weights": list(weights) if gdpo else None}
+
+
+def warn_if_flat(streak: int, stats: dict) -> int:
+    """The count of steps in a row where most groups had no reward variance; warns once when it gets long."""
+    streak = streak + 1 if stats["frac_reward_zero_std"] >= ZERO_STD_WARN_FRACTION else 0
+    if streak == ZERO_STD_WARN_STEPS:
+        log.warning(
+            "for %d steps, %.0f%%+ of prompt groups got the same reward for every completion, so their advantages "
+            "are 0 and they teach nothing (this is why the loss can sit at 0). If all are wrong, the task is too "
+            "hard for the model: start from an SFT model, use easier prompts, or add a format reward. If all are "
+            "right, it is too easy. Also try more generations (grpo.num_generations), a higher "
+            "grpo.temperature, or grpo.skip_zero_std_groups=true.",
+            ZERO_STD_WARN_STEPS, 100 * ZERO_STD_WARN_FRACTION,
+        )
+    return streak
 
 
 def with_environment_reward(totals: list[float], environment: list[float], weight: float, has_functions: bool):
