@@ -354,16 +354,16 @@ def test_partial_top_up_never_repeats_kept_groups():
     from alignlab.rewards import RewardScores
 
     trainer = object.__new__(grpo_module.GRPOTrainer)
-    trainer.grpo = SimpleNamespace(num_generations=2, max_resample_rounds=1)
+    trainer.grpo = SimpleNamespace(num_generations=2, max_resample_rounds=1, reward_aggregation="sum_then_normalize")
     trainer.run = SimpleNamespace(global_sum=lambda v: v, num_processes=1, rank_slice=lambda items: items)
     trainer.sampler = SimpleNamespace(take=lambda count: list(range(count)))
     trainer.tokenizer = SimpleNamespace(pad_token_id=0)
     second = _fake_rollout(["b0", "b1", "b2", "b3", "b4", "b5"])
     trainer._rollout = lambda indices: (second, RewardScores([1.0, 0.0, 2.0, 2.0, 3.0, 3.0], {}))
     first = _fake_rollout(["a0", "a1", "a2", "a3", "a4", "a5"])
-    merged, rewards = trainer._refill(first, torch.tensor([1.0, 1.0, 0.0, 5.0, 2.0, 2.0]), count=3)
+    merged, rewards = trainer._refill(first, torch.tensor([[1.0], [1.0], [0.0], [5.0], [2.0], [2.0]]), count=3)  # [N, K]
     assert merged.texts == ["a2", "a3", "b0", "b1", "b2", "b3"]
-    assert rewards.tolist() == [0.0, 5.0, 1.0, 0.0, 2.0, 2.0]
+    assert rewards[:, 0].tolist() == [0.0, 5.0, 1.0, 0.0, 2.0, 2.0]
 
 
 # ------------------------------------------------------------------------- unscorable and failing rewards
