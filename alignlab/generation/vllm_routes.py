@@ -178,7 +178,9 @@ class ServerState:
             finally:
                 self.busy = False
 
-        self.last = (op, asyncio.create_task(run()))
+        task = asyncio.create_task(run())
+        task.add_done_callback(lambda t: t.cancelled() or t.exception())  # logged above, even if nobody asks
+        self.last = (op, task)
         return op
 
     async def join(self, r: InitRequest) -> dict:
@@ -189,8 +191,8 @@ class ServerState:
         return {"ok": True}
 
     async def receive(self, r: UpdateRequest) -> dict:
-        await self.engine.pause_generation(mode="wait", clear_cache=False)  # vLLM's own requests end first
         try:
+            await self.engine.pause_generation(mode="wait", clear_cache=False)  # vLLM's own requests end first
             await self.engine.collective_rpc("alignlab_receive_weights", args=(r.tensors, r.backend))
         except Exception:
             self.joined = False  # the worker left the group and reloaded the model's files
