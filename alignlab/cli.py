@@ -166,6 +166,11 @@ def _add_inference_commands(sub) -> None:
     compare.add_argument("--prompts", help="prompt file (default: a built-in set: addition with answers + two questions)")
     compare.add_argument("--rewards", default="answer_format,answer_correct", help="comma-separated reward functions")
     compare.add_argument("--interactive", action="store_true", help="ask for prompts in a loop")
+    compare.add_argument("--samples", type=int, default=0, help="also sample N answers per prompt from each model and "
+                         "print their diversity (distinct-n, self-BLEU, embedding distance, distinct answers)")
+    compare.add_argument("--temperature", type=float, default=1.0, help="temperature of the --samples")
+    compare.add_argument("--embedding-model", help="embeds every model's samples: a sentence-transformers id or dir "
+                         "(default: the first model's own mean-pooled hidden states, a weaker proxy)")
     _add_generation_options(compare, max_new_tokens=64)
 
     report = _command(sub, "report", "one self-contained HTML file with plots, samples and configs of runs",
@@ -367,7 +372,8 @@ def run(args: argparse.Namespace) -> int:
         from alignlab.commands.compare import compare_command
 
         compare_command(args.models, prompts=args.prompts, rewards=[r for r in args.rewards.split(",") if r],
-                        max_new_tokens=args.max_new_tokens, dtype=args.dtype, interactive=args.interactive)
+                        max_new_tokens=args.max_new_tokens, dtype=args.dtype, interactive=args.interactive,
+                        samples=args.samples, temperature=args.temperature, embedding_model=args.embedding_model)
     elif args.command == "label":
         from alignlab.commands.label import label_command
 

@@ -178,9 +178,21 @@ def task_metrics(loaded, config) -> tuple[dict, list[dict]]:
         for key in ("accuracy", f"pass@{ev.num_samples}", "format_rate", "reward"):
             if key in sampled.metrics:
                 metrics[key if key.startswith("pass@") else f"sampled/{key}"] = sampled.metrics[key]
+        metrics.update(sample_diversity(loaded, [s["completion"] for s in sampled.samples], ev))
     if skipped:
         metrics["skipped_rows"] = skipped
     return metrics, greedy.samples
+
+
+def sample_diversity(loaded, texts: list[str], ev) -> dict:
+    """diversity/* over each prompt's eval.num_samples samples (texts grouped by prompt, in order), embedded by
+    eval.embedding_model or else by the evaluated model's own hidden states (alignlab.scoring.embeddings)."""
+    from alignlab.data.diversity import diversity_metrics
+    from alignlab.scoring.embeddings import embedder_for
+
+    k = ev.num_samples
+    groups = [texts[i: i + k] for i in range(0, len(texts), k)]
+    return diversity_metrics(groups, embedder_for(ev.embedding_model, loaded, batch_size=ev.batch_size))
 
 
 def load_eval_pairs(config, templater, examples=None):
@@ -235,13 +247,16 @@ LABELS = {
     "sampled format rate", "sampled/reward": "sampled mean reward", "preference_accuracy": "preference accuracy",
     "margin": "mean margin", "rewards/chosen": "implicit reward, chosen", "rewards/rejected": "implicit reward, rejected",
     "reference_free/accuracy": "reference-free pref. accuracy", "reference_free/margin": "reference-free log-prob margin",
+    "diversity/distinct_1": "distinct-1 (samples)", "diversity/distinct_2": "distinct-2 (samples)",
+    "diversity/self_bleu": "self-BLEU (samples; lower=diverse)", "diversity/embedding": "embedding distance (samples)",
+    "diversity/distinct_answers": "distinct final answers (samples)",
 }
 PERCENT = ("accuracy", "format_rate", "sampled/accuracy", "sampled/format_rate", "preference_accuracy",
            "reference_free/accuracy", "judge/win_rate")
 
 
 ORDER = ["preference_accuracy", "margin", "reference_free/", "accuracy", "pass@", "sampled/accuracy", "format_rate", "sampled/format_rate",
-         "reward", "sampled/reward", "rewards/", "mean_length"]
+         "reward", "sampled/reward", "rewards/", "mean_length", "diversity/"]
 
 
 def _rank(name: str) -> int:

@@ -291,6 +291,14 @@ def _evaluation(run: Run) -> str:
     return f"<h3>{html.escape(run.name)}</h3>" + _table(["set", "metric", "value"], rows)
 
 
+def _diversity(runs: list[Run]) -> str:
+    """Every run's eval.json diversity/* side by side (embedding distances compare only under one embedder)."""
+    tasks = {run.name: (run.evaluation or {}).get("task") or {} for run in runs if run.evaluation}
+    keys = sorted({k for task in tasks.values() for k in task if k.startswith("diversity/")})
+    rows = [[k] + [fmt(task[k]) if k in task else "-" for task in tasks.values()] for k in keys]
+    return "<h3>Diversity of sampled answers</h3>" + _table(["metric", *tasks], rows) if keys else ""
+
+
 def _counts(runs: list[Run], keys: list[str]) -> str:
     rows = []
     for key in keys:
@@ -298,13 +306,8 @@ def _counts(runs: list[Run], keys: list[str]) -> str:
             values = [int(y) for _, y in series(run, key) if y is not None]
             if not any(key in record for record in run.records):
                 continue
-            if not values:
-                text = "-"
-            elif min(values) == max(values):
-                text = str(values[-1])
-            else:
-                text = f"{values[-1]} (last; from {min(values)} to {max(values)})"
-            rows.append([run.name, key, text])
+            spread = f" (last; from {min(values)} to {max(values)})" if values and min(values) < max(values) else ""
+            rows.append([run.name, key, f"{values[-1]}{spread}" if values else "-"])
     return '<h2>Counts</h2><div id="counts">' + _table(["run", "count", "value"], rows) + "</div>"
 
 
@@ -403,7 +406,8 @@ def render(runs: list[Run]) -> str:
         body += ['<section id="samples"><h2>Sample completions (logged at eval steps)</h2>',
                  *[_samples(run) for run in runs if run.samples], "</section>"]
     if any(run.evaluation for run in runs):
-        body += ['<section id="eval"><h2>alignlab eval</h2>', *[_evaluation(run) for run in runs if run.evaluation],
+        body += ['<section id="eval"><h2>alignlab eval</h2>', _diversity(runs),
+                 *[_evaluation(run) for run in runs if run.evaluation],
                  "</section>"]
     body.append('<section id="config"><h2>Config</h2>')
     body += [f"<details{' open' if len(runs) == 1 else ''}><summary>{html.escape(run.name)}</summary>"

@@ -296,6 +296,9 @@ class EvalConfig:
     num_samples: int = 1  # k: sampled completions per prompt for pass@k (1 = greedy only)
     max_new_tokens: int = 256
     temperature: float = 1.0  # for the k samples; accuracy is always also measured greedily
+    # diversity/embedding over the k samples: a sentence-transformers id or dir (alignlab.scoring.embeddings);
+    # None = the evaluated model's own mean-pooled hidden states (offline; a weaker proxy)
+    embedding_model: Optional[str] = None
     batch_size: int = 64  # sequences per generate / forward call
     reference: Optional[str] = None  # reference model for DPO implicit rewards, beta * (log pi - log ref)
     beta: float = 0.1
