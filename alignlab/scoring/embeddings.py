@@ -14,13 +14,14 @@ Distances between two embedders' vectors are not comparable: compare models' div
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Callable, Optional
-
-import torch
+from typing import TYPE_CHECKING, Callable, Optional
 
 from alignlab.errors import AlignlabError
 
-Embedder = Callable[[list[str]], torch.Tensor]  # texts -> [N, D] float32 on the CPU
+if TYPE_CHECKING:  # torch is imported when something is embedded: `alignlab pairs` stays light otherwise
+    import torch
+
+Embedder = Callable[[list[str]], "torch.Tensor"]  # texts -> [N, D] float32 on the CPU
 MAX_TOKENS = 512  # longer texts are embedded by their first MAX_TOKENS tokens
 ST_HINT = 'pip install "alignlab[embeddings]" (sentence-transformers)'
 
@@ -31,10 +32,11 @@ def is_sentence_transformer(name: str) -> bool:
     return (path / "modules.json").is_file() if path.exists() else True
 
 
-@torch.no_grad()
 def hidden_state_embeddings(model, tokenizer, texts: list[str], *, batch_size: int = 32) -> torch.Tensor:
     """[N, H] float32: each text's mean last-layer hidden state over its tokens (special tokens as the tokenizer
     adds them; an empty text is embedded as its EOS token)."""
+    import torch
+
     device = next(model.parameters()).device
     fallback = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else 0
     encoded = [tokenizer(text)["input_ids"][:MAX_TOKENS] or [fallback] for text in texts]
@@ -44,8 +46,9 @@ def hidden_state_embeddings(model, tokenizer, texts: list[str], *, batch_size: i
         width = max(len(ids) for ids in part)
         ids = torch.tensor([row + [fallback] * (width - len(row)) for row in part], device=device)  # [b, T], right-padded
         mask = torch.tensor([[1] * len(row) + [0] * (width - len(row)) for row in part], device=device)  # [b, T]
-        hidden = model(input_ids=ids, attention_mask=mask, output_hidden_states=True,
-                       logits_to_keep=1).hidden_states[-1].float()  # [b, T, H]; the LM head on one position only
+        with torch.no_grad():  # the LM head on one position only
+            hidden = model(input_ids=ids, attention_mask=mask, output_hidden_states=True,
+                           logits_to_keep=1).hidden_states[-1].float()  # [b, T, H]
         weights = mask[:, :, None].float()  # [b, T, 1]
         out.append(((hidden * weights).sum(1) / weights.sum(1)).cpu())  # [b, H]
     return torch.cat(out)
@@ -58,6 +61,8 @@ def sentence_transformer_embedder(name: str, *, batch_size: int = 32) -> Embedde
         raise AlignlabError(f"embedding model {name} is a sentence-transformers model, which is not installed: "
                             f"{ST_HINT}; or give a local language-model directory (its mean-pooled hidden states, "
                             "a weaker proxy)") from None
+    import torch
+
     device = "cuda" if torch.cuda.is_available() else "cpu"
     try:
         model = SentenceTransformer(name, device=device)
@@ -78,6 +83,20 @@ def load_embedder(name: str, *, batch_size: int = 32, dtype: str = "auto") -> Em
     from alignlab.model.inference import load_for_inference
 
     return language_model_embedder(load_for_inference(name, dtype=dtype), batch_size=batch_size)
+
+
+def embedder_on_first_use(name: Optional[str], *, batch_size: int = 32) -> Optional[Embedder]:
+    """`load_embedder(name)`, loaded when first called (None for no name): a model only when texts need it."""
+    if not name:
+        return None
+    loaded: list = []
+
+    def embed(texts: list[str]):
+        if not loaded:
+            loaded.append(load_embedder(name, batch_size=batch_size))
+        return loaded[0](texts)
+
+    return embed
 
 
 def embedder_for(name: Optional[str], loaded=None, *, batch_size: int = 32) -> Optional[Embedder]:
