@@ -29,7 +29,8 @@ METRIC_ROWS = [("accuracy", "accuracy", True), ("format_rate", "format rate", Tr
                ("mean_length", "mean length (tokens)", False)]
 # percent None: three decimals (diversity changes are small numbers)
 DIVERSITY_ROWS = [("diversity/distinct_1", "distinct-1", None), ("diversity/distinct_2", "distinct-2", None),
-                  ("diversity/self_bleu", "self-BLEU (lower=div.)", None), ("diversity/embedding", "embedding distance", None),
+                  ("diversity/self_bleu", "self-BLEU (lower=div.)", None),
+                  ("diversity/embedding", "embedding distance", None),
                   ("diversity/distinct_answers", "distinct final answers", None)]
 
 

@@ -1,4 +1,4 @@
-"""`alignlab sample MODEL PROMPTS OUT --n 8`: several sampled responses per prompt, the input of `pairs`, `label` and judges.
+"""`alignlab sample MODEL PROMPTS OUT --n 8`: several sampled responses per prompt (for `pairs`, `label`, judges).
 
 Each output line is a prompt's row with its responses: `{"prompt", "responses": [n strings], ...the row's other
 columns}` (an `answer` column stays, so rewards and judges can use it). Columns `responses`, `scores` and `ranks`
@@ -48,7 +48,8 @@ class SampleSettings:
     def check(self) -> None:
         problems = [f"--n must be at least 1, got {self.n}" if self.n < 1 else "",
                     f"--batch-size must be at least 1, got {self.batch_size}" if self.batch_size < 1 else "",
-                    f"--max-new-tokens must be at least 1, got {self.max_new_tokens}" if self.max_new_tokens < 1 else "",
+                    f"--max-new-tokens must be at least 1, got {self.max_new_tokens}"
+                    if self.max_new_tokens < 1 else "",
                     f"--top-p must be in (0, 1], got {self.top_p}" if not 0 < self.top_p <= 1 else "",
                     f"--temperature must be at least 0, got {self.temperature}" if self.temperature < 0 else "",
                     "--temperature 0 is greedy: all n responses would be the same; use --n 1 or a temperature above 0"

@@ -44,7 +44,8 @@ def hidden_state_embeddings(model, tokenizer, texts: list[str], *, batch_size: i
     for start in range(0, len(encoded), batch_size):
         part = encoded[start:start + batch_size]
         width = max(len(ids) for ids in part)
-        ids = torch.tensor([row + [fallback] * (width - len(row)) for row in part], device=device)  # [b, T], right-padded
+        # [b, T], right-padded: positions count from 0 without position ids
+        ids = torch.tensor([row + [fallback] * (width - len(row)) for row in part], device=device)
         mask = torch.tensor([[1] * len(row) + [0] * (width - len(row)) for row in part], device=device)  # [b, T]
         with torch.no_grad():  # the LM head on one position only
             hidden = model(input_ids=ids, attention_mask=mask, output_hidden_states=True,

@@ -89,7 +89,8 @@ def test_a_killed_run_continues_where_it_stopped(tmp_path, tiny_model_dir, cli):
                              *args[1:]], cwd=tmp_path, env={**os.environ, "HF_HUB_OFFLINE": "1"},
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.monotonic() + 120
-    while proc.poll() is None and time.monotonic() < deadline and len(read_jsonl(killed) if killed.exists() else []) < 4:
+    lines = lambda: len(read_jsonl(killed)) if killed.exists() else 0  # noqa: E731
+    while proc.poll() is None and time.monotonic() < deadline and lines() < 4:
         time.sleep(0.01)
     assert proc.poll() is None, proc.stderr.read().decode()[-2000:]  # still sampling: killed half-way
     proc.send_signal(signal.SIGKILL)
