@@ -22,6 +22,21 @@ os.environ["OMP_NUM_THREADS"] = "1"
 
 TINY_LAYERS, TINY_HIDDEN = 2, 64
 
+# The modules of several minutes each (the claimed gains of README's demo and tour, the wheel's demo --fast).
+LONGEST_MODULES = ("test_demo", "test_tour_claims", "test_wheel_install")
+
+
+def pytest_collection_modifyitems(config, items):
+    """Longest modules first. Under `-n 2 --dist loadscope` each module goes whole to the next free worker in
+    this order: started last, a 10-minute module leaves the other worker idle while it finishes."""
+    slow = {item.module.__name__ for item in items if item.get_closest_marker("slow")}
+
+    def rank(item) -> int:
+        name = item.module.__name__.rsplit(".", 1)[-1]
+        return 0 if name in LONGEST_MODULES else 1 if item.module.__name__ in slow else 2
+
+    items.sort(key=rank)  # stable: each module's own order is kept
+
 
 def wrong_answer(answer: str) -> str:
     """A different number of the same kind, for rejected responses."""
