@@ -68,6 +68,8 @@ def test_misspelt_ambiguous_and_mistyped_keywords_raise_config_errors():
         one: A = dataclasses.field(default_factory=A)
         two: A = dataclasses.field(default_factory=A)
 
+    config = build_config("grpo", temperature=0.5)  # grpo.temperature, not judge.temperature: the command's own
+    assert config.grpo.temperature == 0.5 and config.judge.temperature != 0.5
     with pytest.raises(ValueError, match=r"'seed' is ambiguous: pass one of 'one.seed', 'two.seed'"):
         _dotted(Two(), "seed")
     assert _dotted(Two(), "two.seed") == "two.seed"

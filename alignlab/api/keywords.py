@@ -31,13 +31,16 @@ def _dotted(config, name: str) -> str:
     if name in sections:
         return name
     if name in names:
+        command = next((c for c, cls in RUN_CONFIGS.items() if type(config) is cls), None)
+        if len(names[name]) > 1 and f"{command}.{name}" in names[name]:
+            return f"{command}.{name}"  # the command's own section wins: alignlab.grpo(temperature=...) is grpo's
         if len(names[name]) > 1:
             raise ConfigError(f"argument '{name}' is ambiguous: pass one of "
                               f"{', '.join(repr(k) for k in names[name])} as **{{'{names[name][0]}': ...}}")
         return names[name][0]
     options = list(names) + list(sections) + [k for keys in names.values() for k in keys]
     match = difflib.get_close_matches(name, options, n=1, cutoff=0.5)
-    hint = f" Did you mean '{match[0]}'?" if match else " See alignlab.show_config() or `alignlab show-config`."
+    hint = f" Did you mean '{match[0]}'?" if match else " `alignlab show-config --command COMMAND` lists the keys."
     raise ConfigError(f"unknown argument '{name}'.{hint}")
 
 

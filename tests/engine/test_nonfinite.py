@@ -71,8 +71,8 @@ def _with_cpu_grad_scaler(monkeypatch, init_scale=2.0**8):
     prepare = TrainingRun.prepare
     scalers = []
 
-    def prepare_with_scaler(self, model, tokenizer):
-        prepare(self, model, tokenizer)
+    def prepare_with_scaler(self, model, tokenizer, **options):
+        prepare(self, model, tokenizer, **options)
         from accelerate.optimizer import patch_optimizer_step
 
         scaler = torch.amp.GradScaler("cpu", init_scale=init_scale)
