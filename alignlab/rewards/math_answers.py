@@ -159,7 +159,18 @@ def math_equal(predicted: str, gold: str) -> bool | None:
         return _in_worker(verifier, predicted, gold)
     from math_verify.errors import TimeoutException  # a BaseException: not caught by `except Exception`
 
+    if (predicted, gold) in _TIMED_OUT:
+        return None
     try:
         return _verify(verifier, predicted, gold, VERIFY_TIMEOUT_S)
-    except (Exception, TimeoutException):  # a pathological string: no verdict rather than a wrong one
+    except TimeoutException:  # a pathological string: no verdict rather than a wrong one
+        # Remembered: a retry (a duplicate completion, the same row scored again) would pay the time limit again,
+        # and the parser's caches, warmed by the first try, could then let it end with another verdict.
+        if len(_TIMED_OUT) < 10_000:
+            _TIMED_OUT.add((predicted, gold))
         return None
+    except Exception:
+        return None
+
+
+_TIMED_OUT: set = set()  # (predicted, gold) pairs whose check ran past the time limit

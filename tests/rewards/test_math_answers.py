@@ -104,6 +104,8 @@ def test_pathological_string_is_bounded_and_scored_none(monkeypatch):
     scores = boxed_correct([rf"\boxed{{{PATHOLOGICAL}}}", r"\boxed{\frac{1}{2}}"], answer=["2", "0.5"])
     assert scores == [None, 1.0]
     assert time.monotonic() - start < 10
+    start = time.monotonic()  # a check that timed out is not tried again: the same verdict, at once
+    assert math_answers.math_equal(PATHOLOGICAL, "2") is None and time.monotonic() - start < 0.5
     # In a GRPO batch the row is unscorable (NaN total), not wrong, and the others keep their scores.
     batch = score_completions([("boxed_correct", boxed_correct)], None,
                               [rf"\boxed{{{PATHOLOGICAL}}}", r"\boxed{2}"], {"answer": ["2", "2"]})
